@@ -1,0 +1,68 @@
+"""Security events: one row in `audit_events` and one JSON log line each.
+
+Callers pass identifiers only (user, client, resource, kid, jti); never a token, code, secret or
+password. The request's IP and id come from the request context set by the middleware.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from app.models import AuditEvent
+from app.stores import audit as store
+
+log = logging.getLogger("ostiary.audit")
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    ip: str | None = None
+    request_id: str | None = None
+
+
+request_context: ContextVar[RequestContext] = ContextVar("request_context", default=RequestContext())
+
+
+def record(
+    db: Session,
+    event: str,
+    *,
+    user_id: str | None = None,
+    username: str | None = None,
+    actor_id: str | None = None,
+    client_id: str | None = None,
+    resource: str | None = None,
+    **details,
+) -> None:
+    ctx = request_context.get()
+    row = AuditEvent(
+        event=event,
+        user_id=user_id,
+        username=username,
+        actor_id=actor_id,
+        client_id=client_id,
+        resource=resource,
+        ip=ctx.ip,
+        request_id=ctx.request_id,
+        details=details,
+    )
+    store.add(db, row)
+    line = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "event": event,
+        "user_id": user_id,
+        "username": username,
+        "actor_id": actor_id,
+        "client_id": client_id,
+        "resource": resource,
+        "ip": ctx.ip,
+        "request_id": ctx.request_id,
+        **details,
+    }
+    log.info(json.dumps({k: v for k, v in line.items() if v is not None}, separators=(",", ":")))

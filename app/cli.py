@@ -1,0 +1,470 @@
+"""The `ostiary` command. Its forms are a contract: README, tests and operators rely on them.
+
+Exit status: 0 success; 2 bad arguments or values (with a usage message, nothing written);
+78 (EX_CONFIG) an invalid setting; 1 any other failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import sys
+import time
+
+from sqlalchemy.exc import IntegrityError
+
+EX_USAGE = 2
+EX_CONFIG = 78
+
+
+class UsageError(Exception):
+    """A bad value on the command line: print the subcommand's usage and exit 2."""
+
+
+def _fmt_time(ts: int | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) if ts else "-"
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    for row in rows:
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+    return "\n".join(lines)
+
+
+# -- setup shared by the commands --------------------------------------------------------------
+
+
+def _settings(**overrides):
+    from app.settings import load_settings
+
+    return load_settings(**overrides)
+
+
+def _open(settings, *, migrate: bool):
+    """Engine and session factory on an up-to-date schema.
+
+    SQLite (one process, no operator) migrates by itself; PostgreSQL is shared by replicas and
+    upgraded on purpose, with `ostiary migrate` or `serve --migrate`.
+    """
+    from app import schema
+    from app.db import make_engine, make_sessionmaker
+
+    engine = make_engine(settings.database_url.get_secret_value())
+    if not schema.is_current(engine):
+        if migrate or settings.is_sqlite:
+            schema.upgrade(engine)
+        else:
+            raise SystemExit(
+                f"ostiary: the database is at revision {schema.current(engine) or 'none'}, this version needs "
+                f"{schema.head()}; run `ostiary migrate` (or `ostiary serve --migrate`)"
+            )
+    return engine, make_sessionmaker(engine)
+
+
+def _keyring(settings):
+    from app.security.secrets import Keyring
+
+    return Keyring(settings.keyring())
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from app.settings import is_loopback_host
+
+    if args.port < 1 or args.port > 65535:
+        raise UsageError("--port must be between 1 and 65535")
+    if args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    if "OSTIARY_ISSUER" not in os.environ and "OSTIARY_ISSUER_FILE" not in os.environ:
+        host = args.host if is_loopback_host(args.host) else "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        os.environ["OSTIARY_ISSUER"] = f"http://{host}:{args.port}"
+    settings = _settings()
+    engine, factory = _open(settings, migrate=args.migrate)
+    from app import keys
+
+    keys.ensure_keys(factory, settings, _keyring(settings))
+    engine.dispose()
+    with factory() as db:
+        from app.stores import users
+
+        no_admin = not users.any_admin(db)
+    print(f"Ostiary {_version()} serving {settings.issuer} (listening on {args.host}:{args.port})", file=sys.stderr)
+    if no_admin:
+        print(
+            "No admin yet: create one with\n  ostiary users create admin --admin --password-stdin\n"
+            f"then sign in at {settings.issuer}/admin",
+            file=sys.stderr,
+        )
+    uvicorn.run(
+        "app.main:create_app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=settings.log_level.lower(),
+        proxy_headers=bool(os.environ.get("FORWARDED_ALLOW_IPS")),
+        server_header=False,
+        timeout_graceful_shutdown=20,
+    )
+    return 0
+
+
+def cmd_migrate(args) -> int:
+    from app import schema
+    from app.db import make_engine
+
+    settings = _settings()
+    engine = make_engine(settings.database_url.get_secret_value())
+    before = schema.current(engine)
+    schema.upgrade(engine)
+    after = schema.current(engine)
+    print(f"database at revision {after}" + (f" (was {before or 'empty'})" if before != after else " (up to date)"))
+    return 0
+
+
+def cmd_users_create(args) -> int:
+    from app import audit
+    from app.models import User
+    from app.security.passwords import hash_password, password_problem
+    from app.stores import users
+
+    username = args.username.strip()
+    if not username or len(username) > 150 or any(c.isspace() or ord(c) < 0x20 for c in username):
+        raise UsageError("USERNAME must be 1 to 150 characters without spaces")
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Repeat password: ") != password:
+            raise UsageError("the passwords do not match")
+    else:
+        raise UsageError("give --password-stdin and the password on standard input")
+    problem = password_problem(password)
+    if problem:
+        raise UsageError(problem)
+    settings = _settings()
+    _, factory = _open(settings, migrate=False)
+    with factory() as db:
+        if users.by_username(db, username):
+            raise UsageError(f"a user named {username!r} already exists")
+        user = users.add(db, User(username=username, password_hash=hash_password(password), is_admin=args.admin))
+        audit.record(db, "user.created", user_id=user.id, username=user.username, via="cli", admin=args.admin)
+        try:
+            db.commit()
+        except IntegrityError:
+            raise UsageError(f"a user named {username!r} already exists") from None
+    print(f"created {'admin ' if args.admin else ''}user {user.username} ({user.id})")
+    return 0
+
+
+def cmd_users_list(args) -> int:
+    from app.stores import users
+
+    _, factory = _open(_settings(), migrate=False)
+    with factory() as db:
+        rows = [
+            [u.username, "yes" if u.is_admin else "", "disabled" if u.disabled else "active", "yes" if u.totp_enabled_at else "", _fmt_time(u.created_at), _fmt_time(u.last_login_at), u.id]
+            for u in users.all_users(db)
+        ]
+    print(_table(rows, ["USERNAME", "ADMIN", "STATUS", "TOTP", "CREATED", "LAST SIGN-IN", "ID"]))
+    return 0
+
+
+def cmd_users_disable(args) -> int:
+    from app import audit
+    from app.db import now
+    from app.stores import sessions, users
+
+    _, factory = _open(_settings(), migrate=False)
+    with factory() as db:
+        user = users.by_username(db, args.username)
+        if user is None:
+            raise UsageError(f"no user named {args.username!r}")
+        if user.disabled:
+            print(f"user {user.username} is already disabled")
+            return 0
+        user.disabled_at = now()
+        ended = sessions.remove_for_user(db, user.id)
+        audit.record(db, "user.disabled", user_id=user.id, username=user.username, via="cli")
+        db.commit()
+    print(f"disabled user {user.username}; ended {ended} browser session(s)")
+    return 0
+
+
+def _parse_scope_arg(value: str) -> tuple[str, str]:
+    from app.oauth.scopes import is_scope_token
+
+    name, sep, description = value.partition("=")
+    name = name.strip()
+    if not sep or not is_scope_token(name) or not description.strip():
+        raise UsageError(f"--scope takes \"name=description\" with a valid scope name, got {value!r}")
+    return name, description.strip()
+
+
+def cmd_resources_add(args) -> int:
+    from app import audit
+    from app.models import Resource, ResourceScope
+    from app.oauth.resource_indicators import InvalidResource, canonical_resource
+    from app.oauth.scopes import PROTOCOL_SCOPES, is_scope_token
+    from app.settings import MAX_ACCESS_TOKEN_TTL
+    from app.stores import resources
+
+    try:
+        uri = canonical_resource(args.uri)
+    except InvalidResource as exc:
+        raise UsageError(f"URI: {exc}") from None
+    name = args.name.strip()
+    if not name or len(name) > 200:
+        raise UsageError("--name must be 1 to 200 characters")
+    scopes = [_parse_scope_arg(s) for s in args.scope or []]
+    names = [n for n, _ in scopes]
+    if not scopes:
+        raise UsageError("give at least one --scope \"name=description\"")
+    if len(set(names)) != len(names):
+        raise UsageError("each scope may be given once")
+    reserved = [n for n in names if n in PROTOCOL_SCOPES]
+    if reserved:
+        raise UsageError(f"{reserved[0]} is a protocol scope; it is always available and cannot be declared")
+    defaults = args.default_scope or []
+    for d in defaults:
+        if not is_scope_token(d) or d not in names:
+            raise UsageError(f"--default-scope {d!r} is not one of the --scope names")
+    if args.token_ttl is not None and not 30 <= args.token_ttl <= MAX_ACCESS_TOKEN_TTL:
+        raise UsageError(f"--token-ttl must be between 30 and {MAX_ACCESS_TOKEN_TTL} seconds")
+    _, factory = _open(_settings(), migrate=False)
+    with factory() as db:
+        if resources.by_uri(db, uri):
+            raise UsageError(f"a resource {uri} already exists")
+        resource = Resource(
+            uri=uri,
+            name=name,
+            token_ttl=args.token_ttl,
+            scopes=[
+                ResourceScope(name=n, description=d, is_default=n in defaults, position=i)
+                for i, (n, d) in enumerate(scopes)
+            ],
+        )
+        resources.add(db, resource)
+        audit.record(db, "resource.created", resource=uri, via="cli", scopes=names)
+        db.commit()
+    print(f"added resource {uri} ({name}) with scopes {' '.join(names)}")
+    return 0
+
+
+def cmd_resources_list(args) -> int:
+    from app.stores import resources
+
+    settings = _settings()
+    _, factory = _open(settings, migrate=False)
+    with factory() as db:
+        rows = [
+            [
+                r.uri,
+                r.name,
+                " ".join(s.name + ("*" if s.is_default else "") for s in r.scopes),
+                str(r.token_ttl or settings.access_token_ttl),
+            ]
+            for r in resources.all_resources(db)
+        ]
+    print(_table(rows, ["URI", "NAME", "SCOPES (* = default)", "TOKEN TTL"]))
+    return 0
+
+
+def cmd_clients_add(args) -> int:
+    from app.oauth import clients as client_service
+    from app.oauth.redirect_uris import InvalidRedirectUri, validate_registered
+
+    name = args.name.strip()
+    if not name or len(name) > 200:
+        raise UsageError("--name must be 1 to 200 characters")
+    try:
+        uris = [validate_registered(u) for u in args.redirect_uri]
+    except InvalidRedirectUri as exc:
+        raise UsageError(f"--redirect-uri: {exc}") from None
+    settings = _settings()
+    _, factory = _open(settings, migrate=False)
+    with factory() as db:
+        client, secret = client_service.create_admin_client(
+            db, _keyring(settings), name=name, redirect_uris=uris, confidential=args.confidential
+        )
+        db.commit()
+    print(f"client_id: {client.id}")
+    if secret:
+        print(f"client_secret: {secret}")
+        print("The secret is shown once; only its hash is stored.", file=sys.stderr)
+    return 0
+
+
+def cmd_clients_list(args) -> int:
+    from urllib.parse import urlsplit
+
+    from app.stores import clients
+
+    _, factory = _open(_settings(), migrate=False)
+    with factory() as db:
+        rows = [
+            [
+                c.id,
+                c.name,
+                c.kind,
+                "public" if c.is_public else "confidential",
+                ", ".join(sorted({urlsplit(u).netloc or urlsplit(u).scheme + ":" for u in c.redirect_uris})),
+                _fmt_time(c.created_at),
+                _fmt_time(c.last_used_at),
+            ]
+            for c in clients.all_clients(db)
+        ]
+    print(_table(rows, ["CLIENT_ID", "NAME", "KIND", "TYPE", "REDIRECT HOSTS", "CREATED", "LAST USED"]))
+    return 0
+
+
+def cmd_keys_list(args) -> int:
+    from app import keys
+    from app.stores import keys as keys_store
+
+    settings = _settings()
+    _, factory = _open(settings, migrate=False)
+    with factory() as db:
+        rows = [
+            [k.kid, k.alg, k.state, _fmt_time(k.created_at), _fmt_time(k.activated_at), _fmt_time(k.retired_at)]
+            for k in keys_store.all_keys(db)
+        ]
+        active = keys_store.by_state(db, "active")
+    print(_table(rows, ["KID", "ALG", "STATE", "CREATED", "ACTIVATED", "RETIRED"]))
+    if active and active[0].activated_at:
+        print(f"next scheduled rotation: {_fmt_time(active[0].activated_at + settings.key_rotation_period)}")
+    if not rows:
+        print("no keys yet: they are created when the server first starts (or by `ostiary keys rotate`)")
+    del keys
+    return 0
+
+
+def cmd_keys_rotate(args) -> int:
+    from app import keys
+    from app.db import transaction
+
+    settings = _settings()
+    _, factory = _open(settings, migrate=False)
+    keyring = _keyring(settings)
+    keys.ensure_keys(factory, settings, keyring)
+    try:
+        with transaction(factory) as db:
+            active = keys.rotate(db, settings, keyring, force=args.force)
+            kid = active.kid
+    except keys.RotationRefused as exc:
+        print(f"ostiary: not rotated: {exc}", file=sys.stderr)
+        return 1
+    print(f"rotated: {kid} now signs; a new next key is published")
+    return 0
+
+
+# -- argument parsing --------------------------------------------------------------------------
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("ostiary")
+    except Exception:  # noqa: BLE001
+        return "dev"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ostiary", description="Ostiary, an OAuth 2.1 authorization server for MCP.")
+    parser.add_argument("--version", action="version", version=f"ostiary {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the server")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--migrate", action="store_true", help="apply pending migrations first (PostgreSQL)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("migrate", help="apply database migrations")
+    p.set_defaults(func=cmd_migrate)
+
+    users = sub.add_parser("users", help="manage users").add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = users.add_parser("create", help="create a user")
+    p.add_argument("username", metavar="USERNAME")
+    p.add_argument("--admin", action="store_true")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    p.set_defaults(func=cmd_users_create)
+    users.add_parser("list", help="list users").set_defaults(func=cmd_users_list)
+    p = users.add_parser("disable", help="disable a user and end their sessions")
+    p.add_argument("username", metavar="USERNAME")
+    p.set_defaults(func=cmd_users_disable)
+
+    resources = sub.add_parser("resources", help="manage MCP servers (resources)").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    p = resources.add_parser("add", help="register an MCP server")
+    p.add_argument("uri", metavar="URI")
+    p.add_argument("--name", required=True)
+    p.add_argument("--scope", action="append", metavar="NAME=DESCRIPTION", help="repeat for each scope")
+    p.add_argument("--default-scope", action="append", metavar="NAME", help="granted when a client asks for none")
+    p.add_argument("--token-ttl", type=int, metavar="SECONDS")
+    p.set_defaults(func=cmd_resources_add)
+    resources.add_parser("list", help="list MCP servers").set_defaults(func=cmd_resources_list)
+
+    clients = sub.add_parser("clients", help="manage clients").add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = clients.add_parser("add", help="register a client")
+    p.add_argument("--name", required=True)
+    p.add_argument("--redirect-uri", action="append", required=True, metavar="URI")
+    p.add_argument("--confidential", action="store_true", help="issue a client secret")
+    p.set_defaults(func=cmd_clients_add)
+    clients.add_parser("list", help="list clients").set_defaults(func=cmd_clients_list)
+
+    keys = sub.add_parser("keys", help="manage signing keys").add_subparsers(dest="action", required=True, metavar="ACTION")
+    keys.add_parser("list", help="list signing keys").set_defaults(func=cmd_keys_list)
+    p = keys.add_parser("rotate", help="promote the next key, retire the active one")
+    p.add_argument("--force", action="store_true", help="rotate even if the next key was published too recently")
+    p.set_defaults(func=cmd_keys_rotate)
+    return parser
+
+
+def _subparser_for(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
+    """The most specific parser for argv, so a usage error shows the right usage line."""
+    current = parser
+    for word in argv:
+        actions = [a for a in current._actions if isinstance(a, argparse._SubParsersAction)]
+        if not actions or word not in actions[0].choices:
+            continue
+        current = actions[0].choices[word]
+    return current
+
+
+def main(argv: list[str] | None = None) -> int:
+    from app.settings import SettingsError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except UsageError as exc:
+        sub = _subparser_for(parser, argv)
+        sub.print_usage(sys.stderr)
+        print(f"{sub.prog}: error: {exc}", file=sys.stderr)
+        return EX_USAGE
+    except SettingsError as exc:
+        print(f"ostiary: invalid setting {exc.name}: {exc.message}", file=sys.stderr)
+        return EX_CONFIG
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""Typed SQLAlchemy models, one module per aggregate. Alembic owns the schema (migrations/)."""
+
+from app.models.audit import AuditEvent
+from app.models.authorization import AuthorizationCode, AuthorizationRequest
+from app.models.client import Client
+from app.models.grant import Grant
+from app.models.job import JobRun
+from app.models.key import SigningKey
+from app.models.resource import Resource, ResourceScope
+from app.models.session import BrowserSession
+from app.models.token import RefreshToken, RevokedAccessToken
+from app.models.user import User
+
+__all__ = [
+    "AuditEvent",
+    "AuthorizationCode",
+    "AuthorizationRequest",
+    "BrowserSession",
+    "Client",
+    "Grant",
+    "JobRun",
+    "RefreshToken",
+    "Resource",
+    "ResourceScope",
+    "RevokedAccessToken",
+    "SigningKey",
+    "User",
+]

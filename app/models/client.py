@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from sqlalchemy import JSON, BigInteger, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base, now
+
+KIND_DYNAMIC = "dynamic"  # RFC 7591 dynamic registration
+KIND_METADATA_DOCUMENT = "metadata_document"  # Client ID Metadata Document (client_id is a URL)
+KIND_ADMIN = "admin"  # created by an operator (CLI or console)
+
+
+class Client(Base):
+    __tablename__ = "clients"
+
+    # For a metadata-document client this is the document's https URL.
+    id: Mapped[str] = mapped_column(String(2048), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(200))
+    token_endpoint_auth_method: Mapped[str] = mapped_column(String(40), default="none")
+    secret_hash: Mapped[str | None] = mapped_column(String(64))
+    redirect_uris: Mapped[list[str]] = mapped_column(JSON, default=list)
+    grant_types: Mapped[list[str]] = mapped_column(JSON, default=list)
+    response_types: Mapped[list[str]] = mapped_column(JSON, default=list)
+    scope: Mapped[str | None] = mapped_column(Text)
+    application_type: Mapped[str | None] = mapped_column(String(20))
+    # Everything the client registered or published, unknown fields included (RFC 7591 §2).
+    client_metadata: Mapped[dict] = mapped_column("metadata", JSON, default=dict)
+    registration_token_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    # Client ID Metadata Documents: when the cached document must be fetched again.
+    metadata_expires_at: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    updated_at: Mapped[int] = mapped_column(BigInteger, default=now, onupdate=now)
+    last_used_at: Mapped[int | None] = mapped_column(BigInteger)
+
+    @property
+    def is_public(self) -> bool:
+        return self.token_endpoint_auth_method == "none"

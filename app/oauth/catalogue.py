@@ -1,0 +1,94 @@
+"""The resource catalogue (MCP servers and their scopes), read from the database and kept in
+memory for a few seconds: /authorize and /token look resources up on every request."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.settings import Settings
+from app.stores import resources as store
+
+REFRESH_INTERVAL = 10.0
+
+
+@dataclass(frozen=True)
+class ScopeInfo:
+    name: str
+    description: str
+    is_default: bool
+    allowed_groups: tuple[str, ...] | None  # None: anyone
+
+    def permits(self, groups: list[str] | None) -> bool:
+        return self.allowed_groups is None or bool(set(groups or []) & set(self.allowed_groups))
+
+
+@dataclass(frozen=True)
+class ResourceInfo:
+    id: int
+    uri: str
+    name: str
+    token_ttl: int
+    scopes: dict[str, ScopeInfo]  # in catalogue order
+
+    def catalogue(self) -> dict[str, bool]:
+        return {name: s.is_default for name, s in self.scopes.items()}
+
+
+class Catalogue:
+    def __init__(self, factory: sessionmaker[Session], settings: Settings):
+        self._factory = factory
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._by_uri: dict[str, ResourceInfo] = {}
+        self._by_id: dict[int, ResourceInfo] = {}
+        self._loaded_at = float("-inf")
+
+    def _fresh(self) -> None:
+        if time.monotonic() - self._loaded_at < REFRESH_INTERVAL:
+            return
+        with self._lock:
+            if time.monotonic() - self._loaded_at < REFRESH_INTERVAL:
+                return
+            with self._factory() as db:
+                rows = store.all_resources(db)
+                infos = [self._info(r) for r in rows]
+            self._by_uri = {i.uri: i for i in infos}
+            self._by_id = {i.id: i for i in infos}
+            self._loaded_at = time.monotonic()
+
+    def _info(self, row) -> ResourceInfo:
+        ttl = min(row.token_ttl or self._settings.access_token_ttl, 3600)
+        scopes = {
+            s.name: ScopeInfo(s.name, s.description, s.is_default, tuple(s.allowed_groups) if s.allowed_groups is not None else None)
+            for s in row.scopes
+        }
+        return ResourceInfo(row.id, row.uri, row.name, ttl, scopes)
+
+    def by_uri(self, uri: str) -> ResourceInfo | None:
+        self._fresh()
+        found = self._by_uri.get(uri)
+        if found is None and time.monotonic() - self._loaded_at > 1.0:  # added just now elsewhere?
+            self.invalidate()
+            self._fresh()
+            found = self._by_uri.get(uri)
+        return found
+
+    def by_id(self, resource_id: int) -> ResourceInfo | None:
+        self._fresh()
+        found = self._by_id.get(resource_id)
+        if found is None and time.monotonic() - self._loaded_at > 1.0:
+            self.invalidate()
+            self._fresh()
+            found = self._by_id.get(resource_id)
+        return found
+
+    def all(self) -> list[ResourceInfo]:
+        self._fresh()
+        return sorted(self._by_id.values(), key=lambda r: r.uri)
+
+    def invalidate(self) -> None:
+        self._loaded_at = float("-inf")

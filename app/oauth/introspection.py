@@ -1,0 +1,82 @@
+"""Token introspection (RFC 7662) on authlib's IntrospectionEndpoint, for resource servers.
+
+Callers authenticate as confidential clients. A client created by an operator (a resource
+server's credentials) may introspect any token; any other client only its own (RFC 7662 §4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from authlib.oauth2.rfc7662 import IntrospectionEndpoint as _IntrospectionEndpoint
+
+from app.db import now
+from app.models.client import KIND_ADMIN
+from app.oauth.revocation import AccessHandle, RefreshHandle, find_token
+from app.oauth.server import current_db
+from app.stores import tokens as store
+from app.stores import users as users_store
+
+
+@dataclass
+class Introspected:
+    handle: object
+    active: bool
+
+    def is_expired(self) -> bool:
+        return not self.active
+
+    def is_revoked(self) -> bool:
+        return not self.active
+
+
+class IntrospectionEndpoint(_IntrospectionEndpoint):
+    CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+
+    def query_token(self, token_string, token_type_hint):
+        handle = find_token(self.server.runtime, token_string, token_type_hint)
+        if handle is None:
+            return None
+        db = current_db()
+        if isinstance(handle, RefreshHandle):
+            row = handle.row
+            active = row.revoked_at is None and row.used_at is None and row.expires_at > now()
+        else:
+            active = not store.is_access_token_revoked(db, handle.claims["jti"])
+        user_id = handle.row.user_id if isinstance(handle, RefreshHandle) else handle.claims.get("sub")
+        user = users_store.get(db, user_id) if active and user_id else None
+        return Introspected(handle, active and user is not None and not user.disabled)
+
+    def check_permission(self, token, client, request):
+        if client.row.kind == KIND_ADMIN:
+            return True
+        return token.handle.check_client(client)
+
+    def introspect_token(self, token):
+        handle = token.handle
+        if isinstance(handle, AccessHandle):
+            c = handle.claims
+            user = users_store.get(current_db(), c["sub"])
+            return {
+                "active": True,
+                "token_type": "Bearer",
+                "scope": c.get("scope", ""),
+                "client_id": c.get("client_id"),
+                "username": user.username if user else None,
+                "sub": c["sub"],
+                "aud": c.get("aud"),
+                "iss": c.get("iss"),
+                "exp": c["exp"],
+                "iat": c.get("iat"),
+                "jti": c["jti"],
+            }
+        row = handle.row
+        return {
+            "active": True,
+            "token_type": "refresh_token",
+            "scope": row.scope,
+            "client_id": row.client_id,
+            "sub": row.user_id,
+            "exp": row.expires_at,
+            "iat": row.created_at,
+        }

@@ -1,0 +1,28 @@
+"""Reading back our own RFC 9068 access tokens (for revocation, introspection, userinfo)."""
+
+from __future__ import annotations
+
+from joserfc import jwt
+from joserfc.errors import JoseError
+
+from app.db import now
+from app.runtime import Runtime
+
+
+def decode(runtime: Runtime, token: str) -> dict | None:
+    """The claims of an access token we signed and that has not expired, or None."""
+    if not isinstance(token, str) or token.count(".") != 2 or len(token) > 8192:
+        return None
+    snap = runtime.keys.snapshot()
+    try:
+        decoded = jwt.decode(token, snap.keyset, algorithms=["RS256", "ES256"])
+    except (JoseError, ValueError, KeyError):
+        return None
+    if decoded.header.get("typ") != "at+jwt":  # RFC 9068 §4: never accept another JWT type
+        return None
+    claims = decoded.claims
+    if claims.get("iss") != runtime.settings.issuer or not isinstance(claims.get("exp"), int) or claims["exp"] <= now():
+        return None
+    if not isinstance(claims.get("jti"), str):
+        return None
+    return claims

@@ -1,0 +1,114 @@
+"""Redirect URIs: what may be registered, and how a request's redirect_uri is matched.
+
+OAuth 2.1 §2.3.1 / RFC 9700 §4.1.3: exact string comparison. One exception (OAuth 2.1 §8.4.2,
+RFC 8252 §7.3): for http loopback redirects the port may differ, because native apps listen on
+an ephemeral port.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from urllib.parse import urlsplit
+
+LOOPBACK_HOSTS = ("127.0.0.1", "[::1]", "localhost")
+FORBIDDEN_SCHEMES = {"javascript", "data", "file", "vbscript", "about", "blob", "filesystem", "ws", "wss"}
+MAX_LENGTH = 2000
+
+
+class InvalidRedirectUri(ValueError):
+    pass
+
+
+def _host_is_loopback(netloc_host: str | None) -> bool:
+    if not netloc_host:
+        return False
+    if netloc_host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(netloc_host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def is_loopback_redirect(uri: str) -> bool:
+    try:
+        parts = urlsplit(uri)
+        return parts.scheme == "http" and _host_is_loopback(parts.hostname)
+    except ValueError:
+        return False
+
+
+def validate_registered(uri: str) -> str:
+    """Raise InvalidRedirectUri unless `uri` may be registered (OAuth 2.1 §2.3, RFC 8252 §7)."""
+    if not isinstance(uri, str) or not uri:
+        raise InvalidRedirectUri("a redirect URI must be a non-empty string")
+    if len(uri) > MAX_LENGTH:
+        raise InvalidRedirectUri("a redirect URI must be at most 2000 characters")
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in uri):
+        raise InvalidRedirectUri("a redirect URI must not contain spaces or control characters")
+    if "*" in uri:
+        raise InvalidRedirectUri("wildcards are not allowed in redirect URIs")
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018  (raises on a bad port)
+    except ValueError:
+        raise InvalidRedirectUri(f"{uri!r} is not a valid URI") from None
+    scheme = parts.scheme
+    # RFC 6749 §3.1.2: "The endpoint URI MUST NOT include a fragment component."
+    if "#" in uri:
+        raise InvalidRedirectUri("a redirect URI must not contain a fragment")
+    if not scheme:
+        raise InvalidRedirectUri("a redirect URI must be absolute")
+    if scheme.lower() in FORBIDDEN_SCHEMES:
+        raise InvalidRedirectUri(f"the {scheme}: scheme is not allowed for redirect URIs")
+    if scheme != scheme.lower():
+        raise InvalidRedirectUri("the scheme of a redirect URI must be lowercase")
+    if parts.username is not None or parts.password is not None:
+        raise InvalidRedirectUri("a redirect URI must not contain user information")
+    if scheme == "https":
+        if not parts.hostname:
+            raise InvalidRedirectUri("an https redirect URI must have a host")
+        return uri
+    if scheme == "http":
+        # OAuth 2.1 §2.3.1: plain http only for loopback redirects of native apps (RFC 8252 §7.3).
+        if not _host_is_loopback(parts.hostname):
+            raise InvalidRedirectUri("http redirect URIs are allowed only on a loopback host (127.0.0.1, [::1], localhost)")
+        return uri
+    # RFC 8252 §7.1 private-use URI scheme of a native app: reverse-domain names are recommended,
+    # and shipping clients also use short ones (cursor://anysphere.cursor-mcp/oauth/callback).
+    return uri
+
+
+def matches(registered: list[str], requested: str) -> bool:
+    """True if `requested` is one of the registered redirect URIs (OAuth 2.1 §4.1.1)."""
+    if requested in registered:
+        return True
+    if not is_loopback_redirect(requested):
+        return False
+    # Loopback: compare everything but the port (OAuth 2.1 §8.4.2).
+    try:
+        req = urlsplit(requested)
+        req.port  # noqa: B018
+    except ValueError:
+        return False
+    for uri in registered:
+        if not is_loopback_redirect(uri):
+            continue
+        reg = urlsplit(uri)
+        if (
+            reg.scheme == req.scheme
+            and _host_as_written(reg) == _host_as_written(req)
+            and reg.path == req.path
+            and reg.query == req.query
+            and "#" not in requested
+        ):
+            return True
+    return False
+
+
+def _host_as_written(parts) -> str:
+    """The host exactly as written: `localhost` never matches `127.0.0.1`, nor `LOCALHOST`."""
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    if netloc.startswith("["):
+        return netloc.split("]", 1)[0] + "]"
+    return netloc.split(":", 1)[0]

@@ -1,0 +1,162 @@
+"""Dynamic client registration (RFC 7591), on authlib's ClientRegistrationEndpoint.
+
+MCP clients register themselves with whatever metadata their SDK sends; this accepts what they
+send, refuses what is unsafe (redirect URIs above all), and fills in what they leave out.
+"""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import urlsplit
+
+from authlib.oauth2.rfc6749 import AccessDeniedError
+from authlib.oauth2.rfc7591 import ClientRegistrationEndpoint, InvalidClientMetadataError
+from authlib.oauth2.rfc7591.errors import InvalidRedirectURIError
+
+from app import audit
+from app.models import Client
+from app.models.client import KIND_DYNAMIC
+from app.oauth.clients import SECRET_PREFIX, new_client_id
+from app.oauth.redirect_uris import InvalidRedirectUri, is_loopback_redirect, validate_registered
+from app.oauth.scopes import InvalidScope, parse
+from app.oauth.server import current_db
+from app.security.secrets import new_token
+from app.stores import clients as store
+
+AUTH_METHODS = ("none", "client_secret_basic", "client_secret_post")
+GRANT_TYPES = ("authorization_code", "refresh_token")
+MAX_REDIRECT_URIS = 30
+MAX_STRING = 2000
+URL_FIELDS = ("client_uri", "logo_uri", "tos_uri", "policy_uri")
+STRING_FIELDS = ("client_name", "software_id", "software_version", "scope", "application_type")
+
+
+def _bad(description: str) -> InvalidClientMetadataError:
+    return InvalidClientMetadataError(description)
+
+
+def client_metadata(data: dict) -> dict:
+    """The metadata to register: validated, defaults filled in, unsupported values dropped.
+
+    Raises InvalidRedirectURIError / InvalidClientMetadataError (RFC 7591 §3.2.2).
+    """
+    if not isinstance(data, dict):
+        raise _bad("The registration request must be a JSON object.")
+    meta = dict(data)
+    for secret_field in ("client_id", "client_secret", "registration_access_token", "registration_client_uri"):
+        meta.pop(secret_field, None)  # assigned by the server, never taken from the client
+
+    uris = meta.get("redirect_uris")
+    # OAuth 2.1 §2.3: redirect URIs must be registered for the authorization code grant.
+    if not isinstance(uris, list) or not uris or not all(isinstance(u, str) for u in uris):
+        raise InvalidRedirectURIError("'redirect_uris' must be a non-empty array of URIs.")
+    if len(uris) > MAX_REDIRECT_URIS:
+        raise InvalidRedirectURIError(f"At most {MAX_REDIRECT_URIS} redirect URIs.")
+    try:
+        meta["redirect_uris"] = list(dict.fromkeys(validate_registered(u) for u in uris))
+    except InvalidRedirectUri as exc:
+        raise InvalidRedirectURIError(_ascii(str(exc))) from None
+
+    for name in STRING_FIELDS:
+        if name in meta and meta[name] is not None and (not isinstance(meta[name], str) or len(meta[name]) > MAX_STRING):
+            raise _bad(f"'{name}' must be a string of at most {MAX_STRING} characters.")
+        if meta.get(name) is None:
+            meta.pop(name, None)
+    for name in URL_FIELDS:
+        value = meta.get(name)
+        if value is None:
+            meta.pop(name, None)
+        elif not isinstance(value, str) or not value.startswith("https://") or len(value) > MAX_STRING:
+            meta.pop(name, None)  # a bad logo or homepage link is dropped, not fatal
+    if "contacts" in meta and not (isinstance(meta["contacts"], list) and all(isinstance(c, str) for c in meta["contacts"])):
+        raise _bad("'contacts' must be an array of strings.")
+
+    method = meta.get("token_endpoint_auth_method") or "none"  # MCP: public clients by default
+    if method not in AUTH_METHODS:
+        raise _bad(f"'token_endpoint_auth_method' must be one of {', '.join(AUTH_METHODS)}.")
+    meta["token_endpoint_auth_method"] = method
+
+    grant_types = meta.get("grant_types", list(GRANT_TYPES))
+    if not isinstance(grant_types, list) or not all(isinstance(g, str) for g in grant_types):
+        raise _bad("'grant_types' must be an array of strings.")
+    grant_types = [g for g in dict.fromkeys(grant_types) if g in GRANT_TYPES]
+    if "authorization_code" not in grant_types:
+        raise _bad("This server issues tokens through the authorization_code grant; register it.")
+    meta["grant_types"] = grant_types
+
+    response_types = meta.get("response_types", ["code"])
+    if not isinstance(response_types, list) or "code" not in response_types:
+        raise _bad("'response_types' must include \"code\" (the only response type of OAuth 2.1).")
+    meta["response_types"] = ["code"]
+
+    if "scope" in meta:
+        try:
+            parse(meta["scope"])
+        except InvalidScope as exc:
+            raise _bad(_ascii(str(exc))) from None
+    app_type = meta.get("application_type")
+    if app_type is None:
+        # Quirk: MCP SDKs often omit it; a client whose redirects are all loopback is a native app.
+        app_type = "native" if all(is_loopback_redirect(u) or not u.startswith("https://") for u in meta["redirect_uris"]) else "web"
+    elif app_type not in ("web", "native"):
+        raise _bad("'application_type' must be \"web\" or \"native\".")
+    meta["application_type"] = app_type
+    return meta
+
+
+def _ascii(text: str) -> str:
+    return "".join(c if 0x20 <= ord(c) <= 0x7E and c not in '"\\' else "?" for c in text)
+
+
+class RegistrationEndpoint(ClientRegistrationEndpoint):
+    def authenticate_token(self, request):
+        return True  # open registration: MCP clients need it
+
+    def extract_client_metadata(self, request):
+        return client_metadata(request.payload.data)
+
+    def get_server_metadata(self):
+        return {}
+
+    def create_registration_response(self, request):
+        if not self.authenticate_token(request):
+            raise AccessDeniedError()
+        meta = self.extract_client_metadata(request)
+        info = {"client_id": new_client_id(), "client_id_issued_at": int(time.time())}
+        if meta["token_endpoint_auth_method"] != "none":
+            info["client_secret"] = new_token(SECRET_PREFIX)
+            info["client_secret_expires_at"] = 0  # RFC 7591 §3.2.1: 0 means it does not expire
+        client = self.save_client(info, meta, request)
+        body = {**meta, **info, **(self.generate_client_registration_info(client, request) or {})}
+        # RFC 7591 §3.2.1: 201 with every registered field; secrets make it no-store.
+        return 201, body, [("Cache-Control", "no-store"), ("Pragma", "no-cache")]
+
+    def save_client(self, client_info, client_metadata, request):
+        db = current_db()
+        keyring = self.server.runtime.keyring
+        secret = client_info.get("client_secret")
+        row = Client(
+            id=client_info["client_id"],
+            kind=KIND_DYNAMIC,
+            name=(client_metadata.get("client_name") or "Unnamed app")[:200],
+            token_endpoint_auth_method=client_metadata["token_endpoint_auth_method"],
+            secret_hash=keyring.hash(secret) if secret else None,
+            redirect_uris=client_metadata["redirect_uris"],
+            grant_types=client_metadata["grant_types"],
+            response_types=client_metadata["response_types"],
+            scope=client_metadata.get("scope"),
+            application_type=client_metadata.get("application_type"),
+            client_metadata=client_metadata,
+            created_at=client_info["client_id_issued_at"],
+        )
+        store.add(db, row)
+        audit.record(
+            db,
+            "client.registered",
+            client_id=row.id,
+            kind=KIND_DYNAMIC,
+            client_name=row.name,
+            auth_method=row.token_endpoint_auth_method,
+            redirect_hosts=sorted({urlsplit(u).netloc or urlsplit(u).scheme for u in row.redirect_uris}),
+        )
+        return row

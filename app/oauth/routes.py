@@ -1,0 +1,145 @@
+"""Protocol routes. Thin: each one parses the request and hands it to its module."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from app.deps import DbDep, RuntimeDep
+from app.oauth import jwt_access
+from app.oauth.body import read_json
+from app.oauth.metadata import MetadataCache  # noqa: F401  (re-exported for app.main)
+from app.oauth.server import NO_STORE, dumps, json_request, oauth_request, using
+from app.stores import tokens as tokens_store
+from app.stores import users as users_store
+from app.web.forms import FormDep
+
+router = APIRouter()
+well_known_router = APIRouter()
+
+PUBLIC_PATHS = ("/jwks", "/token", "/register", "/revoke", "/userinfo")
+
+
+def is_public_path(prefix: str):
+    """CORS is open on metadata, JWKS and the endpoints browser-based clients call."""
+    exact = {prefix + p for p in PUBLIC_PATHS}
+
+    def check(path: str) -> bool:
+        return path.startswith("/.well-known/") or path in exact or path.startswith(prefix + "/register/") or (
+            bool(prefix) and path.startswith(prefix + "/.well-known/")
+        )
+
+    return check
+
+
+def _metadata(request: Request) -> Response:
+    body = request.app.state.runtime.extras["metadata"].body()
+    return Response(body, media_type="application/json", headers={"Cache-Control": "public, max-age=300"})
+
+
+
+
+@well_known_router.get("/.well-known/oauth-authorization-server{path:path}", include_in_schema=False)
+@well_known_router.get("/.well-known/openid-configuration{path:path}", include_in_schema=False)
+def metadata(request: Request, path: str = ""):
+    # RFC 8414 §3.1: with an issuer path, the well-known segment goes between host and path.
+    runtime = request.app.state.runtime
+    if path != runtime.settings.issuer_path:
+        return Response(
+            b'{"error":"not_found","error_description":"No authorization server metadata at this path."}',
+            status_code=404,
+            media_type="application/json",
+        )
+    return _metadata(request)
+
+
+@router.get("/.well-known/openid-configuration", include_in_schema=False)
+def metadata_appended(request: Request):
+    # OIDC Discovery §4 appends the well-known segment to an issuer that has a path.
+    return _metadata(request)
+
+
+@router.get("/jwks", name="jwks")
+def jwks(runtime: RuntimeDep):
+    snap = runtime.keys.snapshot()
+    return Response(
+        snap.jwks_json,
+        media_type="application/jwk-set+json",
+        headers={"Cache-Control": f"public, max-age={runtime.settings.jwks_max_age}"},
+    )
+
+
+# -- token endpoint and friends ---------------------------------------------------------------
+
+
+def _form_params(form) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
+
+
+def _endpoint_url(runtime, request: Request) -> str:
+    # authlib refuses plain-http URLs except on loopback; the issuer is what clients called.
+    return runtime.settings.issuer + request.url.path.removeprefix(runtime.settings.issuer_path)
+
+
+@router.post("/token", name="token")
+def token(request: Request, runtime: RuntimeDep, db: DbDep, form: FormDep):
+    server = runtime.extras["server"]
+    req = oauth_request("POST", _endpoint_url(runtime, request), request.headers, _form_params(form), form=True)
+    with using(db):
+        response = server.create_token_response(req)
+    db.commit()  # also on errors: a consumed code or a revoked family must stay so
+    response.headers.update(NO_STORE)  # RFC 6749 §5.1
+    return response
+
+
+@router.post("/revoke", name="revoke")
+def revoke(request: Request, runtime: RuntimeDep, db: DbDep, form: FormDep):
+    req = oauth_request("POST", _endpoint_url(runtime, request), request.headers, _form_params(form), form=True)
+    with using(db):
+        response = runtime.extras["server"].create_endpoint_response("revocation", req)
+    db.commit()
+    return response
+
+
+@router.post("/introspect", name="introspect")
+def introspect(request: Request, runtime: RuntimeDep, db: DbDep, form: FormDep):
+    req = oauth_request("POST", _endpoint_url(runtime, request), request.headers, _form_params(form), form=True)
+    with using(db):
+        response = runtime.extras["server"].create_endpoint_response("introspection", req)
+    response.headers.update(NO_STORE)
+    return response
+
+
+@router.post("/register", name="register")
+def register(request: Request, runtime: RuntimeDep, db: DbDep, body=Depends(read_json)):
+    req = json_request("POST", _endpoint_url(runtime, request), request.headers, body)
+    with using(db):
+        response = runtime.extras["server"].create_endpoint_response("client_registration", req)
+    db.commit()
+    return response
+
+
+@router.api_route("/userinfo", methods=["GET", "POST"], name="userinfo")
+def userinfo(request: Request, runtime: RuntimeDep, db: DbDep):
+    auth = request.headers.get("authorization", "")
+    scheme, _, value = auth.partition(" ")
+    claims = jwt_access.decode(runtime, value.strip()) if scheme.lower() == "bearer" else None
+    if claims is not None and "openid" not in claims.get("scope", "").split():
+        return _bearer_error(403, "insufficient_scope", "The token lacks the openid scope.")
+    if claims is None or tokens_store.is_access_token_revoked(db, claims["jti"]):
+        return _bearer_error(401, "invalid_token", "The access token is invalid or expired.")
+    user = users_store.get(db, claims["sub"])
+    if user is None or user.disabled:
+        return _bearer_error(401, "invalid_token", "The user of this token cannot sign in.")
+    return Response(
+        dumps({"sub": user.id, "preferred_username": user.username}), media_type="application/json", headers=NO_STORE
+    )
+
+
+def _bearer_error(status: int, error: str, description: str) -> Response:
+    # RFC 6750 §3: the challenge names the error.
+    return Response(
+        dumps({"error": error, "error_description": description}),
+        status_code=status,
+        media_type="application/json",
+        headers={"WWW-Authenticate": f'Bearer error="{error}", error_description="{description}"', **NO_STORE},
+    )

@@ -1,0 +1,202 @@
+"""The authlib AuthorizationServer, wired to FastAPI and to our stores.
+
+Built once at startup. authlib is synchronous: routes are plain `def` routes running in the
+thread pool, and the request's database session reaches authlib's hooks through a context
+variable (`query_client` receives no request).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from urllib.parse import urlencode
+
+from authlib.oauth2 import AuthorizationServer
+from authlib.oauth2.rfc6749 import InvalidClientError, OAuth2Error, OAuth2Request
+from authlib.oauth2.rfc6749.requests import JsonPayload, JsonRequest, OAuth2Payload
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from sqlalchemy.orm import Session
+from starlette.datastructures import Headers
+
+from app.oauth.clients import OAuthClient
+from app.oauth.scopes import PROTOCOL_SCOPES
+from app.runtime import Runtime
+from app.stores import clients as clients_store
+
+_db: ContextVar[Session] = ContextVar("oauth_db")
+
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def current_db() -> Session:
+    return _db.get()
+
+
+@contextmanager
+def using(db: Session) -> Iterator[None]:
+    token = _db.set(db)
+    try:
+        yield
+    finally:
+        _db.reset(token)
+
+
+class Payload(OAuth2Payload):
+    """Parameters of a request (query or form), keeping repeated ones to detect them."""
+
+    def __init__(self, multi: list[tuple[str, str]]):
+        self._datalist: dict[str, list[str]] = {}
+        for key, value in multi:
+            self._datalist.setdefault(key, []).append(value)
+        self._data = {k: v[0] for k, v in self._datalist.items()}
+
+    @property
+    def data(self):
+        return self._data
+
+    @property
+    def datalist(self):
+        return self._datalist
+
+
+class Request(OAuth2Request):
+    def __init__(self, method: str, uri: str, headers: Headers, params: list[tuple[str, str]], form: bool):
+        super().__init__(method, uri, headers=headers)
+        self.payload = Payload(params)
+        self._is_form = form
+
+    @property
+    def args(self):
+        return {} if self._is_form else self.payload.data
+
+    @property
+    def form(self):
+        return self.payload.data if self._is_form else {}
+
+
+class JsonBody(JsonPayload):
+    def __init__(self, data: dict):
+        self._data = data
+
+    @property
+    def data(self):
+        return self._data
+
+
+class OstiaryServer(AuthorizationServer):
+    def __init__(self, runtime: Runtime):
+        super().__init__(scopes_supported=None)
+        self.runtime = runtime
+        self.issuer = runtime.settings.issuer
+
+    # -- authlib's framework hooks ------------------------------------------------------------
+
+    def query_client(self, client_id):
+        if not client_id or len(client_id) > 2048:
+            return None
+        row = self._load_client(current_db(), client_id)
+        return OAuthClient(row, self.runtime.keyring) if row is not None else None
+
+    def _load_client(self, db: Session, client_id: str):
+        resolver = self.runtime.extras.get("client_resolver")
+        if resolver is not None:  # Client ID Metadata Documents (app/oauth/cimd.py)
+            return resolver(db, client_id)
+        return clients_store.get(db, client_id)
+
+    def save_token(self, token, request):  # tokens are persisted by the grants themselves
+        raise NotImplementedError
+
+    def send_signal(self, name, *args, **kwargs):
+        pass
+
+    def create_oauth2_request(self, request) -> OAuth2Request:
+        if isinstance(request, OAuth2Request):
+            return request
+        raise TypeError("build requests with oauth_request()")
+
+    def create_json_request(self, request) -> JsonRequest:
+        if isinstance(request, JsonRequest):
+            return request
+        raise TypeError("build requests with json_request()")
+
+    def handle_response(self, status, body, headers):
+        headers = dict(headers or [])
+        if status in (301, 302, 303, 307) and "Location" in headers:
+            return RedirectResponse(headers.pop("Location"), status_code=302, headers=headers)
+        if isinstance(body, dict):
+            headers.pop("Content-Type", None)
+            return JSONResponse(body, status_code=status, headers=headers)
+        return Response(body or b"", status_code=status, headers=headers)
+
+    def handle_error_response(self, request, error: OAuth2Error):
+        if error.redirect_uri:
+            return RedirectResponse(error_redirect_url(error, self.issuer), status_code=302)
+        status, body, headers = error(self.get_error_uri(request, error))
+        headers = dict(headers)
+        if isinstance(error, InvalidClientError):
+            # RFC 6749 §5.2: 401 for a client that failed to authenticate; MCP clients re-register
+            # on it (a pruned or unknown client_id).
+            status = 401
+            headers.setdefault("WWW-Authenticate", 'Basic realm="ostiary"')
+        headers.update(NO_STORE)
+        headers.pop("Content-Type", None)
+        return JSONResponse(dict(body), status_code=status, headers=headers)
+
+    # -- what the metadata document says we do ---------------------------------------------------
+
+    def capabilities(self) -> dict:
+        grant_types, response_types, auth_methods = [], [], []
+        for grant_cls, extensions in self._token_grants:
+            grant_types.append(grant_cls.GRANT_TYPE)
+            auth_methods += [m for m in grant_cls.TOKEN_ENDPOINT_AUTH_METHODS if m not in auth_methods]
+        for grant_cls, _ in self._authorization_grants:
+            response_types += sorted(grant_cls.RESPONSE_TYPES)
+        doc = {
+            "response_types_supported": response_types,
+            "response_modes_supported": ["query"],
+            "grant_types_supported": grant_types,
+            "token_endpoint_auth_methods_supported": auth_methods,
+        }
+        for grant_cls, extensions in self._authorization_grants:
+            for ext in extensions or []:
+                if hasattr(ext, "SUPPORTED_CODE_CHALLENGE_METHOD"):
+                    doc["code_challenge_methods_supported"] = list(ext.SUPPORTED_CODE_CHALLENGE_METHOD)
+        for name, endpoints in self._endpoints.items():
+            for endpoint in endpoints:
+                field = {"revocation": "revocation_endpoint", "introspection": "introspection_endpoint"}.get(name)
+                if field:
+                    doc[f"{field}_auth_methods_supported"] = list(endpoint.CLIENT_AUTH_METHODS)
+        doc.update(self.runtime.extras.get("metadata_extensions", {}))
+        return doc
+
+    def protocol_scopes(self) -> list[str]:
+        return list(PROTOCOL_SCOPES)
+
+
+def error_redirect_url(error: OAuth2Error, issuer: str) -> str:
+    """The redirect for an error once the redirect URI is trusted: `error`, `error_description`,
+    `state` and, per RFC 9207 §2, `iss` (authlib's IssuerParameter extension cannot touch a
+    Starlette response, so it is added here)."""
+    params = [(k, v) for k, v in error.get_body() if v is not None] + [("iss", issuer)]
+    return add_query(error.redirect_uri, params)
+
+
+def add_query(uri: str, params: list[tuple[str, str]]) -> str:
+    sep = "&" if "?" in uri else "?"
+    return uri + sep + urlencode(params)
+
+
+def oauth_request(method: str, url: str, headers: Headers, params: list[tuple[str, str]], *, form: bool) -> Request:
+    return Request(method, url, headers, params, form)
+
+
+def json_request(method: str, url: str, headers: Headers, body: dict | None) -> JsonRequest:
+    req = JsonRequest(method, url, headers)
+    req.payload = JsonBody(body if isinstance(body, dict) else {})
+    return req
+
+
+def dumps(body: dict) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()

@@ -1,0 +1,41 @@
+"""Alembic, driven from the app: which revision the database is at, and upgrading it."""
+
+from __future__ import annotations
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, text
+
+from app.paths import MIGRATIONS
+
+_PG_MIGRATION_LOCK = 0x05714279  # pg_advisory_lock key: replicas starting together migrate one at a time
+
+
+def _config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+def head() -> str:
+    return ScriptDirectory.from_config(_config()).get_current_head()
+
+
+def current(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def is_current(engine: Engine) -> bool:
+    return current(engine) == head()
+
+
+def upgrade(engine: Engine) -> None:
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+        config = _config()
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")

@@ -1,0 +1,261 @@
+"""The one Settings object. Every value comes from an ``OSTIARY_*`` environment variable.
+
+Secret settings also accept ``OSTIARY_<NAME>_FILE`` (a path whose content is the value), the way
+Docker and Kubernetes mount secrets.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import secrets
+import stat
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+log = logging.getLogger("ostiary.settings")
+
+MAX_ACCESS_TOKEN_TTL = 3600  # DESIGN: access tokens never live longer than one hour
+MIN_SECRET_LENGTH = 32
+
+
+class SettingsError(Exception):
+    """An invalid setting, with the environment variable that holds it."""
+
+    def __init__(self, name: str, message: str):
+        super().__init__(f"{name}: {message}")
+        self.name = name
+        self.message = message
+
+
+def is_loopback_host(host: str | None) -> bool:
+    if not host:
+        return False
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def canonical_issuer_problem(value: str) -> str | None:
+    """Why ``value`` is not a canonical issuer identifier, or None if it is (RFC 8414 §2)."""
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        return "is not a URL"
+    if parts.scheme.lower() not in ("https", "http") or not parts.hostname:
+        return "must be an absolute https URL"
+    if parts.username is not None or parts.password is not None:
+        return "must not contain user information"
+    # RFC 8414 §2: "a URL that uses the https scheme and has no query or fragment components".
+    if parts.query or parts.fragment or value.endswith(("?", "#")):
+        return "must not have a query or fragment"
+    if parts.scheme.lower() == "http" and not is_loopback_host(parts.hostname):
+        return "must use https (plain http is allowed only for a loopback host)"
+    canonical_netloc = parts.netloc.lower()
+    default_port = {"https": 443, "http": 80}[parts.scheme.lower()]
+    if port == default_port:
+        canonical_netloc = canonical_netloc.rsplit(":", 1)[0]
+    canonical = f"{parts.scheme.lower()}://{canonical_netloc}{parts.path.rstrip('/')}"
+    if value != canonical:
+        # Clients compare the issuer byte for byte (RFC 8414 §3.3, RFC 9207 §2.4): refuse
+        # rather than publish something other than what the operator wrote.
+        return f"must be in canonical form (lowercase scheme and host, no default port, no trailing slash): {canonical}"
+    return None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OSTIARY_", extra="ignore", frozen=True)
+
+    issuer: str = "http://127.0.0.1:8000"
+    database_url: SecretStr = SecretStr("sqlite:///./ostiary.db")
+    database_url_file: Path | None = None
+    # The keyring: the first secret encrypts and signs; all of them decrypt and verify.
+    secret_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    secret_keys_file: Path | None = None
+
+    access_token_ttl: int = 600
+    refresh_token_ttl: int = 30 * 24 * 3600
+    refresh_grace_period: int = 30
+    authorization_request_ttl: int = 600
+    id_token_ttl: int = 600
+
+    signing_alg: Literal["RS256", "ES256"] = "RS256"
+    key_rotation_period: int = 30 * 24 * 3600
+    jwks_max_age: int = 600
+
+    session_idle_timeout: int = 30 * 60
+    session_absolute_timeout: int = 12 * 3600
+
+    default_resource: str | None = None
+    jobs_interval: int = 60
+    log_level: str = "INFO"
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, value: str) -> str:
+        problem = canonical_issuer_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("secret_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value):
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("access_token_ttl")
+    @classmethod
+    def _access_ttl(cls, value: int) -> int:
+        if not 30 <= value <= MAX_ACCESS_TOKEN_TTL:
+            raise ValueError(f"must be between 30 and {MAX_ACCESS_TOKEN_TTL} seconds")
+        return value
+
+    @field_validator(
+        "refresh_token_ttl",
+        "authorization_request_ttl",
+        "id_token_ttl",
+        "key_rotation_period",
+        "session_idle_timeout",
+        "session_absolute_timeout",
+        "jobs_interval",
+    )
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value <= 0:
+            raise ValueError("must be a positive number of seconds")
+        return value
+
+    @field_validator("jwks_max_age", "refresh_grace_period")
+    @classmethod
+    def _not_negative(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
+        return value.upper()
+
+    @model_validator(mode="after")
+    def _files_and_keys(self) -> "Settings":
+        if self.database_url_file is not None:
+            if "OSTIARY_DATABASE_URL" in os.environ:
+                raise SettingsError("OSTIARY_DATABASE_URL_FILE", "set either it or OSTIARY_DATABASE_URL, not both")
+            object.__setattr__(self, "database_url", SecretStr(_read_secret_file("OSTIARY_DATABASE_URL_FILE", self.database_url_file)))
+        if self.secret_keys_file is not None:
+            if self.secret_keys:
+                raise SettingsError("OSTIARY_SECRET_KEYS_FILE", "set either it or OSTIARY_SECRET_KEYS, not both")
+            raw = _read_secret_file("OSTIARY_SECRET_KEYS_FILE", self.secret_keys_file)
+            object.__setattr__(self, "secret_keys", [SecretStr(p.strip()) for p in raw.replace("\n", ",").split(",") if p.strip()])
+        for key in self.secret_keys:
+            if len(key.get_secret_value()) < MIN_SECRET_LENGTH:
+                raise SettingsError("OSTIARY_SECRET_KEYS", f"each secret must be at least {MIN_SECRET_LENGTH} characters long")
+        if self.session_idle_timeout > self.session_absolute_timeout:
+            raise SettingsError("OSTIARY_SESSION_IDLE_TIMEOUT", "must not exceed OSTIARY_SESSION_ABSOLUTE_TIMEOUT")
+        url = self.database_url.get_secret_value()
+        if not url.startswith(("sqlite", "postgresql")):
+            raise SettingsError("OSTIARY_DATABASE_URL", "must be an sqlite:/// or postgresql:// URL")
+        return self
+
+    # -- derived values ---------------------------------------------------------------------
+
+    @cached_property
+    def issuer_is_loopback(self) -> bool:
+        return is_loopback_host(urlsplit(self.issuer).hostname)
+
+    @cached_property
+    def is_https(self) -> bool:
+        return self.issuer.startswith("https://")
+
+    @cached_property
+    def issuer_path(self) -> str:
+        return urlsplit(self.issuer).path
+
+    @cached_property
+    def is_sqlite(self) -> bool:
+        return self.database_url.get_secret_value().startswith("sqlite")
+
+    @cached_property
+    def sqlite_path(self) -> Path | None:
+        url = self.database_url.get_secret_value()
+        if not url.startswith("sqlite:///") or url in ("sqlite://", "sqlite:///:memory:"):
+            return None
+        return Path(url.removeprefix("sqlite:///").split("?", 1)[0])
+
+    @cached_property
+    def max_token_lifetime(self) -> int:
+        """The longest any JWT we sign may live: a retired key stays published this long."""
+        return max(MAX_ACCESS_TOKEN_TTL, self.id_token_ttl)
+
+    def keyring(self) -> list[bytes]:
+        """The secret keys as bytes; in development, a generated one (see ensure_keyring)."""
+        return [k.get_secret_value().encode() for k in self.secret_keys]
+
+
+def _read_secret_file(name: str, path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise SettingsError(name, f"cannot read {path}: {exc.strerror}") from None
+
+
+def ensure_keyring(settings: Settings) -> Settings:
+    """Return settings with a keyring, generating a development one if that is allowed.
+
+    Production (an issuer that is not loopback) must configure OSTIARY_SECRET_KEYS. On a
+    loopback issuer with an SQLite database we generate one secret once, into a 0600 file
+    beside the database, so that `ostiary serve` works with no setup and keeps working after a
+    restart.
+    """
+    if settings.secret_keys:
+        return settings
+    if not settings.issuer_is_loopback:
+        raise SettingsError("OSTIARY_SECRET_KEYS", "is required when the issuer is not a loopback address (set it or OSTIARY_SECRET_KEYS_FILE)")
+    path = settings.sqlite_path
+    if path is None:
+        raise SettingsError("OSTIARY_SECRET_KEYS", "is required unless the database is an SQLite file (it is generated beside that file in development)")
+    key_file = path.with_name(path.name + ".secret-keys")
+    if not key_file.exists():
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(48) + "\n")
+        log.warning(
+            "generated a development secret key in %s; set OSTIARY_SECRET_KEYS (or _FILE) in production",
+            key_file,
+        )
+    elif key_file.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise SettingsError("OSTIARY_SECRET_KEYS_FILE", f"{key_file} must be readable by its owner only (chmod 600)")
+    keys = [SecretStr(k.strip()) for k in key_file.read_text().split(",") if k.strip()]
+    return settings.model_copy(update={"secret_keys": keys})
+
+
+def load_settings(**overrides) -> Settings:
+    """Read the environment; raise SettingsError naming the first bad setting."""
+    try:
+        return ensure_keyring(Settings(**overrides))
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else "settings"
+        message = error["msg"].removeprefix("Value error, ")
+        ctx_error = (error.get("ctx") or {}).get("error")
+        if isinstance(ctx_error, SettingsError):
+            raise ctx_error from None
+        raise SettingsError(f"OSTIARY_{field.upper()}", message) from None

@@ -1,0 +1,1 @@
+"""Narrow typed access per aggregate. The only package that writes SQL."""

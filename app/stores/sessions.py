@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from app.models import BrowserSession
+
+
+def add(db: Session, session: BrowserSession) -> None:
+    db.add(session)
+
+
+def find(db: Session, id_hashes: list[str]) -> BrowserSession | None:
+    return db.scalar(select(BrowserSession).where(BrowserSession.id_hash.in_(id_hashes)))
+
+
+def touch(db: Session, id_hash: str, at: int) -> None:
+    db.execute(update(BrowserSession).where(BrowserSession.id_hash == id_hash).values(last_seen_at=at))
+
+
+def remove(db: Session, id_hash: str) -> None:
+    db.execute(delete(BrowserSession).where(BrowserSession.id_hash == id_hash))
+
+
+def remove_for_user(db: Session, user_id: str) -> int:
+    return db.execute(delete(BrowserSession).where(BrowserSession.user_id == user_id)).rowcount
+
+
+def promote(db: Session, id_hash: str, amr: list[str], at: int) -> None:
+    db.execute(
+        update(BrowserSession).where(BrowserSession.id_hash == id_hash).values(status="active", amr=amr, auth_time=at)
+    )

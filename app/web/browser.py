@@ -1,0 +1,190 @@
+"""The browser side of a request: who is signed in, the CSRF cookie, and rendering pages.
+
+Sessions are server-side rows keyed by the HMAC of a random 256-bit id (RFC 6749 §10.12 CSRF,
+OWASP session management): HttpOnly, SameSite=Lax, Secure with the `__Host-` prefix under https,
+an idle and an absolute timeout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated
+from urllib.parse import quote
+
+from fastapi import Depends, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from sqlalchemy.orm import Session
+
+from app.db import now
+from app.deps import DbDep, RuntimeDep
+from app.models import BrowserSession, User
+from app.paths import TEMPLATES
+from app.runtime import Runtime
+from app.security import csrf
+from app.security.secrets import new_token
+from app.stores import sessions as store
+from app.stores import users as users_store
+
+TOUCH_EVERY = 60  # seconds: how stale last_seen_at may get before a request writes it
+
+
+def make_templates() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(str(TEMPLATES)),
+        autoescape=select_autoescape(["html"]),
+        auto_reload=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    return env
+
+
+def cookie_names(runtime: Runtime) -> tuple[str, str]:
+    prefix = "__Host-" if runtime.settings.is_https else ""
+    return prefix + "ostiary-session", prefix + "ostiary-csrf"
+
+
+@dataclass
+class Browser:
+    runtime: Runtime
+    session: BrowserSession | None
+    user: User | None
+    csrf_cookie: str
+    new_csrf_cookie: bool
+    cookies_to_set: list[tuple[str, str, int | None]] = field(default_factory=list)
+
+    @property
+    def session_hash(self) -> str | None:
+        return self.session.id_hash if self.session else None
+
+    @property
+    def signed_in(self) -> bool:
+        return self.user is not None and self.session is not None and self.session.status == "active"
+
+    @property
+    def csrf_token(self) -> str:
+        return csrf.token_for(self.runtime.keyring, self.csrf_cookie, self.session_hash)
+
+    def csrf_ok(self, form) -> bool:
+        submitted = form.get(csrf.FIELD) if form is not None else None
+        return not self.new_csrf_cookie and csrf.is_valid(
+            self.runtime.keyring, self.csrf_cookie, self.session_hash, submitted
+        )
+
+    # -- sign-in / sign-out ---------------------------------------------------------------
+
+    def start_session(self, db: Session, user: User, request: Request, *, status: str = "active", amr: list[str]) -> None:
+        """A new session id on every sign-in (no session fixation), and a new CSRF cookie."""
+        if self.session is not None:
+            store.remove(db, self.session.id_hash)
+        settings = self.runtime.settings
+        raw = new_token()
+        t = now()
+        session = BrowserSession(
+            id_hash=self.runtime.keyring.hash(raw),
+            user_id=user.id,
+            status=status,
+            amr=amr,
+            auth_time=t,
+            created_at=t,
+            last_seen_at=t,
+            expires_at=t + settings.session_absolute_timeout,
+            ip=request.client.host if request.client else None,
+            user_agent=(request.headers.get("user-agent") or "")[:300],
+        )
+        store.add(db, session)
+        self.session, self.user = session, user
+        session_cookie, csrf_cookie = cookie_names(self.runtime)
+        self.cookies_to_set.append((session_cookie, raw, settings.session_absolute_timeout))
+        self.csrf_cookie, self.new_csrf_cookie = csrf.new_cookie_value(), False
+        self.cookies_to_set.append((csrf_cookie, self.csrf_cookie, None))
+
+    def end_session(self, db: Session) -> None:
+        if self.session is not None:
+            store.remove(db, self.session.id_hash)
+        self.session, self.user = None, None
+        self.cookies_to_set.append((cookie_names(self.runtime)[0], "", 0))
+
+    # -- responses --------------------------------------------------------------------------
+
+    def apply_cookies(self, response: Response) -> Response:
+        secure = self.runtime.settings.is_https
+        if self.new_csrf_cookie:
+            self.cookies_to_set.append((cookie_names(self.runtime)[1], self.csrf_cookie, None))
+            self.new_csrf_cookie = False
+        for name, value, max_age in self.cookies_to_set:
+            if max_age == 0:
+                response.delete_cookie(name, path="/", secure=secure, httponly=True, samesite="lax")
+            else:
+                response.set_cookie(
+                    name, value, max_age=max_age, path="/", secure=secure, httponly=True, samesite="lax"
+                )
+        self.cookies_to_set.clear()
+        return response
+
+    def render(self, template: str, status_code: int = 200, **context) -> HTMLResponse:
+        env = self.runtime.templates
+        html = env.get_template(template).render(
+            csrf_field=csrf.FIELD,
+            csrf_token=self.csrf_token,
+            user=self.user if self.signed_in else None,
+            settings=self.runtime.settings,
+            **context,
+        )
+        return self.apply_cookies(HTMLResponse(html, status_code=status_code))
+
+    def redirect(self, url: str, status_code: int = 303) -> RedirectResponse:
+        """Redirect within the app ("/account") or, for an absolute URL, elsewhere."""
+        if url.startswith("/"):
+            url = self.runtime.settings.issuer_path + url
+        return self.apply_cookies(RedirectResponse(url, status_code=status_code))
+
+    def login_redirect(self, next_url: str) -> RedirectResponse:
+        return self.redirect("/login?next=" + quote(next_url, safe=""))
+
+
+def _load(request: Request, db: DbDep, runtime: RuntimeDep) -> Browser:
+    session_cookie, csrf_cookie = cookie_names(runtime)
+    raw_csrf = request.cookies.get(csrf_cookie)
+    browser = Browser(
+        runtime=runtime,
+        session=None,
+        user=None,
+        csrf_cookie=raw_csrf or csrf.new_cookie_value(),
+        new_csrf_cookie=not raw_csrf,
+    )
+    raw_session = request.cookies.get(session_cookie)
+    if not raw_session or len(raw_session) > 100:
+        return browser
+    session = store.find(db, runtime.keyring.hashes(raw_session))
+    if session is None:
+        browser.cookies_to_set.append((session_cookie, "", 0))
+        return browser
+    t = now()
+    settings = runtime.settings
+    expired = t >= session.expires_at or t >= session.last_seen_at + settings.session_idle_timeout
+    user = users_store.get(db, session.user_id)
+    if expired or user is None or user.disabled:
+        store.remove(db, session.id_hash)
+        db.commit()
+        browser.cookies_to_set.append((session_cookie, "", 0))
+        return browser
+    if t - session.last_seen_at >= TOUCH_EVERY:
+        store.touch(db, session.id_hash, t)
+        db.commit()
+        session.last_seen_at = t
+    browser.session, browser.user = session, user
+    return browser
+
+
+BrowserDep = Annotated[Browser, Depends(_load)]
+
+
+def safe_next(value: str | None, default: str = "/account") -> str:
+    """Only same-origin paths: never an open redirect (RFC 9700 §4.11)."""
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return default
+    if any(c in value for c in "\r\n\t") or any(ord(c) < 0x20 for c in value):
+        return default
+    return value

@@ -1,0 +1,54 @@
+"""CORS for the public protocol endpoints only, without credentials.
+
+Browser-based MCP clients read the metadata and JWKS and call /token, /register and /revoke
+from another origin. HTML pages and the admin console never get CORS headers.
+"""
+
+from __future__ import annotations
+
+ALLOW_HEADERS = b"Authorization, Content-Type, MCP-Protocol-Version"
+EXPOSE_HEADERS = b"WWW-Authenticate, Retry-After"
+
+
+class PublicCORSMiddleware:
+    def __init__(self, app, is_public: "callable"):
+        self.app = app
+        self.is_public = is_public
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not self.is_public(scope["path"]):
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        origin = headers.get(b"origin")
+        if origin is None:
+            return await self.app(scope, receive, send)
+        if scope["method"] == "OPTIONS" and b"access-control-request-method" in headers:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 204,
+                    "headers": [
+                        (b"access-control-allow-origin", b"*"),
+                        (b"access-control-allow-methods", b"GET, POST, PUT, DELETE, OPTIONS"),
+                        (b"access-control-allow-headers", ALLOW_HEADERS),
+                        (b"access-control-max-age", b"86400"),
+                        (b"vary", b"Origin"),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": b""})
+            return
+
+        async def send_cors(message):
+            if message["type"] == "http.response.start":
+                message = {
+                    **message,
+                    "headers": list(message.get("headers", []))
+                    + [
+                        (b"access-control-allow-origin", b"*"),
+                        (b"access-control-expose-headers", EXPOSE_HEADERS),
+                    ],
+                }
+            await send(message)
+
+        await self.app(scope, receive, send_cors)

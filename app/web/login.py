@@ -1,0 +1,82 @@
+"""/login and /logout: sign-in with a username and password, server-side sessions."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from app import audit
+from app.deps import DbDep
+from app.security.passwords import verify_password
+from app.stores import users as users_store
+from app.web.browser import BrowserDep, safe_next
+from app.web.forms import FormDep
+
+router = APIRouter()
+
+BAD_CREDENTIALS = "Incorrect username or password."
+EXPIRED_FORM = "This form has expired. Please try again."
+
+
+@router.get("/login")
+def login_page(browser: BrowserDep, next: str | None = None, prompt: str | None = None):
+    # prompt=login (OIDC Core §3.1.2.1): the app asked for a fresh sign-in.
+    if browser.signed_in and prompt != "login":
+        return browser.redirect(safe_next(next))
+    username = browser.user.username if browser.user and prompt == "login" else ""
+    return browser.render("login.html", next=safe_next(next, ""), username=username, error=None)
+
+
+@router.post("/login")
+def login(request: Request, browser: BrowserDep, db: DbDep, form: FormDep):
+    next_url = safe_next(form.get("next"))
+    username = str(form.get("username") or "")[:150]
+    password = str(form.get("password") or "")
+    if not browser.csrf_ok(form):
+        return browser.render("login.html", 400, next=next_url, username=username, error=EXPIRED_FORM)
+    user = users_store.by_username(db, username) if username else None
+    # Same work and the same answer for an unknown user, a wrong password and a disabled account.
+    ok, new_hash = verify_password(user.password_hash if user else None, password)
+    if not ok or user is None or user.disabled:
+        audit.record(
+            db,
+            "login.failed",
+            user_id=user.id if user else None,
+            username=user.username if user else None,
+            reason="disabled" if ok and user and user.disabled else "bad_credentials",
+        )
+        db.commit()
+        return browser.render("login.html", 401, next=next_url, username=username, error=BAD_CREDENTIALS)
+    if new_hash:
+        users_store.set_password_hash(db, user.id, new_hash)
+    users_store.mark_login(db, user.id)
+    needs_otp = user.totp_enabled_at is not None
+    browser.start_session(db, user, request, status="mfa" if needs_otp else "active", amr=["pwd"])
+    audit.record(db, "login.password_ok" if needs_otp else "login.succeeded", user_id=user.id, username=user.username)
+    db.commit()
+    if needs_otp:
+        return browser.redirect("/login/otp?next=" + _quote(next_url))
+    return browser.redirect(next_url)
+
+
+@router.get("/logout")
+def logout_page(browser: BrowserDep):
+    if browser.session is None:
+        return browser.redirect("/login")
+    return browser.render("logout.html")
+
+
+@router.post("/logout")
+def logout(browser: BrowserDep, db: DbDep, form: FormDep):
+    if not browser.csrf_ok(form):
+        return browser.render("logout.html", 400, error=EXPIRED_FORM)
+    if browser.user is not None:
+        audit.record(db, "logout", user_id=browser.user.id, username=browser.user.username)
+    browser.end_session(db)
+    db.commit()
+    return browser.redirect("/login")
+
+
+def _quote(value: str) -> str:
+    from urllib.parse import quote
+
+    return quote(value, safe="")

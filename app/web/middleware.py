@@ -1,0 +1,60 @@
+"""One pure-ASGI middleware for what every response needs: a request id, the audit context,
+and the browser-facing security headers on HTML pages."""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+from app.audit import RequestContext, request_context
+
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self' data:; script-src 'self'; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+
+HTML_HEADERS = [
+    # Clickjacking: RFC 6749 §10.13, RFC 9700 §4.16.
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", CSP.encode()),
+    (b"cache-control", b"no-store"),
+    (b"referrer-policy", b"no-referrer"),
+]
+COMMON_HEADERS = [(b"x-content-type-options", b"nosniff")]
+
+
+class RequestMiddleware:
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        incoming = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                incoming = value.decode("latin-1")
+                break
+        request_id = incoming if incoming and _SAFE_REQUEST_ID.match(incoming) else secrets.token_hex(8)
+        client = scope.get("client")
+        scope.setdefault("state", {})["request_id"] = request_id
+        token = request_context.set(RequestContext(ip=client[0] if client else None, request_id=request_id))
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {n.lower() for n, _ in headers}
+                content_type = next((v for n, v in headers if n.lower() == b"content-type"), b"")
+                extra = list(COMMON_HEADERS) + [(b"x-request-id", request_id.encode())]
+                if content_type.startswith(b"text/html"):
+                    extra += HTML_HEADERS
+                headers += [(n, v) for n, v in extra if n not in names]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            request_context.reset(token)
