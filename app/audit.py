@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
+from app import metrics
 from app.models import AuditEvent
 from app.stores import audit as store
 
@@ -53,6 +54,7 @@ def record(
         details=details,
     )
     store.add(db, row)
+    metrics.observe_event(event)
     line = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "event": event,

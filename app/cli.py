@@ -328,6 +328,53 @@ def cmd_clients_list(args) -> int:
     return 0
 
 
+def cmd_clients_prune(args) -> int:
+    from app.oauth.clients import prune
+
+    settings = _settings()
+    _, factory = _open(settings, migrate=False)
+    with factory() as db:
+        pruned = prune(db, settings)
+        db.commit()
+    print(f"pruned {len(pruned)} client(s)" + ("".join(f"\n  {c}" for c in pruned)))
+    return 0
+
+
+def cmd_clients_initial_token(args) -> int:
+    from app import audit
+    from app.db import now
+    from app.models import InitialAccessToken
+    from app.oauth.registration import INITIAL_TOKEN_PREFIX
+    from app.security.secrets import new_token
+    from app.stores import clients
+
+    if args.expires_in < 60 or args.expires_in > 365 * 24 * 3600:
+        raise UsageError("--expires-in must be between 60 seconds and one year")
+    if args.uses < 1 or args.uses > 100000:
+        raise UsageError("--uses must be between 1 and 100000")
+    settings = _settings()
+    _, factory = _open(settings, migrate=False)
+    token = new_token(INITIAL_TOKEN_PREFIX)
+    with factory() as db:
+        clients.add_initial_token(
+            db,
+            InitialAccessToken(
+                token_hash=_keyring(settings).hash(token), expires_at=now() + args.expires_in, uses_left=args.uses, note=args.note
+            ),
+        )
+        audit.record(db, "registration.initial_token_created", uses=args.uses, expires_in=args.expires_in, via="cli")
+        db.commit()
+    print(token)
+    print(
+        f"An initial access token for {args.uses} registration(s) within {args.expires_in} s "
+        "(RFC 7591 §3: send it as 'Authorization: Bearer ...' to the registration endpoint). Shown once.",
+        file=sys.stderr,
+    )
+    if settings.registration != "token":
+        print("Note: OSTIARY_REGISTRATION is not 'token', so registration does not ask for it.", file=sys.stderr)
+    return 0
+
+
 def cmd_keys_list(args) -> int:
     from app import keys
     from app.stores import keys as keys_store
@@ -425,6 +472,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--confidential", action="store_true", help="issue a client secret")
     p.set_defaults(func=cmd_clients_add)
     clients.add_parser("list", help="list clients").set_defaults(func=cmd_clients_list)
+    clients.add_parser("prune", help="delete unused dynamically registered clients now").set_defaults(func=cmd_clients_prune)
+    p = clients.add_parser("initial-token", help="create an initial access token for registration (RFC 7591)")
+    p.add_argument("--expires-in", type=int, default=7 * 24 * 3600, metavar="SECONDS")
+    p.add_argument("--uses", type=int, default=1, help="how many registrations it allows")
+    p.add_argument("--note", help="what it is for (shown to operators)")
+    p.set_defaults(func=cmd_clients_initial_token)
 
     keys = sub.add_parser("keys", help="manage signing keys").add_subparsers(dest="action", required=True, metavar="ACTION")
     keys.add_parser("list", help="list signing keys").set_defaults(func=cmd_keys_list)

@@ -10,7 +10,9 @@ from collections.abc import Callable
 from starlette.concurrency import run_in_threadpool
 
 from app import keys
+from app.db import transaction
 from app.runtime import Runtime
+from app.stores import jobs as job_locks
 
 log = logging.getLogger("ostiary.jobs")
 
@@ -20,7 +22,18 @@ def _key_rotation(runtime: Runtime) -> None:
         runtime.keys.invalidate()
 
 
-JOBS: list[Callable[[Runtime], None]] = [_key_rotation]
+def _prune_clients(runtime: Runtime) -> None:
+    from app.oauth.clients import prune
+
+    with transaction(runtime.sessions) as db:
+        if not job_locks.claim(db, "prune-clients", interval=3600):
+            return  # another replica ran it within the hour
+        pruned = prune(db, runtime.settings)
+    if pruned:
+        log.info("pruned %d unused dynamically registered clients", len(pruned))
+
+
+JOBS: list[Callable[[Runtime], None]] = [_key_rotation, _prune_clients]
 
 
 def run_once(runtime: Runtime) -> None:

@@ -42,7 +42,8 @@ def build_runtime(settings: Settings) -> Runtime:
     )
 
 
-def create_app(settings: Settings, *, run_jobs: bool = True) -> FastAPI:
+def create_app(settings: Settings, *, run_jobs: bool = True, fetch_transport=None) -> FastAPI:
+    """The app. `fetch_transport` replaces the outbound HTTP transport (tests)."""
     runtime = build_runtime(settings)
     runtime.keys.snapshot()  # load and decrypt the keys once, before the first request
 
@@ -70,15 +71,21 @@ def create_app(settings: Settings, *, run_jobs: bool = True) -> FastAPI:
     from app import health
     from app.oauth import routes as oauth_routes
     from app.oauth.setup import build_server
-    from app.web import account, authorize, login
+    from app import admin
+    from app.web import account, authorize, login, mfa, setup_password
 
-    build_server(runtime)
+    build_server(runtime, fetch_transport)
 
     prefix = settings.issuer_path  # everything lives under the issuer's path, if it has one
     app.include_router(oauth_routes.router, prefix=prefix)
+    if settings.registration != "closed":  # a closed registration endpoint is not served at all
+        app.include_router(oauth_routes.registration_router, prefix=prefix)
     app.include_router(authorize.router, prefix=prefix)
     app.include_router(login.router, prefix=prefix)
     app.include_router(account.router, prefix=prefix)
+    app.include_router(mfa.router, prefix=prefix)
+    app.include_router(setup_password.router, prefix=prefix)
+    admin.install(app, prefix)
     app.include_router(health.router, prefix=prefix)
     app.include_router(oauth_routes.well_known_router)
     app.mount(prefix + "/static", StaticFiles(directory=str(TEMPLATES / "static")), name="static")

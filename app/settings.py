@@ -97,10 +97,55 @@ class Settings(BaseSettings):
 
     session_idle_timeout: int = 30 * 60
     session_absolute_timeout: int = 12 * 3600
+    # TOTP for admins: "required" sends an admin without it to enrol before the console;
+    # unset means "required" unless the issuer is a loopback address (see admin_mfa_required).
+    admin_mfa: Literal["required", "optional"] | None = None
 
     default_resource: str | None = None
     jobs_interval: int = 60
     log_level: str = "INFO"
+
+    # Production hardening (see README "Running in production").
+    redis_url: SecretStr | None = None  # rate-limit counters shared by replicas
+    redis_url_file: Path | None = None
+    # Addresses of reverse proxies whose X-Forwarded-For/-Proto are believed ("*" for any).
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Host names besides the issuer's that requests may carry (DNS-rebinding defence).
+    extra_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    max_body: int = 1024 * 1024
+    max_body_protocol: int = 64 * 1024  # /token, /register, /revoke, /introspect
+    rate_limits_enabled: bool = True
+    token_rate_per_ip: str = "600/minute"
+    token_rate_per_client: str = "100/minute"  # per client_id and address
+    authorize_rate_per_ip: str = "120/minute"
+    login_rate_per_ip: str = "60/minute"
+    # Failed sign-ins per username: each tier is a longer wait (progressive), the last a lock.
+    login_failures_per_user: str = "5/minute;10/5minutes;20/hour"
+    metrics_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"]
+    )
+    audit_retention_days: int = 365
+
+    # Client registration (RFC 7591): "open", "token" (an initial access token is required,
+    # RFC 7591 §3) or "closed".
+    registration: Literal["open", "token", "closed"] = "open"
+    # Sized for hosted connectors that share outbound addresses.
+    registration_rate_per_ip: str = "60/minute"
+    registration_rate_global: str = "1000/minute"
+    # Hygiene: dynamically registered clients never used within this long are deleted ...
+    prune_unused_clients_after: int = 24 * 3600
+    # ... and so are those idle this long with no live refresh token.
+    prune_idle_clients_after: int = 90 * 24 * 3600
+
+    # Client ID Metadata Documents: outbound fetching of https client_id URLs.
+    cimd_enabled: bool = True
+    cimd_timeout: float = 3.0
+    cimd_cache_min: int = 300
+    cimd_cache_max: int = 24 * 3600
+    # Hosts whose private or loopback addresses may be fetched anyway (tests, development).
+    cimd_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # An extra CA bundle to trust when fetching (a test CA, a corporate CA).
+    cimd_ca_file: Path | None = None
 
     @field_validator("issuer")
     @classmethod
@@ -117,6 +162,44 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("cimd_allowed_hosts", "trusted_proxies", "extra_hosts", "metrics_networks", mode="before")
+    @classmethod
+    def _split_hosts(cls, value):
+        if isinstance(value, str):
+            return [part.strip().lower() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("metrics_networks", "trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if item == "*":
+                continue
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network") from None
+        return value
+
+    @field_validator(
+        "registration_rate_per_ip",
+        "registration_rate_global",
+        "token_rate_per_ip",
+        "token_rate_per_client",
+        "authorize_rate_per_ip",
+        "login_rate_per_ip",
+        "login_failures_per_user",
+    )
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        from limits import parse_many
+
+        try:
+            parse_many(value)
+        except ValueError:
+            raise ValueError("must be a rate such as '60/minute'") from None
+        return value
+
     @field_validator("access_token_ttl")
     @classmethod
     def _access_ttl(cls, value: int) -> int:
@@ -129,6 +212,12 @@ class Settings(BaseSettings):
         "authorization_request_ttl",
         "id_token_ttl",
         "key_rotation_period",
+        "prune_unused_clients_after",
+        "prune_idle_clients_after",
+        "cimd_cache_max",
+        "max_body",
+        "max_body_protocol",
+        "audit_retention_days",
         "session_idle_timeout",
         "session_absolute_timeout",
         "jobs_interval",
@@ -139,7 +228,7 @@ class Settings(BaseSettings):
             raise ValueError("must be a positive number of seconds")
         return value
 
-    @field_validator("jwks_max_age", "refresh_grace_period")
+    @field_validator("jwks_max_age", "refresh_grace_period", "cimd_cache_min")
     @classmethod
     def _not_negative(cls, value: int) -> int:
         if value < 0:
@@ -164,9 +253,19 @@ class Settings(BaseSettings):
                 raise SettingsError("OSTIARY_SECRET_KEYS_FILE", "set either it or OSTIARY_SECRET_KEYS, not both")
             raw = _read_secret_file("OSTIARY_SECRET_KEYS_FILE", self.secret_keys_file)
             object.__setattr__(self, "secret_keys", [SecretStr(p.strip()) for p in raw.replace("\n", ",").split(",") if p.strip()])
+        if self.redis_url_file is not None:
+            if "OSTIARY_REDIS_URL" in os.environ:
+                raise SettingsError("OSTIARY_REDIS_URL_FILE", "set either it or OSTIARY_REDIS_URL, not both")
+            object.__setattr__(self, "redis_url", SecretStr(_read_secret_file("OSTIARY_REDIS_URL_FILE", self.redis_url_file)))
+        if self.redis_url is not None and not self.redis_url.get_secret_value().startswith(("redis://", "rediss://")):
+            raise SettingsError("OSTIARY_REDIS_URL", "must be a redis:// or rediss:// URL")
         for key in self.secret_keys:
             if len(key.get_secret_value()) < MIN_SECRET_LENGTH:
                 raise SettingsError("OSTIARY_SECRET_KEYS", f"each secret must be at least {MIN_SECRET_LENGTH} characters long")
+        if not 0 < self.cimd_timeout <= 30:
+            raise SettingsError("OSTIARY_CIMD_TIMEOUT", "must be between 0 and 30 seconds")
+        if self.cimd_cache_min > self.cimd_cache_max:
+            raise SettingsError("OSTIARY_CIMD_CACHE_MIN", "must not exceed OSTIARY_CIMD_CACHE_MAX")
         if self.session_idle_timeout > self.session_absolute_timeout:
             raise SettingsError("OSTIARY_SESSION_IDLE_TIMEOUT", "must not exceed OSTIARY_SESSION_ABSOLUTE_TIMEOUT")
         url = self.database_url.get_secret_value()
@@ -179,6 +278,10 @@ class Settings(BaseSettings):
     @cached_property
     def issuer_is_loopback(self) -> bool:
         return is_loopback_host(urlsplit(self.issuer).hostname)
+
+    @cached_property
+    def admin_mfa_required(self) -> bool:
+        return (self.admin_mfa or ("optional" if self.issuer_is_loopback else "required")) == "required"
 
     @cached_property
     def is_https(self) -> bool:

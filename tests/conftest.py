@@ -13,6 +13,7 @@ import secrets
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -117,6 +118,32 @@ def fresh_keys(clean_db) -> str:
         conn.execute(text("DELETE FROM job_runs"))
     engine.dispose()
     return clean_db
+
+
+@contextmanager
+def empty_database(directory: Path) -> Iterator[str]:
+    """A new, empty database on the configured server: an SQLite file in `directory`, or a
+    throwaway PostgreSQL database dropped afterwards."""
+    if not PG_URL:
+        yield f"sqlite:///{directory / f'empty-{secrets.token_hex(3)}.db'}"
+        return
+    name = f"ostiary_empty_{os.getpid()}_{secrets.token_hex(3)}"
+    admin = create_engine(_admin_url(PG_URL), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"{PG_URL.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def empty_database_url(database_url, tmp_path) -> Iterator[str]:
+    """A new, empty database (tests of migrations, the CLI and `ostiary serve`)."""
+    with empty_database(tmp_path) as url:
+        yield url
 
 
 # -- the app ---------------------------------------------------------------------------------

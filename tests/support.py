@@ -4,6 +4,7 @@ takes (sign in, consent) over HTTP."""
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import secrets
 from urllib.parse import parse_qs, urlsplit
@@ -144,3 +145,201 @@ async def refresh(client: httpx.AsyncClient, client_id: str, refresh_token: str,
     data = {"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": client_id}
     data.update(extra)
     return await client.post("/token", data={k: v for k, v in data.items() if v is not None})
+
+
+# -- protocol-test helpers (tests/test_rfc*.py, test_scopes, test_consent, test_redirect_uris) --
+
+
+@functools.cache
+def _alice_hash() -> str:
+    return hash_password(PASSWORD)
+
+
+async def registered_flow(client: httpx.AsyncClient, runtime, **metadata) -> dict:
+    """The default resource and a registered client, nobody signed in (no password hashing:
+    enough for requests that are refused before sign-in)."""
+    create_resource(runtime)
+    return await register(client, **metadata)
+
+
+async def signed_in_flow(client: httpx.AsyncClient, runtime, **metadata) -> dict:
+    """A user `alice`, the default resource, a registered client, and `client` signed in as alice.
+    Returns the registration response."""
+    with runtime.sessions() as db:  # as create_user, with the password hashed once per run
+        users_store.add(db, User(username="alice", password_hash=_alice_hash(), is_admin=False, groups=[]))
+        db.commit()
+    create_resource(runtime)
+    reg = await register(client, **metadata)
+    response = await login(client)
+    assert response.status_code == 303, response.text
+    return reg
+
+
+async def tokens_for(client: httpx.AsyncClient, client_id: str, *, auth=None, **authorize_extra) -> dict:
+    """Run /authorize (signed-in browser) and the code exchange; return the token response."""
+    code, verifier, _ = await obtain_code(client, client_id, **authorize_extra)
+    if auth is None:
+        response = await exchange(client, client_id, code, verifier)
+    else:  # a confidential client: client_secret_basic
+        data = {"grant_type": "authorization_code", "code": code, "code_verifier": verifier, "redirect_uri": REDIRECT}
+        response = await client.post("/token", data=data, auth=auth)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def verify_jwt(client: httpx.AsyncClient, token: str):
+    """Decode and verify a JWT against the server's published /jwks (joserfc)."""
+    from joserfc import jwt
+    from joserfc.jwk import KeySet
+
+    keys = KeySet.import_key_set((await client.get("/jwks")).json())
+    return jwt.decode(token, keys)
+
+
+def admin_client(runtime, *, confidential: bool = True, name: str = "Resource server") -> tuple[str, str | None]:
+    """An operator-created client (e.g. a resource server's introspection credentials)."""
+    from app.oauth.clients import create_admin_client
+
+    with runtime.sessions() as db:
+        row, secret = create_admin_client(db, runtime.keyring, name=name, redirect_uris=[REDIRECT], confidential=confidential)
+        db.commit()
+        return row.id, secret
+
+
+async def introspect(client: httpx.AsyncClient, token: str, auth: tuple[str, str], **extra) -> httpx.Response:
+    return await client.post("/introspect", data={"token": token, **extra}, auth=auth)
+
+
+def audit_events(runtime, event: str) -> list:
+    from sqlalchemy import select
+
+    from app.models import AuditEvent
+
+    with runtime.sessions() as db:
+        return list(db.scalars(select(AuditEvent).where(AuditEvent.event == event).order_by(AuditEvent.id)))
+
+
+# -- looking at everything the database holds (tests that no secret is stored in clear) -------
+
+
+def database_rows(url: str) -> dict[str, list[tuple]]:
+    """Every row of every table (alembic_version included), by table name."""
+    from sqlalchemy import inspect, text
+
+    from app.db import make_engine
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return {
+                table: sorted((tuple(row) for row in conn.execute(text(f'SELECT * FROM "{table}"'))), key=repr)
+                for table in sorted(inspect(conn).get_table_names())
+            }
+    finally:
+        engine.dispose()
+
+
+def database_text(url: str) -> str:
+    """The whole database as one string, to search for values that must not be stored."""
+    return "\n".join(f"{table}: {row!r}" for table, rows in database_rows(url).items() for row in rows)
+
+
+# -- admin console and account pages (tests/test_admin_console.py, test_account_mfa.py) -------
+
+
+async def page_csrf(client: httpx.AsyncClient, path: str = "/account") -> str:
+    """The CSRF token of this browser, from a page it can see."""
+    page = await client.get(path)
+    assert page.status_code == 200, (path, page.status_code, page.text[:300])
+    return csrf_from(page.text)
+
+
+async def submit(client: httpx.AsyncClient, path: str, data: dict | None = None, *, confirm: bool = False, csrf_page: str = "/account") -> httpx.Response:
+    """POST a console or account form with this browser's CSRF token (and confirm=yes for the
+    second step of a destructive action)."""
+    body = {"csrf_token": await page_csrf(client, csrf_page), **(data or {})}
+    if confirm:
+        body["confirm"] = "yes"
+    return await client.post(path, data=body)
+
+
+def totp_code(secret: str, offset_steps: int = 0) -> str:
+    """The RFC 6238 code of the current time step (or one before/after it)."""
+    import time
+
+    import pyotp
+
+    totp = pyotp.TOTP(secret)
+    return totp.generate_otp(totp.timecode(int(time.time())) + offset_steps)
+
+
+def secret_from_page(html: str) -> str:
+    import re
+
+    match = re.search(r'id="totp-secret" data-secret="([A-Z2-7]+)"', html)
+    assert match, "no TOTP secret on the enrolment page"
+    return match.group(1)
+
+
+def recovery_codes_from_page(html: str) -> list[str]:
+    import re
+
+    return re.findall(r"<li><code>([0-9a-f]{5}-[0-9a-f]{5})</code></li>", html)
+
+
+async def enrol_totp(client: httpx.AsyncClient) -> tuple[str, list[str]]:
+    """Turn on TOTP for the signed-in user; return (secret, recovery codes)."""
+    page = await client.get("/account/mfa")
+    assert page.status_code == 200, page.text
+    secret = secret_from_page(page.text)
+    response = await client.post("/account/mfa", data={"csrf_token": csrf_from(page.text), "code": totp_code(secret)})
+    assert response.status_code == 200, response.text
+    codes = recovery_codes_from_page(response.text)
+    assert len(codes) == 10
+    return secret, codes
+
+
+def grant_rows(runtime) -> list:
+    from sqlalchemy import select
+
+    from app.models import Grant
+
+    with runtime.sessions() as db:
+        return list(db.scalars(select(Grant).order_by(Grant.id)))
+
+
+def user_row(runtime, username: str):
+    with runtime.sessions() as db:
+        return users_store.by_username(db, username)
+
+
+# -- client identification (tests/test_cimd.py, test_fetch_ssrf.py, test_quirks.py, ...) -----
+
+
+async def signed_in(client: httpx.AsyncClient, runtime, **resource) -> None:
+    """A user `alice`, the default resource (or `resource` keywords), and `client` signed in as
+    alice; no client registered (Client ID Metadata Document tests)."""
+    with runtime.sessions() as db:
+        users_store.add(db, User(username="alice", password_hash=_alice_hash(), is_admin=False, groups=[]))
+        db.commit()
+    create_resource(runtime, **resource)
+    response = await login(client)
+    assert response.status_code == 303, response.text
+
+
+def run_ostiary(database_url: str, *args: str, **env: str):
+    """`ostiary ...` as an operator runs it (a subprocess), against the test database."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import ISSUER, ROOT, TEST_SECRET
+
+    script = Path(sys.executable).with_name("ostiary")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "app.cli"]
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("OSTIARY_")}
+    environ.update(
+        PYTHONPATH=str(ROOT), OSTIARY_DATABASE_URL=database_url, OSTIARY_SECRET_KEYS=TEST_SECRET, OSTIARY_ISSUER=ISSUER, **env
+    )
+    return subprocess.run([*command, *args], env=environ, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)

@@ -6,10 +6,11 @@ from app.models.client import Client
 from app.models.grant import Grant
 from app.models.job import JobRun
 from app.models.key import SigningKey
+from app.models.registration import InitialAccessToken
 from app.models.resource import Resource, ResourceScope
 from app.models.session import BrowserSession
 from app.models.token import RefreshToken, RevokedAccessToken
-from app.models.user import User
+from app.models.user import PasswordSetupToken, RecoveryCode, User
 
 __all__ = [
     "AuditEvent",
@@ -18,7 +19,10 @@ __all__ = [
     "BrowserSession",
     "Client",
     "Grant",
+    "InitialAccessToken",
     "JobRun",
+    "PasswordSetupToken",
+    "RecoveryCode",
     "RefreshToken",
     "Resource",
     "ResourceScope",

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import JSON, BigInteger, Boolean, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, now
@@ -20,13 +20,40 @@ class User(Base):
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
     updated_at: Mapped[int] = mapped_column(BigInteger, default=now, onupdate=now)
     last_login_at: Mapped[int | None] = mapped_column(BigInteger)
-    # TOTP (RFC 6238): the shared secret encrypted under the keyring, recovery codes as HMACs.
+    # TOTP (RFC 6238): the shared secret encrypted under the keyring (set while enrolling,
+    # enabled once confirmed), and the last time step accepted, so that a code is used once.
     totp_secret_enc: Mapped[str | None] = mapped_column(Text)
     totp_enabled_at: Mapped[int | None] = mapped_column(BigInteger)
-    recovery_code_hashes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger)
     # Access policy: a resource scope may be limited to some groups.
     groups: Mapped[list[str]] = mapped_column(JSON, default=list)
 
     @property
     def disabled(self) -> bool:
         return self.disabled_at is not None
+
+    @property
+    def mfa_enabled(self) -> bool:
+        return self.totp_enabled_at is not None
+
+
+class RecoveryCode(Base):
+    """A one-time TOTP recovery code; only its HMAC is stored. Using one deletes the row."""
+
+    __tablename__ = "recovery_codes"
+
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class PasswordSetupToken(Base):
+    """A one-time link an admin hands to a user to set their password; only its HMAC is stored."""
+
+    __tablename__ = "password_setup_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_by: Mapped[str | None] = mapped_column(String(36))
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    expires_at: Mapped[int] = mapped_column(BigInteger, index=True)

@@ -22,7 +22,7 @@ from app.oauth import scopes as scope_policy
 from app.oauth import tokens
 from app.oauth.catalogue import ResourceInfo
 from app.oauth.resource_indicators import InvalidResource, canonical_resource
-from app.oauth.server import add_query, current_db
+from app.oauth.server import add_query, current_db, safe_description
 from app.security.secrets import new_token
 from app.stores import clients as clients_store
 from app.stores import codes as codes_store
@@ -71,7 +71,8 @@ def resolve_scopes(scope: str | None, resource: ResourceInfo) -> list[str]:
     try:
         return scope_policy.resolve(scope, resource.catalogue())
     except scope_policy.InvalidScope as exc:
-        raise InvalidScopeError(str(exc)) from None
+        # The message quotes the client's scope: keep it within RFC 6749 5.2's characters.
+        raise InvalidScopeError(safe_description(str(exc))) from None
 
 
 def parse_prompt(value: str | None) -> set[str]:
@@ -96,6 +97,14 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
 
     # -- /authorize ---------------------------------------------------------------------------
+
+    @staticmethod
+    def validate_authorization_redirect_uri(request, client):
+        # authlib echoes the redirect_uri in error_description, whose constructor refuses `"`
+        # and `\` (RFC 6749 5.2) with a ValueError: a 500 instead of the error page.
+        if request.payload.redirect_uri and not client.check_redirect_uri(request.payload.redirect_uri):
+            raise InvalidRequestError("The redirect_uri is not registered for this client.")
+        return grants.AuthorizationCodeGrant.validate_authorization_redirect_uri(request, client)
 
     def validate_authorization_request(self):
         # authlib checks client, redirect URI (error page until both are trusted), response
@@ -131,6 +140,9 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
     def save_authorization_code(self, code, request):
         runtime = self.server.runtime
         t = now()
+        # The scopes the user granted (access policy, consent) — not request.scopes, which
+        # authlib's second validate_authorization_request() resolved afresh from the request.
+        granted = getattr(request, "granted_scopes", None)
         row = AuthorizationCode(
             code_hash=runtime.keyring.hash(code),
             client_id=request.client.client_id,
@@ -139,7 +151,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             resource_id=request.resource.id,
             redirect_uri=request.payload.redirect_uri or request.client.get_default_redirect_uri(),
             redirect_uri_in_request=bool(request.payload.redirect_uri),
-            scope=scope_policy.join(request.scopes),
+            scope=scope_policy.join(request.scopes if granted is None else granted),
             code_challenge=request.payload.data["code_challenge"],
             nonce=request.payload.data.get("nonce"),
             auth_time=getattr(request, "auth_time", None) or t,

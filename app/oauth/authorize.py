@@ -44,7 +44,7 @@ class Untrusted:
 def validate(server: OstiaryServer, db: Session, req: Request):
     """The authlib grant for a valid request, a RedirectResponse carrying the error to a trusted
     redirect URI, or Untrusted."""
-    with using(db):
+    with using(db, fetch_documents=True):
         try:
             return server.get_consent_grant(req)
         except OAuth2Error as error:
@@ -116,6 +116,9 @@ def replay_params(row: AuthorizationRequest, resource_uri: str) -> list[tuple[st
 def issue_code(server: OstiaryServer, db: Session, grant, user: User, *, scopes: list[str], auth_time: int, grant_id: int | None):
     req = grant.request
     req.scopes = scopes
+    # authlib validates the request again inside create_authorization_response, which resolves
+    # req.scopes anew from the request: the code is saved with granted_scopes instead.
+    req.granted_scopes = scopes
     req.auth_time = auth_time
     req.grant_id = grant_id
     with using(db):

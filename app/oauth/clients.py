@@ -12,6 +12,7 @@ from authlib.oauth2.rfc6749 import ClientMixin
 from sqlalchemy.orm import Session
 
 from app import audit
+from app.db import now
 from app.models import Client
 from app.models.client import KIND_ADMIN
 from app.oauth.redirect_uris import matches
@@ -85,3 +86,38 @@ def create_admin_client(
     )
     audit.record(db, "client.created", client_id=client.id, actor_id=actor_id, kind=KIND_ADMIN, confidential=confidential)
     return client, secret
+
+
+def delete_client(db: Session, row: Client, *, reason: str, actor_id: str | None = None) -> None:
+    """Delete a client and revoke everything issued to it (its access tokens become inactive at
+    introspection until they expire; its refresh tokens, codes and grants go with the row)."""
+    from app.models import AuthorizationCode, RefreshToken
+    from app.oauth import tokens
+    from app.stores import tokens as tokens_store
+
+    t = now()
+    access = tokens_store.revoke_where(db, RefreshToken.client_id == row.id, t, "client_deleted")
+    access += tokens_store.live_code_access_tokens(db, AuthorizationCode.client_id == row.id, t)
+    tokens_store.revoke_access_tokens(db, tokens.unique_jtis(access), t, "client_deleted")
+    store.remove(db, row.id)
+    audit.record(db, "client.deleted", client_id=row.id, actor_id=actor_id, kind=row.kind, client_name=row.name, reason=reason)
+
+
+def prune(db: Session, settings) -> list[str]:
+    """Registration hygiene: delete dynamically registered clients never used within a day of
+    registering, and those idle for 90 days with no live refresh token (settings)."""
+    from app.models.client import KIND_DYNAMIC
+
+    t = now()
+    doomed = store.prunable(
+        db,
+        kind=KIND_DYNAMIC,
+        unused_before=t - settings.prune_unused_clients_after,
+        idle_before=t - settings.prune_idle_clients_after,
+        now_=t,
+    )
+    for row in doomed:
+        delete_client(db, row, reason="never_used" if row.last_used_at is None else "idle")
+    if doomed:
+        audit.record(db, "client.pruned", count=len(doomed))
+    return [row.id for row in doomed]

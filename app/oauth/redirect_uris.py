@@ -61,7 +61,7 @@ def validate_registered(uri: str) -> str:
         raise InvalidRedirectUri("a redirect URI must be absolute")
     if scheme.lower() in FORBIDDEN_SCHEMES:
         raise InvalidRedirectUri(f"the {scheme}: scheme is not allowed for redirect URIs")
-    if scheme != scheme.lower():
+    if uri.split(":", 1)[0] != scheme:  # urlsplit lowercases the scheme: look at it as written
         raise InvalidRedirectUri("the scheme of a redirect URI must be lowercase")
     if parts.username is not None or parts.password is not None:
         raise InvalidRedirectUri("a redirect URI must not contain user information")
@@ -91,6 +91,8 @@ def matches(registered: list[str], requested: str) -> bool:
         req.port  # noqa: B018
     except ValueError:
         return False
+    if req.username is not None or req.password is not None:
+        return False  # only the port may differ, never userinfo
     for uri in registered:
         if not is_loopback_redirect(uri):
             continue

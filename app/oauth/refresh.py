@@ -21,7 +21,7 @@ from app.oauth.authorization_code import InvalidTargetError, touch_usage
 from app.oauth.catalogue import ResourceInfo
 from app.oauth.resource_indicators import InvalidResource, canonical_resource
 from app.oauth.scopes import InvalidScope, join, parse
-from app.oauth.server import current_db
+from app.oauth.server import current_db, safe_description
 from app.security.secrets import DecryptError
 from app.stores import tokens as store
 from app.stores import users as users_store
@@ -38,7 +38,7 @@ def narrowed_scope(requested: str | None, granted: str) -> list[str]:
     try:
         wanted = parse(requested)
     except InvalidScope as exc:
-        raise InvalidScopeError(str(exc)) from None
+        raise InvalidScopeError(safe_description(str(exc))) from None  # it quotes the request
     if not wanted:
         return granted_set
     if not set(wanted) <= set(granted_set):

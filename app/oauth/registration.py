@@ -7,19 +7,23 @@ send, refuses what is unsafe (redirect URIs above all), and fills in what they l
 from __future__ import annotations
 
 import time
-from urllib.parse import urlsplit
+from dataclasses import dataclass
+from urllib.parse import quote, unquote, urlsplit
 
 from authlib.oauth2.rfc6749 import AccessDeniedError
 from authlib.oauth2.rfc7591 import ClientRegistrationEndpoint, InvalidClientMetadataError
 from authlib.oauth2.rfc7591.errors import InvalidRedirectURIError
+from authlib.oauth2.rfc7592 import ClientConfigurationEndpoint as _ClientConfigurationEndpoint
+from authlib.oauth2.rfc6750 import InvalidTokenError
 
 from app import audit
 from app.models import Client
 from app.models.client import KIND_DYNAMIC
-from app.oauth.clients import SECRET_PREFIX, new_client_id
+from app.db import now
+from app.oauth.clients import SECRET_PREFIX, OAuthClient, delete_client, new_client_id
 from app.oauth.redirect_uris import InvalidRedirectUri, is_loopback_redirect, validate_registered
 from app.oauth.scopes import InvalidScope, parse
-from app.oauth.server import current_db
+from app.oauth.server import current_db, safe_description
 from app.security.secrets import new_token
 from app.stores import clients as store
 
@@ -55,7 +59,7 @@ def client_metadata(data: dict) -> dict:
     try:
         meta["redirect_uris"] = list(dict.fromkeys(validate_registered(u) for u in uris))
     except InvalidRedirectUri as exc:
-        raise InvalidRedirectURIError(_ascii(str(exc))) from None
+        raise InvalidRedirectURIError(safe_description(str(exc))) from None
 
     for name in STRING_FIELDS:
         if name in meta and meta[name] is not None and (not isinstance(meta[name], str) or len(meta[name]) > MAX_STRING):
@@ -86,31 +90,45 @@ def client_metadata(data: dict) -> dict:
 
     response_types = meta.get("response_types", ["code"])
     if not isinstance(response_types, list) or "code" not in response_types:
-        raise _bad("'response_types' must include \"code\" (the only response type of OAuth 2.1).")
+        raise _bad("'response_types' must include 'code' (the only response type of OAuth 2.1).")
     meta["response_types"] = ["code"]
 
     if "scope" in meta:
         try:
             parse(meta["scope"])
         except InvalidScope as exc:
-            raise _bad(_ascii(str(exc))) from None
+            raise _bad(safe_description(str(exc))) from None
     app_type = meta.get("application_type")
     if app_type is None:
         # Quirk: MCP SDKs often omit it; a client whose redirects are all loopback is a native app.
         app_type = "native" if all(is_loopback_redirect(u) or not u.startswith("https://") for u in meta["redirect_uris"]) else "web"
     elif app_type not in ("web", "native"):
-        raise _bad("'application_type' must be \"web\" or \"native\".")
+        raise _bad("'application_type' must be 'web' or 'native'.")
     meta["application_type"] = app_type
     return meta
 
 
-def _ascii(text: str) -> str:
-    return "".join(c if 0x20 <= ord(c) <= 0x7E and c not in '"\\' else "?" for c in text)
+
+REGISTRATION_TOKEN_PREFIX = "ostrat_"
+INITIAL_TOKEN_PREFIX = "ostiat_"
+
+
+def bearer(request) -> str | None:
+    scheme, _, value = (request.headers.get("Authorization") or "").partition(" ")
+    value = value.strip()
+    return value if scheme.lower() == "bearer" and value and len(value) <= 200 else None
 
 
 class RegistrationEndpoint(ClientRegistrationEndpoint):
     def authenticate_token(self, request):
-        return True  # open registration: MCP clients need it
+        runtime = self.server.runtime
+        if runtime.settings.registration == "open":
+            return True  # MCP clients need open registration
+        token = bearer(request)
+        # RFC 7591 §3: with an initial access token required, a missing or bad one is a 401.
+        if token is None or not store.use_initial_token(current_db(), runtime.keyring.hashes(token), now()):
+            raise InvalidTokenError(description="A valid initial access token is required to register.")
+        return True
 
     def extract_client_metadata(self, request):
         return client_metadata(request.payload.data)
@@ -127,9 +145,18 @@ class RegistrationEndpoint(ClientRegistrationEndpoint):
             info["client_secret"] = new_token(SECRET_PREFIX)
             info["client_secret_expires_at"] = 0  # RFC 7591 §3.2.1: 0 means it does not expire
         client = self.save_client(info, meta, request)
-        body = {**meta, **info, **(self.generate_client_registration_info(client, request) or {})}
+        body = {**meta, **info, **self.generate_client_registration_info(client, request)}
         # RFC 7591 §3.2.1: 201 with every registered field; secrets make it no-store.
         return 201, body, [("Cache-Control", "no-store"), ("Pragma", "no-cache")]
+
+    def generate_client_registration_info(self, client, request):
+        # RFC 7592 §3: where and with what the client manages its registration.
+        token = new_token(REGISTRATION_TOKEN_PREFIX)
+        client.registration_token_hash = self.server.runtime.keyring.hash(token)
+        return {
+            "registration_client_uri": f"{self.server.issuer}/register/{quote(client.id, safe='')}",
+            "registration_access_token": token,
+        }
 
     def save_client(self, client_info, client_metadata, request):
         db = current_db()
@@ -157,6 +184,88 @@ class RegistrationEndpoint(ClientRegistrationEndpoint):
             kind=KIND_DYNAMIC,
             client_name=row.name,
             auth_method=row.token_endpoint_auth_method,
-            redirect_hosts=sorted({urlsplit(u).netloc or urlsplit(u).scheme for u in row.redirect_uris}),
+            redirect_hosts=_hosts(row.redirect_uris),
         )
         return row
+
+
+def _path_client_id(request) -> str:
+    return unquote(urlsplit(request.uri).path.rstrip("/").rsplit("/", 1)[-1])
+
+
+def _hosts(uris: list[str]) -> list[str]:
+    return sorted({urlsplit(u).netloc or urlsplit(u).scheme for u in uris})
+
+
+@dataclass
+class RegistrationToken:
+    client_id: str
+
+    def check_client(self, client) -> bool:
+        return client.client_id == self.client_id
+
+
+class ClientConfigurationEndpoint(_ClientConfigurationEndpoint):
+    """RFC 7592: read, update and delete a dynamically registered client with its
+    registration access token."""
+
+    def authenticate_token(self, request):
+        token = bearer(request)
+        row = store.by_registration_token(current_db(), self.server.runtime.keyring.hashes(token)) if token else None
+        # RFC 7592 §2: an invalid registration access token gets 401 (RFC 6750 §3.1); another
+        # client's token is not valid for this client's URI either.
+        if row is None or row.id != _path_client_id(request):
+            raise InvalidTokenError(description="The registration access token is missing or invalid.")
+        return RegistrationToken(row.id)
+
+    def authenticate_client(self, request):
+        row = store.get(current_db(), _path_client_id(request))
+        if row is None or row.kind != KIND_DYNAMIC:
+            return None
+        return OAuthClient(row, self.server.runtime.keyring)
+
+    def revoke_access_token(self, request, token):
+        pass  # the token belongs to no existing client: nothing to revoke
+
+    def check_permission(self, client, request):
+        return True
+
+    def get_server_metadata(self):
+        return {}
+
+    def extract_client_metadata(self, request):
+        data = dict(request.payload.data)
+        data.pop("client_id", None)
+        data.pop("client_secret", None)
+        return client_metadata(data)
+
+    def introspect_client(self, client):
+        row = client.row
+        return {**row.client_metadata, "client_id": row.id, "client_id_issued_at": row.created_at}
+
+    def generate_client_registration_info(self, client, request):
+        return {
+            "registration_client_uri": f"{self.server.issuer}/register/{quote(client.client_id, safe='')}",
+            "registration_access_token": bearer(request),
+        }
+
+    def create_read_client_response(self, client, request):
+        status, body, headers = super().create_read_client_response(client, request)
+        return status, body, [("Cache-Control", "no-store"), ("Pragma", "no-cache")]
+
+    def update_client(self, client, client_metadata, request):
+        row = client.row
+        if client_metadata["token_endpoint_auth_method"] != row.token_endpoint_auth_method:
+            raise InvalidClientMetadataError("The token_endpoint_auth_method cannot change.")
+        row.name = (client_metadata.get("client_name") or "Unnamed app")[:200]
+        row.redirect_uris = client_metadata["redirect_uris"]
+        row.grant_types = client_metadata["grant_types"]
+        row.response_types = client_metadata["response_types"]
+        row.scope = client_metadata.get("scope")
+        row.application_type = client_metadata.get("application_type")
+        row.client_metadata = client_metadata
+        audit.record(current_db(), "client.updated", client_id=row.id, redirect_hosts=_hosts(row.redirect_uris))
+        return client
+
+    def delete_client(self, client, request):
+        delete_client(current_db(), client.row, reason="self")

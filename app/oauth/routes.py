@@ -14,6 +14,7 @@ from app.stores import users as users_store
 from app.web.forms import FormDep
 
 router = APIRouter()
+registration_router = APIRouter()
 well_known_router = APIRouter()
 
 PUBLIC_PATHS = ("/jwks", "/token", "/register", "/revoke", "/userinfo")
@@ -109,11 +110,57 @@ def introspect(request: Request, runtime: RuntimeDep, db: DbDep, form: FormDep):
     return response
 
 
-@router.post("/register", name="register")
+def rate_limited(runtime, rate: str, *key: str) -> Response | None:
+    """429 with Retry-After and an RFC 6749 error body when `key` is over `rate`."""
+    wait = runtime.extras["limiter"].hit(rate, *key)
+    if wait is None:
+        return None
+    return Response(
+        dumps({"error": "temporarily_unavailable", "error_description": "Too many requests; retry later."}),
+        status_code=429,
+        media_type="application/json",
+        headers={"Retry-After": str(wait), **NO_STORE},
+    )
+
+
+def client_ip(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+@registration_router.post("/register", name="register")
 def register(request: Request, runtime: RuntimeDep, db: DbDep, body=Depends(read_json)):
+    settings = runtime.settings
+    limited = rate_limited(runtime, settings.registration_rate_per_ip, "register", client_ip(request)) or rate_limited(
+        runtime, settings.registration_rate_global, "register", "*"
+    )
+    if limited is not None:
+        return limited
     req = json_request("POST", _endpoint_url(runtime, request), request.headers, body)
     with using(db):
         response = runtime.extras["server"].create_endpoint_response("client_registration", req)
+    if response.status_code < 400:
+        db.commit()
+    else:
+        db.rollback()  # refused metadata must not spend a use of the initial access token
+    return response
+
+
+@registration_router.get("/register/{client_id:path}", name="client_configuration")
+@registration_router.delete("/register/{client_id:path}")
+def client_configuration(client_id: str, request: Request, runtime: RuntimeDep, db: DbDep):
+    return _configure(request, runtime, db, None)
+
+
+@registration_router.put("/register/{client_id:path}")
+def client_configuration_update(client_id: str, request: Request, runtime: RuntimeDep, db: DbDep, body=Depends(read_json)):
+    return _configure(request, runtime, db, body)
+
+
+def _configure(request: Request, runtime, db, body):
+    # RFC 7592 §2: the registration access token authenticates every call.
+    req = json_request(request.method, _endpoint_url(runtime, request), request.headers, body)
+    with using(db):
+        response = runtime.extras["server"].create_endpoint_response("client_configuration", req)
     db.commit()
     return response
 

@@ -26,6 +26,8 @@ from app.runtime import Runtime
 from app.stores import clients as clients_store
 
 _db: ContextVar[Session] = ContextVar("oauth_db")
+# Only the authorization endpoint may fetch a client's metadata document; /token uses the copy.
+_fetch_documents: ContextVar[bool] = ContextVar("fetch_documents", default=False)
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
@@ -35,12 +37,19 @@ def current_db() -> Session:
 
 
 @contextmanager
-def using(db: Session) -> Iterator[None]:
+def using(db: Session, *, fetch_documents: bool = False) -> Iterator[None]:
     token = _db.set(db)
+    fetch = _fetch_documents.set(fetch_documents)
     try:
         yield
     finally:
+        _fetch_documents.reset(fetch)
         _db.reset(token)
+
+
+def safe_description(text: str) -> str:
+    """RFC 6749 §5.2: error_description is limited to %x20-21 / %x23-5B / %x5D-7E."""
+    return "".join(c if 0x20 <= ord(c) <= 0x7E and c not in '"\\' else "?" for c in text)[:300]
 
 
 class Payload(OAuth2Payload):
@@ -102,8 +111,16 @@ class OstiaryServer(AuthorizationServer):
     def _load_client(self, db: Session, client_id: str):
         resolver = self.runtime.extras.get("client_resolver")
         if resolver is not None:  # Client ID Metadata Documents (app/oauth/cimd.py)
-            return resolver(db, client_id)
+            return resolver(db, client_id, refresh=_fetch_documents.get())
         return clients_store.get(db, client_id)
+
+    def get_authorization_grant(self, request):
+        response_type = request.payload.data.get("response_type")
+        if response_type and safe_description(response_type) != response_type:
+            # authlib quotes response_type in error_description, whose constructor refuses `"`
+            # and `\` (RFC 6749 5.2) with a ValueError: a 500 instead of unsupported_response_type.
+            request.payload.data["response_type"] = safe_description(response_type)
+        return super().get_authorization_grant(request)
 
     def save_token(self, token, request):  # tokens are persisted by the grants themselves
         raise NotImplementedError

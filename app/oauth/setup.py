@@ -2,23 +2,37 @@
 
 from __future__ import annotations
 
+import httpx
+
+from app.fetch import Fetcher, guarded_transport
 from app.oauth.authorization_code import AuthorizationCodeGrant
 from app.oauth.catalogue import Catalogue
+from app.oauth.cimd import MetadataDocuments
 from app.oauth.introspection import IntrospectionEndpoint
 from app.oauth.pkce import S256CodeChallenge
 from app.oauth.refresh import RefreshTokenGrant
-from app.oauth.registration import RegistrationEndpoint
+from app.oauth.registration import ClientConfigurationEndpoint, RegistrationEndpoint
 from app.oauth.revocation import RevocationEndpoint
 from app.oauth.server import OstiaryServer
 from app.runtime import Runtime
+from app.security.ratelimit import RateLimiter
 
 
-def build_server(runtime: Runtime) -> OstiaryServer:
-    runtime.extras["catalogue"] = Catalogue(runtime.sessions, runtime.settings)
+def build_server(runtime: Runtime, fetch_transport: httpx.BaseTransport | None = None) -> OstiaryServer:
+    settings = runtime.settings
+    runtime.extras["catalogue"] = Catalogue(runtime.sessions, settings)
+    redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
+    runtime.extras["limiter"] = RateLimiter(redis_url, enabled=settings.rate_limits_enabled)
+    transport = fetch_transport or guarded_transport(
+        allowed_hosts=settings.cimd_allowed_hosts, ca_file=str(settings.cimd_ca_file) if settings.cimd_ca_file else None
+    )
+    documents = MetadataDocuments(Fetcher(transport, settings.cimd_timeout), settings)
+    runtime.extras["client_resolver"] = documents.resolve
     server = OstiaryServer(runtime)
     server.register_grant(AuthorizationCodeGrant, [S256CodeChallenge()])
     server.register_grant(RefreshTokenGrant)
     server.register_endpoint(RegistrationEndpoint(server))
+    server.register_endpoint(ClientConfigurationEndpoint(server))
     server.register_endpoint(RevocationEndpoint(server))
     server.register_endpoint(IntrospectionEndpoint(server))
     runtime.extras["metadata_extensions"] = {
@@ -30,5 +44,8 @@ def build_server(runtime: Runtime) -> OstiaryServer:
         "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "preferred_username"],
         "prompt_values_supported": ["none", "login", "consent"],
     }
+    if settings.cimd_enabled:
+        # MCP 2025-11-25: clients may identify with a Client ID Metadata Document URL.
+        runtime.extras["metadata_extensions"]["client_id_metadata_document_supported"] = True
     runtime.extras["server"] = server
     return server

@@ -160,7 +160,7 @@ def revoke_family(db: Session, family_id: str, reason: str) -> int:
     t = now()
     access = store.revoke_where(db, _family(family_id), t, reason)
     access += store.live_code_access_tokens(db, AuthorizationCode.family_id == family_id, t)
-    store.revoke_access_tokens(db, _unique(access), t, reason)
+    store.revoke_access_tokens(db, unique_jtis(access), t, reason)
     return len(access)
 
 
@@ -169,7 +169,7 @@ def revoke_grant(db: Session, grant_id: int, reason: str) -> int:
     t = now()
     access = store.revoke_where(db, RefreshToken.grant_id == grant_id, t, reason)
     access += store.live_code_access_tokens(db, AuthorizationCode.grant_id == grant_id, t)
-    store.revoke_access_tokens(db, _unique(access), t, reason)
+    store.revoke_access_tokens(db, unique_jtis(access), t, reason)
     return len(access)
 
 
@@ -177,7 +177,7 @@ def _family(family_id: str):
     return RefreshToken.family_id == family_id
 
 
-def _unique(items: list[tuple[str, int]]) -> list[tuple[str, int]]:
+def unique_jtis(items: list[tuple[str, int]]) -> list[tuple[str, int]]:
     seen: dict[str, int] = {}
     for jti, exp in items:
         seen[jti] = max(seen.get(jti, 0), exp)

@@ -26,3 +26,79 @@ def remove(db: Session, client_id: str) -> int:
 
 def mark_used(db: Session, client_id: str, at: int) -> None:
     db.execute(update(Client).where(Client.id == client_id).values(last_used_at=at))
+
+
+def by_registration_token(db: Session, hashes: list[str]) -> Client | None:
+    return db.scalar(select(Client).where(Client.registration_token_hash.in_(hashes)))
+
+
+def prunable(db: Session, *, kind: str, unused_before: int, idle_before: int, now_: int) -> list[Client]:
+    """Dynamic clients never used and registered before `unused_before`, or last used before
+    `idle_before` with no refresh token still alive."""
+    from sqlalchemy import and_, exists, or_
+
+    from app.models import RefreshToken
+
+    live_token = exists().where(
+        RefreshToken.client_id == Client.id, RefreshToken.revoked_at.is_(None), RefreshToken.expires_at > now_
+    )
+    query = select(Client).where(
+        Client.kind == kind,
+        or_(
+            and_(Client.last_used_at.is_(None), Client.created_at < unused_before),
+            and_(Client.last_used_at.is_not(None), Client.last_used_at < idle_before, ~live_token),
+        ),
+    )
+    return list(db.scalars(query.limit(1000)))
+
+
+def add_initial_token(db: Session, token) -> None:
+    db.add(token)
+
+
+def use_initial_token(db: Session, hashes: list[str], at: int) -> bool:
+    """Spend one use of an initial access token, in one conditional UPDATE."""
+    from app.models import InitialAccessToken
+
+    result = db.execute(
+        update(InitialAccessToken)
+        .where(InitialAccessToken.token_hash.in_(hashes), InitialAccessToken.expires_at > at, InitialAccessToken.uses_left > 0)
+        .values(uses_left=InitialAccessToken.uses_left - 1)
+    )
+    return result.rowcount == 1
+
+
+# -- the admin console ------------------------------------------------------------------------
+
+
+def _console_filter(query, *, kind: str | None, never_used: bool, search: str | None):
+    from sqlalchemy import or_
+
+    if kind:
+        query = query.where(Client.kind == kind)
+    if never_used:
+        query = query.where(Client.last_used_at.is_(None))
+    if search:
+        pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        query = query.where(or_(Client.name.ilike(pattern, escape="\\"), Client.id.ilike(pattern, escape="\\")))
+    return query
+
+
+def search(
+    db: Session, *, kind: str | None = None, never_used: bool = False, search: str | None = None, limit: int = 50, offset: int = 0
+) -> list[Client]:
+    query = _console_filter(select(Client), kind=kind, never_used=never_used, search=search)
+    return list(db.scalars(query.order_by(Client.created_at.desc(), Client.id).limit(limit).offset(offset)))
+
+
+def count(db: Session, *, kind: str | None = None, never_used: bool = False, search: str | None = None) -> int:
+    from sqlalchemy import func
+
+    query = _console_filter(select(func.count()).select_from(Client), kind=kind, never_used=never_used, search=search)
+    return db.scalar(query) or 0
+
+
+def counts_by_kind(db: Session) -> dict[str, int]:
+    from sqlalchemy import func
+
+    return {kind: n for kind, n in db.execute(select(Client.kind, func.count()).group_by(Client.kind))}

@@ -33,3 +33,13 @@ def find(db: Session, hashes: list[str]) -> AuthorizationCode | None:
         select(AuthorizationCode).where(AuthorizationCode.code_hash.in_(hashes)),
         execution_options={"populate_existing": True},
     )
+
+
+def expire_for_grant(db: Session, grant_id: int, at: int) -> None:
+    """Codes not yet redeemed under a revoked grant can no longer be redeemed."""
+    db.execute(
+        update(AuthorizationCode)
+        .where(AuthorizationCode.grant_id == grant_id, AuthorizationCode.consumed_at.is_(None), AuthorizationCode.expires_at > at)
+        .values(expires_at=at),
+        execution_options={"synchronize_session": False},
+    )

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -53,3 +53,80 @@ def touch(db: Session, grant_id: int, at: int, every: int = 300) -> None:
 
 def remove(db: Session, grant_id: int) -> int:
     return db.execute(delete(Grant).where(Grant.id == grant_id)).rowcount
+
+
+# -- listing (admin console, account page) ----------------------------------------------------
+
+
+def _filtered(query, *, user_id: str | None, client_id: str | None, resource_id: int | None, client_search: str | None):
+    from app.models import Client
+
+    if user_id is not None:
+        query = query.where(Grant.user_id == user_id)
+    if client_id is not None:
+        query = query.where(Grant.client_id == client_id)
+    if resource_id is not None:
+        query = query.where(Grant.resource_id == resource_id)
+    if client_search:
+        query = query.where(
+            or_(Grant.client_id == client_search, Client.name.ilike("%" + _escape(client_search) + "%", escape="\\"))
+        )
+    return query
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def search(
+    db: Session,
+    *,
+    user_id: str | None = None,
+    client_id: str | None = None,
+    resource_id: int | None = None,
+    client_search: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> list[tuple]:
+    """(grant, user, client, resource) rows, most recently changed first."""
+    from app.models import Client, Resource, User
+
+    query = (
+        select(Grant, User, Client, Resource)
+        .join(User, User.id == Grant.user_id)
+        .join(Client, Client.id == Grant.client_id)
+        .join(Resource, Resource.id == Grant.resource_id)
+    )
+    query = _filtered(query, user_id=user_id, client_id=client_id, resource_id=resource_id, client_search=client_search)
+    query = query.order_by(Grant.updated_at.desc(), Grant.id.desc()).limit(limit).offset(offset)
+    return [tuple(row) for row in db.execute(query)]
+
+
+def count(
+    db: Session,
+    *,
+    user_id: str | None = None,
+    client_id: str | None = None,
+    resource_id: int | None = None,
+    client_search: str | None = None,
+) -> int:
+    from app.models import Client
+
+    query = select(func.count()).select_from(Grant).join(Client, Client.id == Grant.client_id)
+    query = _filtered(query, user_id=user_id, client_id=client_id, resource_id=resource_id, client_search=client_search)
+    return db.scalar(query) or 0
+
+
+def ids_for(db: Session, *, user_id: str | None = None, client_id: str | None = None) -> list[int]:
+    query = select(Grant.id)
+    if user_id is not None:
+        query = query.where(Grant.user_id == user_id)
+    if client_id is not None:
+        query = query.where(Grant.client_id == client_id)
+    return list(db.scalars(query.order_by(Grant.id)))
+
+
+def scope_rows(db: Session) -> list[tuple[int, str, str, str]]:
+    """(resource_id, scope, user_id, client_id) of every grant, for the scope-usage summary."""
+    query = select(Grant.resource_id, Grant.scope, Grant.user_id, Grant.client_id)
+    return [tuple(row) for row in db.execute(query)]

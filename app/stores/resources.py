@@ -30,3 +30,22 @@ def add(db: Session, resource: Resource) -> Resource:
 
 def remove(db: Session, resource: Resource) -> None:
     db.execute(delete(Resource).where(Resource.id == resource.id))
+
+
+def save(db: Session, resource: Resource, *, uri: str, name: str, token_ttl: int | None, scopes: list[dict]) -> Resource:
+    """Update a resource and its scopes in place. `scopes` are dicts of ResourceScope fields in
+    catalogue order; a scope keeps its row when its name stays, others are added or deleted."""
+    resource.uri, resource.name, resource.token_ttl = uri, name, token_ttl
+    existing = {s.name: s for s in resource.scopes}
+    rows = []
+    for position, spec in enumerate(scopes):
+        row = existing.get(spec["name"]) or ResourceScope(name=spec["name"])
+        row.description = spec["description"]
+        row.is_default = spec["is_default"]
+        row.allowed_groups = spec["allowed_groups"]
+        row.position = position
+        rows.append(row)
+    resource.scopes = rows  # delete-orphan removes the scopes left out
+    db.add(resource)
+    db.flush()
+    return resource

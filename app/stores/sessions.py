@@ -30,3 +30,10 @@ def promote(db: Session, id_hash: str, amr: list[str], at: int) -> None:
     db.execute(
         update(BrowserSession).where(BrowserSession.id_hash == id_hash).values(status="active", amr=amr, auth_time=at)
     )
+
+
+def remove_others(db: Session, user_id: str, keep_id_hash: str) -> int:
+    """End every session of a user but this one (after a password change)."""
+    return db.execute(
+        delete(BrowserSession).where(BrowserSession.user_id == user_id, BrowserSession.id_hash != keep_id_hash)
+    ).rowcount

@@ -30,15 +30,43 @@ def add(db: Session, user: User) -> User:
     return user
 
 
-def all_users(db: Session, search: str | None = None, limit: int = 1000, offset: int = 0) -> list[User]:
-    query = select(User).order_by(User.username)
+def _search(query, search: str | None):
     if search:
         query = query.where(User.username.contains(normalize_username(search), autoescape=True))
+    return query
+
+
+def all_users(db: Session, search: str | None = None, limit: int = 1000, offset: int = 0) -> list[User]:
+    query = _search(select(User).order_by(User.username), search)
     return list(db.scalars(query.limit(limit).offset(offset)))
 
 
-def count(db: Session) -> int:
-    return db.scalar(select(func.count()).select_from(User)) or 0
+def count(db: Session, search: str | None = None) -> int:
+    return db.scalar(_search(select(func.count()).select_from(User), search)) or 0
+
+
+def counts(db: Session) -> dict[str, int]:
+    """For the admin overview: all users, admins, disabled."""
+    row = db.execute(
+        select(
+            func.count(),
+            func.count().filter(User.is_admin.is_(True)),
+            func.count().filter(User.disabled_at.is_not(None)),
+        ).select_from(User)
+    ).one()
+    return {"users": row[0], "admins": row[1], "disabled": row[2]}
+
+
+def set_disabled(db: Session, user_id: str, disabled_at: int | None) -> None:
+    db.execute(update(User).where(User.id == user_id).values(disabled_at=disabled_at, updated_at=now()))
+
+
+def set_admin(db: Session, user_id: str, is_admin: bool) -> None:
+    db.execute(update(User).where(User.id == user_id).values(is_admin=is_admin, updated_at=now()))
+
+
+def set_groups(db: Session, user_id: str, groups: list[str]) -> None:
+    db.execute(update(User).where(User.id == user_id).values(groups=groups, updated_at=now()))
 
 
 def count_active_admins(db: Session) -> int:

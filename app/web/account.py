@@ -1,12 +1,24 @@
-"""/account: the signed-in user's own page."""
+"""/account: the signed-in user's own page: connected apps (Disconnect), password, two-step
+verification."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.web.browser import BrowserDep
+from app import audit, consents, mfa
+from app.deps import DbDep
+from app.security.passwords import hash_password, password_problem, verify_password
+from app.stores import clients as clients_store
+from app.stores import grants as grants_store
+from app.stores import resources as resources_store
+from app.stores import sessions as sessions_store
+from app.stores import users as users_store
+from app.web.browser import Browser, BrowserDep
+from app.web.forms import FormDep
 
 router = APIRouter()
+
+EXPIRED_FORM = "This form has expired. Please try again."
 
 
 @router.get("/")
@@ -14,8 +26,70 @@ def home(browser: BrowserDep):
     return browser.redirect("/account" if browser.signed_in else "/login")
 
 
+def _page(browser: Browser, db, status: int = 200, *, password_error: str | None = None, done: str = ""):
+    user = browser.user
+    return browser.render(
+        "account.html",
+        status,
+        rows=grants_store.search(db, user_id=user.id, limit=500),
+        recovery_left=mfa.recovery_codes_left(db, user) if user.mfa_enabled else 0,
+        password_error=password_error,
+        done=done,
+    )
+
+
 @router.get("/account")
-def account(browser: BrowserDep):
+def account(browser: BrowserDep, db: DbDep, done: str = ""):
     if not browser.signed_in:
         return browser.login_redirect("/account")
-    return browser.render("account.html")
+    return _page(browser, db, done=done[:20])
+
+
+@router.post("/account/disconnect")
+def disconnect(browser: BrowserDep, db: DbDep, form: FormDep):
+    """Revoke the user's consent for one app: the same revocation as the admin's."""
+    if not browser.signed_in:
+        return browser.login_redirect("/account")
+    if not browser.csrf_ok(form):
+        return browser.render("error.html", 400, title="Form expired", message=EXPIRED_FORM)
+    raw = str(form.get("grant_id") or "")
+    grant = grants_store.by_id(db, int(raw)) if raw.isdigit() else None
+    if grant is None or grant.user_id != browser.user.id:
+        return browser.render("error.html", 404, title="Not found", message="This app is not connected to your account.")
+    if form.get("confirm") != "yes":
+        client, resource = clients_store.get(db, grant.client_id), resources_store.get(db, grant.resource_id)
+        return browser.render(
+            "confirm.html",
+            title=f"Disconnect {client.name}?",
+            message=f"{client.name} can no longer use {resource.name} for you: it is signed out at once. "
+            "If you use it again, it asks for your permission again.",
+            action="/account/disconnect",
+            fields={"grant_id": str(grant.id)},
+            back="/account",
+        )
+    consents.revoke(db, grant, actor_id=browser.user.id, via="account")
+    db.commit()
+    return browser.redirect("/account?done=disconnected")
+
+
+@router.post("/account/password")
+def change_password(browser: BrowserDep, db: DbDep, form: FormDep):
+    if not browser.signed_in:
+        return browser.login_redirect("/account")
+    if not browser.csrf_ok(form):
+        return _page(browser, db, 400, password_error=EXPIRED_FORM)
+    user = browser.user
+    current, new, repeat = (str(form.get(k) or "") for k in ("current_password", "new_password", "repeat_password"))
+    ok, _ = verify_password(user.password_hash, current)
+    if not ok:
+        audit.record(db, "user.password_change_failed", user_id=user.id, username=user.username)
+        db.commit()
+        return _page(browser, db, 400, password_error="Your current password is not correct.")
+    problem = password_problem(new) or (None if new == repeat else "The new passwords do not match.")
+    if problem:
+        return _page(browser, db, 400, password_error=problem)
+    users_store.set_password_hash(db, user.id, hash_password(new))
+    ended = sessions_store.remove_others(db, user.id, browser.session.id_hash)  # sign out other browsers
+    audit.record(db, "user.password_changed", user_id=user.id, username=user.username, sessions_ended=ended)
+    db.commit()
+    return browser.redirect("/account?done=password")

@@ -25,6 +25,7 @@ from app.security import csrf
 from app.security.secrets import new_token
 from app.stores import sessions as store
 from app.stores import users as users_store
+from app.web import filters
 
 TOUCH_EVERY = 60  # seconds: how stale last_seen_at may get before a request writes it
 
@@ -37,6 +38,7 @@ def make_templates() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    filters.install(env)
     return env
 
 

@@ -1,0 +1,64 @@
+"""/admin/audit: the audit log, newest first, filtered by event, user, client and time range."""
+
+from __future__ import annotations
+
+import calendar
+import time
+
+from fastapi import APIRouter
+
+from app.admin.pages import AdminDep, Pager, page_number
+from app.deps import DbDep
+from app.stores import audit as store
+from app.stores import users as users_store
+
+router = APIRouter()
+
+
+def _day(value: str, end: bool = False) -> int | None:
+    """A YYYY-MM-DD date (UTC) as epoch seconds: its start, or the start of the next day."""
+    try:
+        start = calendar.timegm(time.strptime(value, "%Y-%m-%d"))
+    except ValueError:
+        return None
+    return start + 86400 if end else start
+
+
+@router.get("/admin/audit")
+def audit_page(
+    browser: AdminDep,
+    db: DbDep,
+    event: str = "",
+    user: str = "",
+    client: str = "",
+    since: str = "",
+    until: str = "",
+    page: str | None = None,
+):
+    event, user, client = event.strip()[:64], user.strip()[:150], client.strip()[:2048]
+    since, until = since.strip()[:10], until.strip()[:10]
+    found = users_store.by_username(db, user) or users_store.get(db, user[:36]) if user else None
+    where = store.Filter(
+        event=event or None,
+        user_id=found.id if found else None,
+        username=users_store.normalize_username(user) if user and not found else None,
+        client_id=client or None,
+        since=_day(since) if since else None,
+        until=_day(until, end=True) if until else None,
+    )
+    params = {"event": event, "user": user, "client": client, "since": since, "until": until}
+    pager = Pager(page_number(page), store.count(db, where), params)
+    events = store.search(db, where, limit=pager.per_page, offset=pager.offset)
+    actors = {}
+    for actor_id in {e.actor_id for e in events if e.actor_id}:
+        row = users_store.get(db, actor_id)
+        actors[actor_id] = row.username if row else actor_id
+    return browser.render(
+        "admin/audit.html",
+        section="audit",
+        events=events,
+        actors=actors,
+        pager=pager,
+        filters=params,
+        event_names=store.event_names(db),
+    )

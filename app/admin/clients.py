@@ -1,0 +1,80 @@
+"""/admin/clients: every client with its kind, name, redirect hosts, creation and last use;
+a detail page with its metadata and grants; delete (revokes everything issued to it)."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import quote
+
+from fastapi import APIRouter
+
+from app.admin.pages import AdminDep, Pager, confirm, confirmed, done_notice, not_found, page_number, require_csrf
+from app.deps import DbDep
+from app.models.client import KIND_ADMIN, KIND_DYNAMIC, KIND_METADATA_DOCUMENT
+from app.oauth.clients import delete_client
+from app.stores import clients as store
+from app.stores import grants as grants_store
+from app.web.forms import FormDep
+
+router = APIRouter()
+
+KINDS = {KIND_DYNAMIC: "dynamic", KIND_METADATA_DOCUMENT: "metadata document", KIND_ADMIN: "admin-created"}
+
+
+@router.get("/admin/clients")
+def clients_page(browser: AdminDep, db: DbDep, kind: str = "", unused: str = "", q: str = "", page: str | None = None, done: str = ""):
+    kind = kind if kind in KINDS else ""
+    # "dynamic, never used": what registration hygiene would prune next.
+    never_used = unused == "1"
+    if never_used:
+        kind = KIND_DYNAMIC
+    q = q.strip()[:200]
+    where = {"kind": kind or None, "never_used": never_used, "search": q or None}
+    pager = Pager(page_number(page), store.count(db, **where), {"kind": kind, "unused": unused if never_used else "", "q": q})
+    return browser.render(
+        "admin/clients.html",
+        section="clients",
+        clients=store.search(db, **where, limit=pager.per_page, offset=pager.offset),
+        pager=pager,
+        kinds=KINDS,
+        filters={"kind": kind, "unused": never_used, "q": q},
+        done=done_notice(done, "deleted"),
+    )
+
+
+@router.get("/admin/clients/detail")
+def client_page(browser: AdminDep, db: DbDep, id: str = "", done: str = ""):
+    client = store.get(db, id[:2048]) if id else None
+    if client is None:
+        return not_found(browser, "client")
+    return browser.render(
+        "admin/client.html",
+        section="clients",
+        client=client,
+        kind_label=KINDS.get(client.kind, client.kind),
+        metadata_json=json.dumps(client.client_metadata or {}, indent=2, sort_keys=True),
+        rows=grants_store.search(db, client_id=client.id, limit=500),
+        done=done_notice(done),
+    )
+
+
+@router.post("/admin/clients/delete")
+def delete(browser: AdminDep, db: DbDep, form: FormDep):
+    require_csrf(browser, form)
+    client = store.get(db, str(form.get("client_id") or "")[:2048])
+    if client is None:
+        return not_found(browser, "client")
+    if not confirmed(form):
+        return confirm(
+            browser,
+            title=f"Delete client {client.name}?",
+            message="Its consents, codes and refresh tokens are deleted and its access tokens are reported inactive. "
+            + ("It can register again. " if client.kind == KIND_DYNAMIC else "")
+            + ("Its metadata document would be fetched again if it is used again." if client.kind == KIND_METADATA_DOCUMENT else ""),
+            action="/admin/clients/delete",
+            fields={"client_id": client.id},
+            back="/admin/clients/detail?id=" + quote(client.id, safe=""),
+        )
+    delete_client(db, client, reason="admin", actor_id=browser.user.id)
+    db.commit()
+    return browser.redirect("/admin/clients?done=deleted")

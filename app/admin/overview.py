@@ -1,0 +1,16 @@
+"""/admin: the overview."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.admin import stats
+from app.admin.pages import AdminDep
+from app.deps import DbDep
+
+router = APIRouter()
+
+
+@router.get("/admin")
+def overview(browser: AdminDep, db: DbDep):
+    return browser.render("admin/overview.html", section="overview", **stats.overview(db))

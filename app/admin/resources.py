@@ -1,0 +1,100 @@
+"""/admin/resources: the MCP servers (RFC 8707 resources): list, create, edit, and the snippet
+for each server's author."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from fastapi import APIRouter
+
+from app import audit
+from app.admin import resource_form
+from app.admin.actions import Refused
+from app.admin.pages import AdminDep, done_notice, not_found, require_csrf
+from app.deps import DbDep, RuntimeDep
+from app.models import Resource
+from app.stores import grants as grants_store
+from app.stores import resources as store
+from app.web.browser import Browser
+from app.web.forms import FormDep
+
+router = APIRouter()
+
+
+@router.get("/admin/resources")
+def resources_page(browser: AdminDep, db: DbDep):
+    grants = Counter(resource_id for resource_id, *_ in grants_store.scope_rows(db))
+    return browser.render("admin/resources.html", section="resources", resources=store.all_resources(db), grants=grants)
+
+
+def _form_page(browser: Browser, resource: Resource | None, form, status: int = 200, error: str | None = None, done: str = ""):
+    settings = browser.runtime.settings
+    return browser.render(
+        "admin/resource.html",
+        status,
+        section="resources",
+        resource=resource,
+        form=form,
+        error=error,
+        done=done,
+        default_ttl=settings.access_token_ttl,
+        snippet=resource_form.snippet(settings, resource) if resource is not None else None,
+        too_many=resource is not None and len(resource.scopes) > resource_form.MAX_ROWS,
+    )
+
+
+@router.get("/admin/resources/new")
+def new_page(browser: AdminDep):
+    return _form_page(browser, None, resource_form.from_resource(None))
+
+
+@router.get("/admin/resources/{resource_id}")
+def edit_page(resource_id: int, browser: AdminDep, db: DbDep, done: str = ""):
+    resource = store.get(db, resource_id)
+    if resource is None:
+        return not_found(browser, "MCP server")
+    return _form_page(browser, resource, resource_form.from_resource(resource), done=done_notice(done, "created", "saved"))
+
+
+@router.post("/admin/resources/new")
+def create(browser: AdminDep, db: DbDep, runtime: RuntimeDep, form: FormDep):
+    return _save(browser, db, runtime, None, form)
+
+
+@router.post("/admin/resources/{resource_id}")
+def update(resource_id: int, browser: AdminDep, db: DbDep, runtime: RuntimeDep, form: FormDep):
+    resource = store.get(db, resource_id)
+    if resource is None:
+        return not_found(browser, "MCP server")
+    return _save(browser, db, runtime, resource, form)
+
+
+def _save(browser: Browser, db, runtime, resource: Resource | None, form):
+    require_csrf(browser, form)
+    submitted = resource_form.from_form(form)
+    try:
+        if resource is not None and len(resource.scopes) > resource_form.MAX_ROWS:
+            raise Refused(f"This MCP server has more than {resource_form.MAX_ROWS} scopes; edit it with the ostiary command.")
+        values = resource_form.validate(submitted)
+        clash = store.by_uri(db, values["uri"])
+        if clash is not None and (resource is None or clash.id != resource.id):
+            raise Refused(f"Another MCP server already has the URI {values['uri']}.")
+    except Refused as exc:
+        return _form_page(browser, resource, submitted.with_empty_rows(), 400, error=str(exc))
+    before = None if resource is None else {"uri": resource.uri, "scopes": [s.name for s in resource.scopes]}
+    saved = store.save(db, resource or Resource(), **values)
+    audit.record(
+        db,
+        "resource.created" if before is None else "resource.updated",
+        actor_id=browser.user.id,
+        resource=saved.uri,
+        name=saved.name,
+        scopes=[s["name"] for s in values["scopes"]],
+        token_ttl=saved.token_ttl,
+        **({"previous_uri": before["uri"]} if before and before["uri"] != saved.uri else {}),
+    )
+    db.commit()
+    # Every replica re-reads the catalogue within seconds; this one at once.
+    runtime.extras["catalogue"].invalidate()
+    runtime.extras["metadata"].invalidate()
+    return browser.redirect(f"/admin/resources/{saved.id}?done={'created' if before is None else 'saved'}")

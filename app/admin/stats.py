@@ -1,0 +1,141 @@
+"""The numbers on the overview: counts, scope usage per MCP server, and the daily chart."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from app.db import now
+from app.models import Resource
+from app.oauth.scopes import PROTOCOL_SCOPES
+from app.stores import audit as audit_store
+from app.stores import clients as clients_store
+from app.stores import grants as grants_store
+from app.stores import resources as resources_store
+from app.stores import users as users_store
+
+DAY = 86400
+ISSUED = ("token.issued", "token.refreshed")
+SIGNIN_FAILURES = ("login.failed", "login.mfa_failed")
+FAILURES = SIGNIN_FAILURES + ("token.reuse_detected", "code.replayed")
+CHART_DAYS = 14
+
+
+def counts(db: Session) -> dict[str, int | dict[str, int]]:
+    t = now()
+    return {
+        **users_store.counts(db),
+        "clients": clients_store.counts_by_kind(db),
+        "grants": grants_store.count(db),
+        "issued_24h": audit_store.count_since(db, ISSUED, t - DAY),
+        "signin_failures_24h": audit_store.count_since(db, SIGNIN_FAILURES, t - DAY),
+    }
+
+
+@dataclass
+class ScopeUse:
+    name: str
+    declared: bool
+    grants: int
+    clients: int
+    users: int
+
+
+def scope_usage(resources: list[Resource], rows: list[tuple[int, str, str, str]]) -> dict[int, list[ScopeUse]]:
+    """For each resource, each scope: how many grants, distinct clients and distinct users hold
+    it — declared scopes in catalogue order (unused ones too), then protocol scopes in use."""
+    held: dict[tuple[int, str], list[tuple[str, str]]] = {}
+    for resource_id, scope, user_id, client_id in rows:
+        for name in scope.split():
+            held.setdefault((resource_id, name), []).append((user_id, client_id))
+    usage: dict[int, list[ScopeUse]] = {}
+    for resource in resources:
+        names = [s.name for s in resource.scopes] + [p for p in PROTOCOL_SCOPES if (resource.id, p) in held]
+        usage[resource.id] = [
+            ScopeUse(
+                name=name,
+                declared=name not in PROTOCOL_SCOPES,
+                grants=len(pairs),
+                clients=len({c for _, c in pairs}),
+                users=len({u for u, _ in pairs}),
+            )
+            for name in names
+            for pairs in [held.get((resource.id, name), [])]
+        ]
+    return usage
+
+
+@dataclass
+class Bar:
+    x: float
+    y: float
+    height: float
+    value: int
+
+
+@dataclass
+class ChartDay:
+    label: str
+    issued: Bar
+    failed: Bar
+
+
+@dataclass
+class Chart:
+    bar: int
+    width: int
+    height: int
+    baseline: int
+    peak: int
+    days: list[ChartDay]
+    total_issued: int
+    total_failed: int
+
+
+def daily_chart(issued: dict[int, int], failed: dict[int, int], today: int, days: int = CHART_DAYS) -> Chart:
+    """Bar geometry for an inline SVG: per day (epoch day numbers, oldest first), tokens issued
+    and failures side by side, scaled to the busiest day."""
+    slot, bar, top, plot = 40, 14, 12, 120
+    numbers = list(range(today - days + 1, today + 1))
+    peak = max([issued.get(d, 0) for d in numbers] + [failed.get(d, 0) for d in numbers] + [1])
+
+    def make(x: float, value: int) -> Bar:
+        h = round(plot * value / peak, 1)
+        return Bar(x=x, y=top + plot - h, height=h, value=value)
+
+    chart_days = [
+        ChartDay(
+            label=time.strftime("%m-%d", time.gmtime(d * DAY)),
+            issued=make(i * slot + 5, issued.get(d, 0)),
+            failed=make(i * slot + 5 + bar + 2, failed.get(d, 0)),
+        )
+        for i, d in enumerate(numbers)
+    ]
+    return Chart(
+        bar=bar,
+        width=days * slot,
+        height=top + plot + 22,
+        baseline=top + plot,
+        peak=peak,
+        days=chart_days,
+        total_issued=sum(issued.get(d, 0) for d in numbers),
+        total_failed=sum(failed.get(d, 0) for d in numbers),
+    )
+
+
+def chart(db: Session) -> Chart:
+    today = now() // DAY
+    since = (today - CHART_DAYS + 1) * DAY
+    return daily_chart(audit_store.daily_counts(db, ISSUED, since), audit_store.daily_counts(db, FAILURES, since), today)
+
+
+def overview(db: Session) -> dict:
+    resources = resources_store.all_resources(db)
+    return {
+        "counts": counts(db),
+        "resources": resources,
+        "usage": scope_usage(resources, grants_store.scope_rows(db)),
+        "chart": chart(db),
+    }

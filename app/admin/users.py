@@ -1,0 +1,188 @@
+"""/admin/users: list, search, create, and one user's page (status, admin flag, groups, MFA,
+password link, grants)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app import mfa
+from app.admin import actions
+from app.admin.actions import Refused
+from app.admin.pages import AdminDep, Pager, confirm, confirmed, done_notice, not_found, page_number, require_csrf
+from app.deps import DbDep, RuntimeDep
+from app.stores import grants as grants_store
+from app.stores import users as store
+from app.web.browser import Browser
+from app.web.forms import FormDep
+
+router = APIRouter()
+
+USER_NOTICES = ("created", "disabled", "enabled", "admin", "groups", "mfa_reset")
+
+
+@router.get("/admin/users")
+def users_page(browser: AdminDep, db: DbDep, q: str = "", page: str | None = None):
+    q = q.strip()[:150]
+    pager = Pager(page_number(page), store.count(db, q or None), {"q": q})
+    return browser.render(
+        "admin/users.html",
+        section="users",
+        users=store.all_users(db, q or None, limit=pager.per_page, offset=pager.offset),
+        q=q,
+        pager=pager,
+        form={},
+        error=None,
+    )
+
+
+@router.post("/admin/users")
+def create(browser: AdminDep, db: DbDep, runtime: RuntimeDep, form: FormDep):
+    require_csrf(browser, form)
+    values = {k: str(form.get(k) or "") for k in ("username", "password", "password_mode", "groups")}
+    values["is_admin"] = form.get("is_admin") == "on"
+    by_link = values["password_mode"] == "link"
+    try:
+        user = actions.create_user(
+            db,
+            username=values["username"],
+            password=None if by_link else values["password"],
+            is_admin=values["is_admin"],
+            groups=actions.parse_groups(values["groups"]),
+            actor=browser.user,
+        )
+        link = actions.new_password_link(db, runtime, user, actor=browser.user) if by_link else None
+    except Refused as exc:
+        db.rollback()
+        values.pop("password")
+        return browser.render(
+            "admin/users.html", 400, section="users", users=store.all_users(db, limit=50), q="", pager=None, form=values, error=str(exc)
+        )
+    db.commit()
+    if link:  # shown once: only its HMAC is stored
+        return browser.render("admin/password_link.html", section="users", subject=user, link=link, created=True)
+    return browser.redirect(f"/admin/users/{user.id}?done=created")
+
+
+def _user_page(browser: Browser, db, user, status: int = 200, error: str | None = None, done: str = ""):
+    return browser.render(
+        "admin/user.html",
+        status,
+        section="users",
+        subject=user,
+        rows=grants_store.search(db, user_id=user.id, limit=500),
+        recovery_left=mfa.recovery_codes_left(db, user) if user.mfa_enabled else 0,
+        is_self=user.id == browser.user.id,
+        error=error,
+        done=done,
+    )
+
+
+@router.get("/admin/users/{user_id}")
+def user_page(user_id: str, browser: AdminDep, db: DbDep, done: str = ""):
+    user = store.get(db, user_id[:36])
+    if user is None:
+        return not_found(browser, "user")
+    return _user_page(browser, db, user, done=done_notice(done, *USER_NOTICES))
+
+
+def _subject(browser: Browser, db, user_id: str, form):
+    require_csrf(browser, form)
+    return store.get(db, user_id[:36])
+
+
+@router.post("/admin/users/{user_id}/disable")
+def disable(user_id: str, browser: AdminDep, db: DbDep, form: FormDep):
+    user = _subject(browser, db, user_id, form)
+    if user is None:
+        return not_found(browser, "user")
+    if not confirmed(form):
+        return confirm(
+            browser,
+            title=f"Disable {user.username}?",
+            message="They are signed out everywhere, cannot sign in, their refresh tokens stop working and their "
+            "access tokens are reported inactive. You can enable the account again later.",
+            action=f"/admin/users/{user.id}/disable",
+            fields={},
+            back=f"/admin/users/{user.id}",
+        )
+    return _apply(browser, db, user, lambda: actions.set_disabled(db, user, True, actor=browser.user), "disabled")
+
+
+@router.post("/admin/users/{user_id}/enable")
+def enable(user_id: str, browser: AdminDep, db: DbDep, form: FormDep):
+    user = _subject(browser, db, user_id, form)
+    if user is None:
+        return not_found(browser, "user")
+    return _apply(browser, db, user, lambda: actions.set_disabled(db, user, False, actor=browser.user), "enabled")
+
+
+@router.post("/admin/users/{user_id}/admin")
+def admin_flag(user_id: str, browser: AdminDep, db: DbDep, form: FormDep):
+    user = _subject(browser, db, user_id, form)
+    if user is None:
+        return not_found(browser, "user")
+    make_admin = form.get("is_admin") == "yes"
+    if not make_admin and not confirmed(form):
+        return confirm(
+            browser,
+            title=f"Remove the admin flag of {user.username}?",
+            message="They can no longer use the admin console." + (" That includes you." if user.id == browser.user.id else ""),
+            action=f"/admin/users/{user.id}/admin",
+            fields={"is_admin": "no"},
+            back=f"/admin/users/{user.id}",
+        )
+    response = _apply(browser, db, user, lambda: actions.set_admin(db, user, make_admin, actor=browser.user), "admin")
+    if not make_admin and user.id == browser.user.id and response.status_code == 303:
+        return browser.redirect("/account")
+    return response
+
+
+@router.post("/admin/users/{user_id}/groups")
+def groups(user_id: str, browser: AdminDep, db: DbDep, form: FormDep):
+    user = _subject(browser, db, user_id, form)
+    if user is None:
+        return not_found(browser, "user")
+
+    def change():
+        actions.set_groups(db, user, actions.parse_groups(str(form.get("groups") or "")), actor=browser.user)
+
+    return _apply(browser, db, user, change, "groups")
+
+
+@router.post("/admin/users/{user_id}/reset-mfa")
+def reset_mfa(user_id: str, browser: AdminDep, db: DbDep, form: FormDep):
+    user = _subject(browser, db, user_id, form)
+    if user is None:
+        return not_found(browser, "user")
+    if not confirmed(form):
+        return confirm(
+            browser,
+            title=f"Reset two-step verification of {user.username}?",
+            message="Their authenticator app and recovery codes stop working; they sign in with their password only "
+            "until they set up two-step verification again.",
+            action=f"/admin/users/{user.id}/reset-mfa",
+            fields={},
+            back=f"/admin/users/{user.id}",
+        )
+    return _apply(browser, db, user, lambda: mfa.reset(db, user, actor_id=browser.user.id), "mfa_reset")
+
+
+@router.post("/admin/users/{user_id}/password-link")
+def password_link(user_id: str, browser: AdminDep, db: DbDep, runtime: RuntimeDep, form: FormDep):
+    user = _subject(browser, db, user_id, form)
+    if user is None:
+        return not_found(browser, "user")
+    link = actions.new_password_link(db, runtime, user, actor=browser.user)
+    db.commit()
+    return browser.render("admin/password_link.html", section="users", subject=user, link=link, created=False)
+
+
+def _apply(browser: Browser, db, user, change, done: str):
+    try:
+        change()
+    except Refused as exc:
+        db.rollback()
+        db.refresh(user)
+        return _user_page(browser, db, user, 409, error=str(exc))
+    db.commit()
+    return browser.redirect(f"/admin/users/{user.id}?done={done}")

@@ -1,0 +1,148 @@
+"""Outbound HTTP: the one place Ostiary fetches from the network (Client ID Metadata Documents).
+
+Rules (CIMD draft §6, RFC 9700 §4.4 on SSRF):
+- https only; no redirects followed; connect and read timeouts; a size cap on the body.
+- The host is resolved once; if ANY address it resolves to is private, loopback, link-local,
+  multicast or otherwise not globally routable, the fetch is refused (unless the host is listed
+  in OSTIARY_CIMD_ALLOWED_HOSTS). The connection then goes to the address that was checked, so a
+  second DNS answer (rebinding) cannot redirect it. TLS still verifies the certificate against
+  the host name.
+
+The transport is injectable: unit tests pass an `httpx.MockTransport`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+
+import httpcore
+import httpx
+
+MAX_BODY = 5 * 1024
+
+
+class FetchError(Exception):
+    """Why a document could not be fetched, in words fit for an error page."""
+
+
+def is_public_address(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not (ip.is_multicast or ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved)
+
+
+class _GuardedBackend(httpcore.SyncBackend):
+    """Resolves, checks every address, and connects to the checked one."""
+
+    def __init__(self, allowed_hosts: set[str]):
+        super().__init__()
+        self._allowed_hosts = allowed_hosts
+
+    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        infos = _resolve(host, port)
+        addresses = [info[4][0] for info in infos]
+        if host.lower() not in self._allowed_hosts:
+            bad = [a for a in addresses if not is_public_address(a)]
+            if bad or not addresses:
+                raise FetchError(f"{host} resolves to an address that may not be fetched ({', '.join(bad) or 'none'})")
+        # Try the checked addresses in order, as a resolver-following client would: "localhost"
+        # or a dual-stack host may answer ::1 / an AAAA first where only IPv4 is listening.
+        error: OSError | None = None
+        for family, _, _, _, sockaddr in infos:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(sockaddr)
+            except OSError as exc:
+                sock.close()
+                error = exc
+                continue
+            for option in socket_options or []:
+                sock.setsockopt(*option)
+            return httpcore._backends.sync.SyncStream(sock)
+        raise httpcore.ConnectError(str(error)) from error
+
+
+def _resolve(host: str, port: int):
+    try:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise FetchError(f"cannot resolve {host}: {exc.strerror}") from None
+
+
+def guarded_transport(*, allowed_hosts: list[str], ca_file: str | None = None) -> httpx.HTTPTransport:
+    ctx = ssl.create_default_context()
+    if ca_file:
+        ctx.load_verify_locations(cafile=ca_file)
+    transport = httpx.HTTPTransport(verify=ctx, retries=0)
+    transport._pool = httpcore.ConnectionPool(
+        ssl_context=ctx, network_backend=_GuardedBackend({h.lower() for h in allowed_hosts}), retries=0
+    )
+    return transport
+
+
+@dataclass(frozen=True)
+class Fetched:
+    url: str
+    status: int
+    content_type: str
+    headers: httpx.Headers
+    body: bytes
+
+
+class Fetcher:
+    def __init__(self, transport: httpx.BaseTransport, timeout: float):
+        self._timeout = timeout
+        self._client = httpx.Client(
+            transport=transport,
+            timeout=httpx.Timeout(timeout),
+            follow_redirects=False,
+            headers={"Accept": "application/json", "User-Agent": "Ostiary (client metadata fetcher)"},
+            trust_env=False,
+        )
+
+    def get_json_document(self, url: str) -> Fetched:
+        """GET a small JSON document. Raises FetchError for anything but a 200 JSON answer
+        within the size cap."""
+        # httpx's timeouts bound each read, not the whole body: a server dripping a byte at a
+        # time would hold a worker for hours. The whole exchange gets twice the timeout.
+        deadline = time.monotonic() + 2 * self._timeout
+        try:
+            with self._client.stream("GET", url) as response:
+                if response.is_redirect:
+                    raise FetchError(f"the document answered {response.status_code} (redirects are not followed)")
+                if response.status_code != 200:
+                    raise FetchError(f"the document answered {response.status_code}")
+                content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+                if content_type != "application/json" and not (content_type.startswith("application/") and content_type.endswith("+json")):
+                    raise FetchError(f"the document is not JSON ({content_type or 'no content type'})")
+                length = response.headers.get("content-length")
+                if length and length.isdigit() and int(length) > MAX_BODY:
+                    raise FetchError(f"the document is larger than {MAX_BODY} bytes")
+                body = b""
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > MAX_BODY:
+                        raise FetchError(f"the document is larger than {MAX_BODY} bytes")
+                    if time.monotonic() > deadline:
+                        raise FetchError("the document did not answer in time")
+                return Fetched(url, response.status_code, content_type, response.headers, body)
+        except FetchError:
+            raise
+        except httpx.TimeoutException:
+            raise FetchError("the document did not answer in time") from None
+        except httpx.HTTPError as exc:
+            cause = exc.__cause__ or exc.__context__
+            while cause is not None and not isinstance(cause, FetchError):
+                cause = cause.__cause__ or cause.__context__
+            if isinstance(cause, FetchError):
+                raise FetchError(str(cause)) from None
+            raise FetchError(f"the document could not be fetched ({exc.__class__.__name__})") from None
+
+    def close(self) -> None:
+        self._client.close()

@@ -1,0 +1,198 @@
+"""Client ID Metadata Documents (draft-ietf-oauth-client-id-metadata-document).
+
+A client_id that is an https URL names a JSON document the client publishes about itself. We
+fetch it (app/fetch.py), validate it, and keep it in the `clients` table as a cache shared by
+every replica, for as long as its HTTP cache headers say (within a floor and a ceiling).
+Failures are never cached. The token endpoint uses the stored document and never fetches.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from email.utils import parsedate_to_datetime
+from urllib.parse import unquote, urlsplit
+
+from authlib.oauth2.rfc6749 import InvalidClientError
+from sqlalchemy.orm import Session
+
+from app import audit
+from app.db import now
+from app.fetch import Fetcher, FetchError
+from app.models import Client
+from app.models.client import KIND_METADATA_DOCUMENT
+from app.oauth.redirect_uris import InvalidRedirectUri, validate_registered
+from app.oauth.server import safe_description
+from app.settings import Settings
+from app.stores import clients as store
+
+log = logging.getLogger("ostiary.cimd")
+
+SHARED_SECRET_METHODS = {"client_secret_basic", "client_secret_post", "client_secret_jwt"}
+PUBLIC_GRANT_TYPES = ("authorization_code", "refresh_token")
+
+
+class InvalidDocument(Exception):
+    pass
+
+
+def is_metadata_url(client_id: str) -> bool:
+    """Whether a client_id names a metadata document (CIMD §3): an https URL with a path."""
+    return client_id.startswith("https://")
+
+
+def url_problem(client_id: str) -> str | None:
+    """CIMD §3: https, a path, no fragment, no user info, no dot segments."""
+    try:
+        parts = urlsplit(client_id)
+        parts.port  # noqa: B018
+    except ValueError:
+        return "the client_id is not a valid URL"
+    if parts.scheme != "https" or not parts.hostname:
+        return "the client_id URL must use https"
+    if "#" in client_id:
+        return "the client_id URL must not contain a fragment"
+    if parts.username is not None or parts.password is not None:
+        return "the client_id URL must not contain user information"
+    if not parts.path or parts.path == "/":
+        return "the client_id URL must contain a path"
+    if any(unquote(seg) in (".", "..") for seg in parts.path.split("/")):  # %2e too (RFC 3986 §6.2.2.2)
+        return "the client_id URL must not contain . or .. path segments"
+    if len(client_id) > 2000:
+        return "the client_id URL is too long"
+    return None
+
+
+def cache_lifetime(headers, settings: Settings, at: float | None = None) -> int:
+    """Seconds to keep a document: Cache-Control max-age, else Expires, within floor/ceiling."""
+    at = time.time() if at is None else at
+    lifetime = None
+    cache_control = headers.get("cache-control", "").lower()
+    if "no-store" in cache_control or "no-cache" in cache_control:
+        lifetime = 0
+    else:
+        match = re.search(r"(?:^|[,\s])max-age\s*=\s*(\d+)", cache_control)
+        if match:
+            lifetime = int(match.group(1))
+        elif headers.get("expires"):
+            try:
+                lifetime = int(parsedate_to_datetime(headers["expires"]).timestamp() - at)
+            except (TypeError, ValueError, IndexError):
+                lifetime = 0
+    if lifetime is None:
+        lifetime = settings.cimd_cache_min
+    return max(settings.cimd_cache_min, min(settings.cimd_cache_max, lifetime))
+
+
+def validate_document(client_id: str, body: bytes) -> dict:
+    """The document's metadata, checked and with known client quirks tolerated."""
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise InvalidDocument("the document is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise InvalidDocument("the document is not a JSON object")
+    # CIMD §4.1: the document's client_id MUST equal the URL it was fetched from, exactly.
+    if doc.get("client_id") != client_id:
+        raise InvalidDocument("the document's client_id does not match its URL")
+    # CIMD §4.1: shared secrets make no sense for a document anyone can read.
+    if "client_secret" in doc or "client_secret_expires_at" in doc:
+        raise InvalidDocument("the document must not contain a client_secret")
+    name = doc.get("client_name")
+    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+        raise InvalidDocument("the document needs a client_name")
+    uris = doc.get("redirect_uris")
+    if not isinstance(uris, list) or not uris or not all(isinstance(u, str) for u in uris):
+        raise InvalidDocument("the document needs redirect_uris")
+    try:
+        uris = [validate_registered(u) for u in uris[:30]]
+    except InvalidRedirectUri as exc:
+        raise InvalidDocument(f"the document has an invalid redirect URI: {exc}") from None
+
+    method = doc.get("token_endpoint_auth_method")
+    if method is None:
+        # Quirk (ChatGPT): the plural, server-metadata spelling instead of the client field.
+        offered = doc.get("token_endpoint_auth_methods_supported")
+        if isinstance(offered, list) and offered:
+            method = "none" if "none" in offered else offered[0]
+        else:
+            method = "none"
+    if method in SHARED_SECRET_METHODS:
+        raise InvalidDocument(f"token_endpoint_auth_method {method} needs a shared secret, which a document cannot have")
+    if method != "none":
+        raise InvalidDocument(f"token_endpoint_auth_method {method} is not supported; use none")
+
+    grant_types = doc.get("grant_types", list(PUBLIC_GRANT_TYPES))
+    if not isinstance(grant_types, list):
+        raise InvalidDocument("grant_types must be an array")
+    # Quirk (Claude Desktop lists jwt-bearer): keep what a public client can use, drop the rest.
+    grant_types = [g for g in PUBLIC_GRANT_TYPES if g in grant_types]
+    if "authorization_code" not in grant_types:
+        raise InvalidDocument("the document must allow the authorization_code grant")
+    return {**doc, "redirect_uris": uris, "token_endpoint_auth_method": "none", "grant_types": grant_types, "client_name": name.strip()}
+
+
+class MetadataDocuments:
+    """Resolves client_ids: registered clients from the table, URLs through their documents."""
+
+    def __init__(self, fetcher: Fetcher, settings: Settings):
+        self._fetcher = fetcher
+        self._settings = settings
+
+    def resolve(self, db: Session, client_id: str, *, refresh: bool) -> Client | None:
+        row = store.get(db, client_id)
+        if not self._settings.cimd_enabled or not is_metadata_url(client_id):
+            return row if row is not None and row.kind != KIND_METADATA_DOCUMENT else None
+        if row is not None and row.kind != KIND_METADATA_DOCUMENT:
+            return None
+        if row is not None and (not refresh or (row.metadata_expires_at or 0) > now()):
+            return row
+        if not refresh:
+            return None  # the token endpoint never fetches: no document seen yet, no client
+        return self._fetch(db, client_id, row)
+
+    def _fetch(self, db: Session, client_id: str, row: Client | None) -> Client:
+        problem = url_problem(client_id)
+        if problem:
+            raise InvalidClientError(description=problem)
+        try:
+            fetched = self._fetcher.get_json_document(client_id)
+            meta = validate_document(client_id, fetched.body)
+        except (FetchError, InvalidDocument) as exc:
+            log.info("client metadata document %s refused: %s", client_id, exc)
+            audit.record(db, "client.metadata_refused", client_id=client_id, reason=str(exc)[:200])
+            db.commit()
+            raise InvalidClientError(description=safe_description(f"The app's metadata document could not be used: {exc}.")) from None
+        expires = now() + cache_lifetime(fetched.headers, self._settings)
+        fields = dict(
+            kind=KIND_METADATA_DOCUMENT,
+            name=meta["client_name"],
+            token_endpoint_auth_method="none",
+            secret_hash=None,
+            redirect_uris=meta["redirect_uris"],
+            grant_types=meta["grant_types"],
+            response_types=["code"],
+            scope=meta.get("scope") if isinstance(meta.get("scope"), str) else None,
+            application_type=meta.get("application_type") if meta.get("application_type") in ("web", "native") else None,
+            client_metadata=meta,
+            metadata_expires_at=expires,
+        )
+        if row is None:
+            row = Client(id=client_id, **fields)
+            try:
+                with db.begin_nested():
+                    store.add(db, row)
+            except Exception:  # noqa: BLE001 - another replica cached it at the same moment
+                row = store.get(db, client_id)
+                for key, value in fields.items():
+                    setattr(row, key, value)
+            audit.record(db, "client.metadata_fetched", client_id=client_id, client_name=row.name, first=True)
+        else:
+            for key, value in fields.items():
+                setattr(row, key, value)
+            audit.record(db, "client.metadata_fetched", client_id=client_id, client_name=row.name, first=False)
+        db.commit()
+        return row
+

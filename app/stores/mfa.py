@@ -1,0 +1,66 @@
+"""TOTP secrets, the replay guard and recovery codes (RFC 6238). Columns on `users` plus the
+`recovery_codes` table; every one-time use is a single conditional statement."""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from app.db import now
+from app.models import RecoveryCode, User
+
+
+def set_pending_secret(db: Session, user_id: str, secret_enc: str) -> None:
+    """An enrolment in progress: the secret is kept, TOTP is not enabled until confirmed."""
+    db.execute(
+        update(User)
+        .where(User.id == user_id, User.totp_enabled_at.is_(None))
+        .values(totp_secret_enc=secret_enc, updated_at=now())
+    )
+
+
+def enable(db: Session, user_id: str, at: int, step: int) -> bool:
+    result = db.execute(
+        update(User)
+        .where(User.id == user_id, User.totp_enabled_at.is_(None), User.totp_secret_enc.is_not(None))
+        .values(totp_enabled_at=at, totp_last_step=step, updated_at=at)
+    )
+    return result.rowcount == 1
+
+
+def use_step(db: Session, user_id: str, step: int) -> bool:
+    """Accept a TOTP time step once: only a step later than the last accepted one wins
+    (RFC 6238 §5.2: "MUST NOT accept the second attempt of the OTP")."""
+    result = db.execute(
+        update(User)
+        .where(User.id == user_id, or_(User.totp_last_step.is_(None), User.totp_last_step < step))
+        .values(totp_last_step=step),
+        execution_options={"synchronize_session": False},
+    )
+    return result.rowcount == 1
+
+
+def replace_recovery_codes(db: Session, user_id: str, hashes: list[str]) -> None:
+    db.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user_id))
+    t = now()
+    db.add_all([RecoveryCode(user_id=user_id, code_hash=h, created_at=t) for h in hashes])
+    db.flush()
+
+
+def use_recovery_code(db: Session, user_id: str, hashes: list[str]) -> bool:
+    """Spend a recovery code: of two concurrent uses exactly one deletes the row."""
+    result = db.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user_id, RecoveryCode.code_hash.in_(hashes)))
+    return result.rowcount == 1
+
+
+def recovery_codes_left(db: Session, user_id: str) -> int:
+    return db.scalar(select(func.count()).select_from(RecoveryCode).where(RecoveryCode.user_id == user_id)) or 0
+
+
+def reset(db: Session, user_id: str) -> None:
+    db.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user_id))
+    db.execute(
+        update(User)
+        .where(User.id == user_id)
+        .values(totp_secret_enc=None, totp_enabled_at=None, totp_last_step=None, updated_at=now())
+    )

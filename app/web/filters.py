@@ -1,0 +1,31 @@
+"""Jinja filters shared by the pages."""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import urlsplit
+
+from jinja2 import Environment
+
+
+def when(timestamp: int | None, empty: str = "—") -> str:
+    """An epoch timestamp as `2026-01-31 14:05 UTC`."""
+    if not timestamp:
+        return empty
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(timestamp))
+
+
+def redirect_hosts(uris: list[str] | None) -> str:
+    """The distinct hosts (or private-use schemes) of redirect URIs, for a list column."""
+    hosts: list[str] = []
+    for uri in uris or []:
+        parts = urlsplit(uri)
+        host = parts.netloc or parts.scheme + ":"
+        if host not in hosts:
+            hosts.append(host)
+    return ", ".join(hosts)
+
+
+def install(env: Environment) -> None:
+    env.filters["when"] = when
+    env.filters["redirect_hosts"] = redirect_hosts

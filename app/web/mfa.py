@@ -1,0 +1,106 @@
+"""Two-step verification pages: enrolling TOTP at /account/mfa, and the code asked after the
+password at /login/otp (RFC 6238; recovery codes accepted there too)."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from fastapi import APIRouter
+
+from app import audit, mfa
+from app.db import now
+from app.deps import DbDep, RuntimeDep
+from app.stores import sessions as sessions_store
+from app.web.browser import Browser, BrowserDep, safe_next
+from app.web.forms import FormDep
+
+router = APIRouter()
+
+EXPIRED_FORM = "This form has expired. Please try again."
+WRONG = {
+    "reused_code": "That code was already used. Wait for the next code and enter it.",
+    "wrong_recovery_code": "That recovery code is not valid (each one works once).",
+}
+WRONG_CODE = "That code is not right. Check your authenticator app and try again."
+TOO_MANY = "Too many wrong codes. Wait a few minutes, then try again."
+
+
+# -- enrolment ----------------------------------------------------------------------------------
+
+
+def _enrol_page(browser: Browser, db, runtime, next_url: str, status: int = 200, error: str | None = None):
+    user = browser.user
+    if user.mfa_enabled:
+        return browser.render(
+            "mfa.html", status, enabled=True, recovery_left=mfa.recovery_codes_left(db, user), next=next_url, error=error
+        )
+    secret = mfa.pending_secret(db, runtime, user)
+    db.commit()
+    required = user.is_admin and runtime.settings.admin_mfa_required
+    return browser.render(
+        "mfa.html", status, enabled=False, required=required, next=next_url, error=error, **mfa.enrolment(runtime, user, secret)
+    )
+
+
+@router.get("/account/mfa")
+def enrol_page(browser: BrowserDep, db: DbDep, runtime: RuntimeDep, next: str | None = None):
+    if not browser.signed_in:
+        return browser.login_redirect("/account/mfa")
+    return _enrol_page(browser, db, runtime, safe_next(next, ""))
+
+
+@router.post("/account/mfa")
+def enrol(browser: BrowserDep, db: DbDep, runtime: RuntimeDep, form: FormDep):
+    if not browser.signed_in:
+        return browser.login_redirect("/account/mfa")
+    next_url = safe_next(str(form.get("next") or ""), "")
+    if not browser.csrf_ok(form):
+        return _enrol_page(browser, db, runtime, next_url, 400, EXPIRED_FORM)
+    codes = mfa.confirm_enrolment(db, runtime, browser.user, str(form.get("code") or ""))
+    if codes is None:
+        return _enrol_page(browser, db, runtime, next_url, 400, WRONG_CODE)
+    db.commit()
+    # Shown once: only their HMACs are stored.
+    return browser.render("mfa_codes.html", codes=codes, next=next_url or "/account")
+
+
+# -- sign-in, second step ----------------------------------------------------------------------
+
+
+def _owes_code(browser: Browser) -> bool:
+    return browser.session is not None and browser.user is not None and browser.session.status == "mfa"
+
+
+@router.get("/login/otp")
+def code_page(browser: BrowserDep, next: str | None = None):
+    if browser.signed_in:
+        return browser.redirect(safe_next(next))
+    if not _owes_code(browser):
+        return browser.redirect("/login?next=" + quote(safe_next(next), safe=""))
+    return browser.render("login_otp.html", next=safe_next(next, ""), error=None)
+
+
+@router.post("/login/otp")
+def check_code(browser: BrowserDep, db: DbDep, runtime: RuntimeDep, form: FormDep):
+    next_url = safe_next(str(form.get("next") or ""))
+    if browser.signed_in:
+        return browser.redirect(next_url)
+    if not _owes_code(browser):
+        return browser.redirect("/login?next=" + quote(next_url, safe=""))
+    if not browser.csrf_ok(form):
+        return browser.render("login_otp.html", 400, next=next_url, error=EXPIRED_FORM)
+    user = browser.user
+    if mfa.too_many_failures(db, user):
+        audit.record(db, "login.mfa_failed", user_id=user.id, username=user.username, reason="too_many_failures")
+        db.commit()
+        return browser.render("login_otp.html", 429, next=next_url, error=TOO_MANY)
+    method, why = mfa.check(db, runtime, user, str(form.get("code") or ""))
+    if method is None:
+        audit.record(db, "login.mfa_failed", user_id=user.id, username=user.username, reason=why)
+        db.commit()
+        return browser.render("login_otp.html", 401, next=next_url, error=WRONG.get(why, WRONG_CODE))
+    # RFC 8176 amr: a password, then a one-time password (TOTP or a recovery code).
+    sessions_store.promote(db, browser.session.id_hash, ["pwd", "otp"], now())
+    audit.record(db, "login.mfa_ok", user_id=user.id, username=user.username, method=method)
+    db.commit()
+    return browser.redirect(next_url)

@@ -1,0 +1,159 @@
+"""Real processes for end-to-end tests: Ostiary (`ostiary serve`), its CLI, the example MCP
+server, and a throwaway database (an SQLite file, or a PostgreSQL database created and dropped
+when OSTIARY_TEST_DATABASE_URL names a server). Everything binds 127.0.0.1; every process started
+here is stopped when its context exits."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+EXAMPLE_SERVER = ROOT / "examples" / "mcp_server" / "server.py"
+SECRET_KEY = "e2e-secret-key-" + "0123456789abcdef" * 3
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without any OSTIARY_* setting of the developer's, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OSTIARY_")}
+    env.update(extra)
+    return env
+
+
+# -- the database ----------------------------------------------------------------------------
+
+
+@contextmanager
+def throwaway_database(tmp_path: Path) -> Iterator[str]:
+    admin_url = os.environ.get("OSTIARY_TEST_DATABASE_URL", "")
+    if not admin_url:
+        yield f"sqlite:///{tmp_path / 'ostiary.db'}"
+        return
+    from sqlalchemy import create_engine, text
+
+    name = f"ostiary_e2e_{os.getpid()}_{secrets.token_hex(3)}"
+    admin = create_engine("postgresql+psycopg://" + admin_url.split("://", 1)[1], isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # noqa: BLE001
+        admin.dispose()
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL at {admin_url} is unreachable in CI: {exc}")
+        pytest.skip(f"PostgreSQL unreachable: {exc}")
+    try:
+        yield f"{admin_url.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+# -- processes -------------------------------------------------------------------------------
+
+
+@dataclass
+class Process:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log: Path
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+
+    def start(self) -> "Process":
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                self.argv, env=self.env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+            )
+        return self
+
+    def wait_ready(self, url: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                if httpx.get(url, timeout=1.0).status_code < 500:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} not ready at {url} after {timeout}s:\n{self.tail()}")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@contextmanager
+def running(name: str, argv: list[str], env: dict[str, str], log: Path, ready_url: str) -> Iterator[Process]:
+    process = Process(name, argv, env, log).start()
+    try:
+        process.wait_ready(ready_url)
+        yield process
+    finally:
+        process.stop()
+
+
+def ostiary_env(issuer: str, database_url: str, **settings: str) -> dict[str, str]:
+    return clean_env(
+        OSTIARY_ISSUER=issuer,
+        OSTIARY_DATABASE_URL=database_url,
+        OSTIARY_SECRET_KEYS=SECRET_KEY,
+        **{f"OSTIARY_{k.upper()}": v for k, v in settings.items()},
+    )
+
+
+def ostiary_cli(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
+    """Run `ostiary ARGS...`; its standard output, or a failed test with its error."""
+    done = subprocess.run(
+        [str(BIN / "ostiary"), *args], env=env, cwd=ROOT, input=stdin, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, f"ostiary {' '.join(args)} failed ({done.returncode}):\n{done.stderr}"
+    return done.stdout
+
+
+@contextmanager
+def ostiary_server(env: dict[str, str], port: int, log: Path) -> Iterator[Process]:
+    argv = [str(BIN / "ostiary"), "serve", "--host", "127.0.0.1", "--port", str(port), "--migrate"]
+    with running("ostiary", argv, env, log, f"http://127.0.0.1:{port}/readyz") as process:
+        yield process
+
+
+@contextmanager
+def example_mcp_server(issuer: str, url: str, port: int, log: Path) -> Iterator[Process]:
+    argv = [sys.executable, str(EXAMPLE_SERVER), "--issuer", issuer, "--url", url, "--port", str(port)]
+    prm = f"http://127.0.0.1:{port}/.well-known/oauth-protected-resource/mcp"
+    with running("example MCP server", argv, clean_env(), log, prm) as process:
+        yield process
