@@ -6,9 +6,7 @@ password. The request's IP and id come from the request context set by the middl
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -56,7 +54,6 @@ def record(
     store.add(db, row)
     metrics.observe_event(event)
     line = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "event": event,
         "user_id": user_id,
         "username": username,
@@ -67,4 +64,15 @@ def record(
         "request_id": ctx.request_id,
         **details,
     }
-    log.info(json.dumps({k: v for k, v in line.items() if v is not None}, separators=(",", ":")))
+    log.info(event, extra={"fields": {k: v for k, v in line.items() if v is not None}})
+
+
+def record_now(factory, event: str, **fields) -> None:
+    """Record an event in a transaction of its own (for refusals that open no session)."""
+    from app.db import transaction
+
+    try:
+        with transaction(factory) as db:
+            record(db, event, **fields)
+    except Exception:  # noqa: BLE001 - losing this row must not turn a refusal into a 500
+        log.warning("could not record %s", event, exc_info=True)

@@ -112,7 +112,11 @@ def cmd_serve(args) -> int:
         port=args.port,
         workers=args.workers,
         log_level=settings.log_level.lower(),
-        proxy_headers=bool(os.environ.get("FORWARDED_ALLOW_IPS")),
+        # X-Forwarded-* are handled by app/web/edge.py, from OSTIARY_TRUSTED_PROXIES only; the
+        # access log is ours (app/web/middleware.py), which logs route templates, not raw paths
+        # (paths can carry one-time links).
+        proxy_headers=False,
+        access_log=False,
         server_header=False,
         timeout_graceful_shutdown=20,
     )

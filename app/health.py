@@ -1,13 +1,16 @@
-"""/healthz: the process answers. /readyz: the database answers and a key can sign."""
+"""/healthz: the process answers. /readyz: the database answers and a key can sign.
+/metrics: Prometheus."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
+from app import metrics
 from app.deps import RuntimeDep
 from app.models.key import ACTIVE
+from app.security.hosts import client_ip
 from app.stores import keys as keys_store
 
 router = APIRouter()
@@ -29,3 +32,16 @@ def readyz(runtime: RuntimeDep):
     if not active:
         return JSONResponse({"status": "unavailable", "signing_key": "none active"}, status_code=503)
     return {"status": "ok", "database": "ok", "signing_key": active[0].kid}
+
+
+@router.get("/metrics")
+def prometheus_metrics(request: Request, runtime: RuntimeDep):
+    """Prometheus exposition, to the networks in OSTIARY_METRICS_NETWORKS only."""
+    if not runtime.extras["metrics_networks"](client_ip(request)):
+        return JSONResponse({"error": "forbidden", "error_description": "Metrics are not served to this address."}, status_code=403)
+    try:
+        activated_at = runtime.keys.snapshot().activated_at
+    except Exception:  # noqa: BLE001 - metrics answer even when the keys cannot be read
+        activated_at = None
+    body, content_type = metrics.render(activated_at)
+    return Response(body, media_type=content_type, headers={"Cache-Control": "no-store"})

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from joserfc import jwt
 from joserfc.jwk import ECKey, KeySet, RSAKey
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import audit
@@ -192,6 +193,7 @@ class KeySnapshot:
     jwks_json: bytes
     public_keys: dict[str, dict]  # kid -> public JWK
     keyset: KeySet  # the published keys, for verifying our own tokens
+    activated_at: int | None = None
 
 
 class KeyCache:
@@ -211,7 +213,14 @@ class KeyCache:
         if snap is None or time.monotonic() - self._loaded_at > self._interval:
             with self._lock:
                 if self._snapshot is None or time.monotonic() - self._loaded_at > self._interval:
-                    self._snapshot = self._load()
+                    try:
+                        self._snapshot = self._load()
+                    except SQLAlchemyError:
+                        if self._snapshot is None:
+                            raise
+                        # The database is away: keep signing and publishing the keys we have
+                        # (they cannot have changed without it) and look again after the interval.
+                        log.warning("cannot reload signing keys; keeping the loaded ones")
                     self._loaded_at = time.monotonic()
                 snap = self._snapshot
         return snap
@@ -237,6 +246,7 @@ class KeyCache:
             jwks_json=json.dumps(jwks, separators=(",", ":")).encode(),
             public_keys={r.kid: r.public_jwk for r in rows},
             keyset=KeySet.import_key_set({"keys": [r.public_jwk for r in rows]}),
+            activated_at=row.activated_at,
         )
 
     def sign(self, claims: dict, typ: str = "JWT") -> str:

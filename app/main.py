@@ -13,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app import jobs, keys
+from app import jobs, keys, logs
 from app.db import is_unavailable, make_engine, make_sessionmaker
 from app.keys import KeyCache
 from app.paths import TEMPLATES
@@ -22,6 +22,7 @@ from app.security.secrets import Keyring
 from app.settings import Settings, load_settings
 from app.web import cors
 from app.web.browser import make_templates
+from app.web.edge import EdgeMiddleware
 from app.web.middleware import RequestMiddleware
 
 log = logging.getLogger("ostiary")
@@ -91,7 +92,10 @@ def create_app(settings: Settings, *, run_jobs: bool = True, fetch_transport=Non
     app.mount(prefix + "/static", StaticFiles(directory=str(TEMPLATES / "static")), name="static")
 
     _install_error_handlers(app)
+    # Outermost last: every response gets a request id, then the edge policy (proxies, Host,
+    # TLS, sizes) runs before CORS and any route.
     app.add_middleware(cors.PublicCORSMiddleware, is_public=oauth_routes.is_public_path(prefix))
+    app.add_middleware(EdgeMiddleware, settings=settings, render_page=_page_renderer(runtime))
     app.add_middleware(RequestMiddleware)
     runtime.extras["metadata"] = oauth_routes.MetadataCache(app, runtime)
     return app
@@ -99,7 +103,18 @@ def create_app(settings: Settings, *, run_jobs: bool = True, fetch_transport=Non
 
 def create_app_from_env() -> FastAPI:
     """The uvicorn factory (`ostiary serve` runs this in every worker)."""
-    return create_app(load_settings())
+    settings = load_settings()
+    logs.configure(settings.log_level)
+    return create_app(settings)
+
+
+def _page_renderer(runtime: Runtime):
+    template = runtime.templates.get_template("error.html")
+
+    def render(status: int, title: str, message: str) -> bytes:
+        return template.render(title=title, message=message, settings=runtime.settings, user=None).encode()
+
+    return render
 
 
 def wants_html(request: Request) -> bool:

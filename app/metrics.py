@@ -40,3 +40,8 @@ def render(activated_at: int | None) -> tuple[bytes, str]:
     if activated_at:
         ACTIVE_KEY_AGE.set(max(0, time.time() - activated_at))
     return generate_latest(), CONTENT_TYPE_LATEST
+
+
+def observe_request(route: str, method: str, status: int, seconds: float) -> None:
+    REQUESTS.labels(route, method, str(status)).inc()
+    LATENCY.labels(route, method).observe(seconds)

@@ -195,7 +195,17 @@ def compose() -> dict:
 
 def host_env() -> dict[str, str]:
     """What compose reads from the operator's shell (or an .env file)."""
-    return {"OSTIARY_ISSUER": ISSUER, "OSTIARY_SECRET_KEYS": TEST_SECRET, "OSTIARY_DB_PASSWORD": DB_PASSWORD}
+    return {
+        "OSTIARY_ISSUER": ISSUER,
+        "OSTIARY_SECRET_KEYS": TEST_SECRET,
+        "OSTIARY_DB_PASSWORD": DB_PASSWORD,
+        # The test plays the TLS-terminating proxy in front of the container, from 127.0.0.1.
+        "OSTIARY_TRUSTED_PROXIES": "127.0.0.1",
+    }
+
+
+# What the TLS proxy in front of the container adds to every request it forwards.
+VIA_PROXY = {"Host": "auth.example.test", "X-Forwarded-Proto": "https"}
 
 
 # -- the shape of the two files ----------------------------------------------------------------
@@ -506,12 +516,16 @@ def test_the_start_command_waits_migrates_serves_and_stops_on_sigterm(container,
         # --migrate brought the empty database to the head revision.
         assert schema.current(engine) == schema.head()
 
-        metadata = httpx.get(box.url("/.well-known/oauth-authorization-server"), timeout=5)
+        # Straight to the container over plain http: refused (HTTPS required, wrong Host) ...
+        direct = httpx.get(box.url("/.well-known/oauth-authorization-server"), timeout=5)
+        assert direct.status_code in (400, 421), direct.text
+        # ... through the proxy: served.
+        metadata = httpx.get(box.url("/.well-known/oauth-authorization-server"), headers=VIA_PROXY, timeout=5)
         assert metadata.status_code == 200
         assert metadata.json()["issuer"] == ISSUER
         jwks_uri = urlsplit(metadata.json()["jwks_uri"])
         assert f"{jwks_uri.scheme}://{jwks_uri.netloc}" == ISSUER
-        jwks = httpx.get(box.url(jwks_uri.path), timeout=5)
+        jwks = httpx.get(box.url(jwks_uri.path), headers=VIA_PROXY, timeout=5)
         assert jwks.status_code == 200 and jwks.json()["keys"]
 
         check = subprocess.run(box.healthcheck, env=box.env, cwd=box.dir, capture_output=True, text=True, timeout=30)

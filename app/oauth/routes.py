@@ -9,6 +9,7 @@ from app.oauth import jwt_access
 from app.oauth.body import read_json
 from app.oauth.metadata import MetadataCache  # noqa: F401  (re-exported for app.main)
 from app.oauth.server import NO_STORE, dumps, json_request, oauth_request, using
+from app.security.hosts import client_ip
 from app.stores import tokens as tokens_store
 from app.stores import users as users_store
 from app.web.forms import FormDep
@@ -83,6 +84,14 @@ def _endpoint_url(runtime, request: Request) -> str:
 
 @router.post("/token", name="token")
 def token(request: Request, runtime: RuntimeDep, db: DbDep, form: FormDep):
+    settings = runtime.settings
+    limited = rate_limited(runtime, settings.token_rate_per_ip, "token-ip", client_ip(request)) or rate_limited(
+        # Per client_id *and* address: a metadata-document client_id (VS Code's) is shared by
+        # every user of that client, who must not throttle each other.
+        runtime, settings.token_rate_per_client, "token-client", f"{_token_client_id(request, form)} {client_ip(request)}"
+    )
+    if limited is not None:
+        return limited
     server = runtime.extras["server"]
     req = oauth_request("POST", _endpoint_url(runtime, request), request.headers, _form_params(form), form=True)
     with using(db):
@@ -110,11 +119,16 @@ def introspect(request: Request, runtime: RuntimeDep, db: DbDep, form: FormDep):
     return response
 
 
-def rate_limited(runtime, rate: str, *key: str) -> Response | None:
-    """429 with Retry-After and an RFC 6749 error body when `key` is over `rate`."""
-    wait = runtime.extras["limiter"].hit(rate, *key)
+def rate_limited(runtime, rate: str, name: str, subject: str) -> Response | None:
+    """429 with Retry-After and an RFC 6749 error body when `subject` is over `rate`."""
+    wait = runtime.extras["limiter"].hit(rate, name, subject)
     if wait is None:
         return None
+    return too_many_requests(wait)
+
+
+def too_many_requests(wait: int) -> Response:
+    # RFC 6585 §4: 429 with Retry-After; the body is an RFC 6749 §5.2-shaped error.
     return Response(
         dumps({"error": "temporarily_unavailable", "error_description": "Too many requests; retry later."}),
         status_code=429,
@@ -123,15 +137,28 @@ def rate_limited(runtime, rate: str, *key: str) -> Response | None:
     )
 
 
-def client_ip(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+def _token_client_id(request: Request, form) -> str:
+    """The client_id a token request names (form or HTTP Basic), for its rate limit only."""
+    client_id = form.get("client_id")
+    if isinstance(client_id, str) and client_id:
+        return client_id[:200]
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "basic":
+        import base64
+        from urllib.parse import unquote
+
+        try:
+            return unquote(base64.b64decode(value.strip(), validate=True).decode().partition(":")[0])[:200]
+        except (ValueError, UnicodeDecodeError):
+            return "-"
+    return "-"
 
 
 @registration_router.post("/register", name="register")
 def register(request: Request, runtime: RuntimeDep, db: DbDep, body=Depends(read_json)):
     settings = runtime.settings
-    limited = rate_limited(runtime, settings.registration_rate_per_ip, "register", client_ip(request)) or rate_limited(
-        runtime, settings.registration_rate_global, "register", "*"
+    limited = rate_limited(runtime, settings.registration_rate_per_ip, "register-ip", client_ip(request)) or rate_limited(
+        runtime, settings.registration_rate_global, "register-global", "*"
     )
     if limited is not None:
         return limited

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import httpx
 
+from app import audit
+
 from app.fetch import Fetcher, guarded_transport
 from app.oauth.authorization_code import AuthorizationCodeGrant
 from app.oauth.catalogue import Catalogue
@@ -15,6 +17,7 @@ from app.oauth.registration import ClientConfigurationEndpoint, RegistrationEndp
 from app.oauth.revocation import RevocationEndpoint
 from app.oauth.server import OstiaryServer
 from app.runtime import Runtime
+from app.security.hosts import network_check
 from app.security.ratelimit import RateLimiter
 
 
@@ -22,7 +25,13 @@ def build_server(runtime: Runtime, fetch_transport: httpx.BaseTransport | None =
     settings = runtime.settings
     runtime.extras["catalogue"] = Catalogue(runtime.sessions, settings)
     redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
-    runtime.extras["limiter"] = RateLimiter(redis_url, enabled=settings.rate_limits_enabled)
+    runtime.extras["limiter"] = RateLimiter(
+        redis_url,
+        enabled=settings.rate_limits_enabled,
+        on_refused=lambda name, subject, wait: audit.record_now(
+            runtime.sessions, "rate_limit.hit", limit=name, subject=subject, retry_after=wait
+        ),
+    )
     transport = fetch_transport or guarded_transport(
         allowed_hosts=settings.cimd_allowed_hosts, ca_file=str(settings.cimd_ca_file) if settings.cimd_ca_file else None
     )
@@ -47,5 +56,6 @@ def build_server(runtime: Runtime, fetch_transport: httpx.BaseTransport | None =
     if settings.cimd_enabled:
         # MCP 2025-11-25: clients may identify with a Client ID Metadata Document URL.
         runtime.extras["metadata_extensions"]["client_id_metadata_document_supported"] = True
+    runtime.extras["metrics_networks"] = network_check(settings.metrics_networks)
     runtime.extras["server"] = server
     return server

@@ -13,6 +13,7 @@ from app.models.client import KIND_DYNAMIC, KIND_METADATA_DOCUMENT
 from app.oauth import authorize as flow
 from app.oauth.redirect_uris import is_loopback_redirect
 from app.oauth.server import oauth_request
+from app.security.hosts import client_ip
 from app.stores import grants as grants_store
 from app.stores import requests as requests_store
 from app.web.browser import Browser, BrowserDep
@@ -42,6 +43,11 @@ def _login(browser: Browser, handle: str, force: bool) -> RedirectResponse:
 
 
 def _start(request: Request, browser: Browser, db, runtime, params: list[tuple[str, str]]):
+    # Before any work (a metadata-document fetch above all): one address cannot make us fetch
+    # URLs or fill the authorization_requests table as fast as it likes.
+    limited = browser.limited(runtime.settings.authorize_rate_per_ip, "authorize-ip", client_ip(request))
+    if limited is not None:
+        return limited
     server = runtime.extras["server"]
     req = oauth_request(request.method, runtime.settings.issuer + "/authorize", request.headers, params, form=request.method == "POST")
     result = flow.validate(server, db, req)

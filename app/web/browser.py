@@ -136,6 +136,17 @@ class Browser:
         )
         return self.apply_cookies(HTMLResponse(html, status_code=status_code))
 
+    def too_many_requests(self, wait: int, message: str = "Too many requests from your network.") -> HTMLResponse:
+        """RFC 6585 §4: 429 with Retry-After, as a page a person can read."""
+        minutes = f"{-(-wait // 60)} minute{'s' if wait > 60 else ''}" if wait > 60 else f"{wait} seconds"
+        response = self.render("error.html", 429, title="Please wait", message=message, detail=f"Try again in {minutes}.")
+        response.headers["Retry-After"] = str(wait)
+        return response
+
+    def limited(self, rate: str, name: str, subject: str) -> HTMLResponse | None:
+        wait = self.runtime.extras["limiter"].hit(rate, name, subject)
+        return None if wait is None else self.too_many_requests(wait)
+
     def redirect(self, url: str, status_code: int = 303) -> RedirectResponse:
         """Redirect within the app ("/account") or, for an absolute URL, elsewhere."""
         if url.startswith("/"):

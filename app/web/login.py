@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 
 from app import audit
 from app.deps import DbDep
+from app.security.hosts import client_ip
 from app.security.passwords import verify_password
 from app.stores import users as users_store
 from app.web.browser import BrowserDep, safe_next
@@ -15,6 +16,7 @@ router = APIRouter()
 
 BAD_CREDENTIALS = "Incorrect username or password."
 EXPIRED_FORM = "This form has expired. Please try again."
+LOCKED = "Too many failed sign-ins for this account."
 
 
 @router.get("/login")
@@ -33,10 +35,22 @@ def login(request: Request, browser: BrowserDep, db: DbDep, form: FormDep):
     password = str(form.get("password") or "")
     if not browser.csrf_ok(form):
         return browser.render("login.html", 400, next=next_url, username=username, error=EXPIRED_FORM)
+    settings, limiter = browser.runtime.settings, browser.runtime.extras["limiter"]
+    limited = browser.limited(settings.login_rate_per_ip, "login-ip", client_ip(request))
+    if limited is not None:
+        return limited
+    # Failures per username, in tiers ("5/minute;10/5minutes;20/hour"): each tier is a longer
+    # wait, the last a temporary lock. Counted for any name, known or not, so the answer
+    # tells nothing about which accounts exist.
+    subject = users_store.normalize_username(username)
+    wait = limiter.blocked(settings.login_failures_per_user, "login-user", subject)
+    if wait is not None:
+        return browser.too_many_requests(wait, LOCKED)
     user = users_store.by_username(db, username) if username else None
     # Same work and the same answer for an unknown user, a wrong password and a disabled account.
     ok, new_hash = verify_password(user.password_hash if user else None, password)
     if not ok or user is None or user.disabled:
+        limiter.count(settings.login_failures_per_user, "login-user", subject)
         audit.record(
             db,
             "login.failed",
@@ -46,6 +60,7 @@ def login(request: Request, browser: BrowserDep, db: DbDep, form: FormDep):
         )
         db.commit()
         return browser.render("login.html", 401, next=next_url, username=username, error=BAD_CREDENTIALS)
+    limiter.reset(settings.login_failures_per_user, "login-user", subject)
     if new_hash:
         users_store.set_password_hash(db, user.id, new_hash)
     users_store.mark_login(db, user.id)

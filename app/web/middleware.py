@@ -1,19 +1,24 @@
-"""One pure-ASGI middleware for what every response needs: a request id, the audit context,
-and the browser-facing security headers on HTML pages."""
+"""One pure-ASGI middleware for what every response needs: a request id, the audit context, the
+browser-facing security headers on HTML pages, and the request's metrics and access-log line."""
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
+import time
 
+from app import metrics
 from app.audit import RequestContext, request_context
+
+access_log = logging.getLogger("ostiary.access")
 
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self' data:; script-src 'self'; "
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'"
-)
+)  # no form-action: browsers apply it to the redirect after "Allow", which leaves for the client
 
 HTML_HEADERS = [
     # Clickjacking: RFC 6749 §10.13, RFC 9700 §4.16.
@@ -25,6 +30,13 @@ HTML_HEADERS = [
 COMMON_HEADERS = [(b"x-content-type-options", b"nosniff")]
 
 
+def route_label(scope) -> str:
+    """The route's template ("/consent/{handle}"), never the raw path: paths can carry one-time
+    handles and links, which must not reach metrics labels or logs."""
+    route = scope.get("route")
+    return getattr(route, "path", None) or "unmatched"
+
+
 class RequestMiddleware:
     def __init__(self, app):
         self.app = app
@@ -32,6 +44,7 @@ class RequestMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        started = time.perf_counter()
         incoming = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
@@ -41,9 +54,12 @@ class RequestMiddleware:
         client = scope.get("client")
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_context.set(RequestContext(ip=client[0] if client else None, request_id=request_id))
+        status = 500
 
         async def send_with_headers(message):
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 headers = list(message.get("headers", []))
                 names = {n.lower() for n, _ in headers}
                 content_type = next((v for n, v in headers if n.lower() == b"content-type"), b"")
@@ -58,3 +74,21 @@ class RequestMiddleware:
             await self.app(scope, receive, send_with_headers)
         finally:
             request_context.reset(token)
+            elapsed = time.perf_counter() - started
+            route = route_label(scope)
+            metrics.observe_request(route, scope["method"], status, elapsed)
+            if access_log.isEnabledFor(logging.INFO):
+                client = scope.get("client")
+                access_log.info(
+                    "request",
+                    extra={
+                        "fields": {
+                            "method": scope["method"],
+                            "route": route,
+                            "status": status,
+                            "duration_ms": round(elapsed * 1000, 2),
+                            "ip": client[0] if client else None,
+                            "request_id": request_id,
+                        }
+                    },
+                )

@@ -1,0 +1,154 @@
+"""The first policy every request meets, before any route runs: who sent it (trusted proxies),
+to which host (DNS rebinding), over what transport (TLS), and how big it is.
+
+Refusals are RFC 6749 error bodies for API callers and a short page for browsers; none of them
+reaches the application, so hostile input never gets as far as a 500.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from starlette.exceptions import HTTPException
+
+from app.audit import RequestContext, request_context
+from app.security.hosts import HostPolicy, ProxyPolicy
+from app.settings import Settings
+
+MAX_HEADER_BYTES = 16 * 1024  # all header names and values together
+MAX_HEADERS = 100
+MAX_TARGET_BYTES = 8 * 1024  # path + query string
+
+# Probes from the orchestrator come straight to the container, over plain http, with whatever
+# Host it uses: liveness, readiness and metrics answer them (metrics has its own allow-list).
+UNCHECKED = ("/healthz", "/readyz", "/metrics")
+PROTOCOL = ("/token", "/register", "/revoke", "/introspect")
+
+
+class BodyTooLarge(HTTPException):
+    def __init__(self, limit: int):
+        super().__init__(413, f"The request body exceeds {limit} bytes.")
+
+
+class EdgeMiddleware:
+    def __init__(self, app, settings: Settings, render_page: Callable[[int, str, str], bytes]):
+        self.app = app
+        self.hosts = HostPolicy(settings)
+        self.proxies = ProxyPolicy(settings.trusted_proxies)
+        self.require_tls = not settings.issuer_is_loopback
+        self.prefix = settings.issuer_path
+        self.max_body = settings.max_body
+        self.max_body_protocol = settings.max_body_protocol
+        self.render_page = render_page
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"].removeprefix(self.prefix) if self.prefix else scope["path"]
+        headers = scope["headers"]
+
+        if len(headers) > MAX_HEADERS or sum(len(n) + len(v) for n, v in headers) > MAX_HEADER_BYTES:
+            return await self._refuse(scope, send, 431, "request_header_fields_too_large", "The request headers are too large.")
+        if len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") > MAX_TARGET_BYTES:
+            return await self._refuse(scope, send, 414, "invalid_request", "The request URI is too long.")
+
+        self._apply_proxy_headers(scope)
+        if path not in UNCHECKED:
+            if not self.hosts.allows(_header(headers, b"host")):
+                # RFC 9110 §15.5.20: this server is not configured to answer for that host.
+                return await self._refuse(scope, send, 421, "invalid_request", "This server does not answer for that host name.")
+            if self.require_tls and scope.get("scheme") != "https":
+                # OAuth 2.1 §1.5: every endpoint requires TLS (unless the issuer is loopback).
+                return await self._refuse(scope, send, 400, "invalid_request", "HTTPS is required.")
+
+        limit = self.max_body_protocol if path in PROTOCOL or path.startswith("/register/") else self.max_body
+        length = _header(headers, b"content-length")
+        if length is not None:
+            if not length.isdigit():
+                return await self._refuse(scope, send, 400, "invalid_request", "Invalid Content-Length.")
+            if int(length) > limit:
+                return await self._refuse(scope, send, 413, "invalid_request", f"The request body exceeds {limit} bytes.")
+
+        started = False
+        received = 0
+
+        async def counting_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:  # chunked bodies have no Content-Length to check up front
+                    raise BodyTooLarge(limit)
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        token = request_context.set(RequestContext(ip=(scope.get("client") or (None,))[0], request_id=_request_id(scope)))
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except BodyTooLarge as exc:
+            if started:
+                raise
+            await self._refuse(scope, send, 413, "invalid_request", exc.detail)
+        finally:
+            request_context.reset(token)
+
+    def _apply_proxy_headers(self, scope) -> None:
+        if not self.proxies.enabled:
+            return
+        client = scope.get("client")
+        peer = client[0] if client else None
+        if not self.proxies.trusts(peer):
+            return
+        headers = scope["headers"]
+        forwarded_for = _header(headers, b"x-forwarded-for")
+        if forwarded_for:
+            address = self.proxies.client(peer, forwarded_for)
+            scope["client"] = (address, 0)
+        proto = _header(headers, b"x-forwarded-proto")
+        if proto:
+            proto = proto.split(",")[0].strip().lower()
+            if proto in ("http", "https"):
+                scope["scheme"] = proto
+        forwarded_host = _header(headers, b"x-forwarded-host")
+        if forwarded_host:
+            value = forwarded_host.split(",")[0].strip().encode("latin-1", "replace")
+            scope["headers"] = [(n, v) for n, v in headers if n != b"host"] + [(b"host", value)]
+
+    async def _refuse(self, scope, send, status: int, error: str, description: str) -> None:
+        accept = _header(scope["headers"], b"accept") or ""
+        if "text/html" in accept:
+            body = self.render_page(status, "This request cannot be served", description)
+            content_type = b"text/html; charset=utf-8"
+        else:
+            body = json.dumps({"error": error, "error_description": description}).encode()
+            content_type = b"application/json"
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", content_type),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"cache-control", b"no-store"),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def _header(headers, name: bytes) -> str | None:
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _request_id(scope) -> str | None:
+    return (scope.get("state") or {}).get("request_id")
