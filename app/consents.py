@@ -22,9 +22,12 @@ from app.stores import users as users_store
 
 def revoke(db: Session, grant: Grant, *, actor_id: str, via: str) -> None:
     """`via`: "admin" (an admin revoked it) or "account" (the user disconnected the app)."""
-    access = tokens.revoke_grant(db, grant.id, f"consent_revoked_{via}")
-    codes_store.expire_for_grant(db, grant.id, now())
+    # The grant goes first: deleting its row waits for any refresh under it that is inserting a
+    # successor right now, so the revocation below (a later statement) sees that successor too.
     store.remove(db, grant.id)
+    triple = dict(user_id=grant.user_id, client_id=grant.client_id, resource_id=grant.resource_id)
+    access = tokens.revoke_grant(db, **triple, reason=f"consent_revoked_{via}")
+    codes_store.expire_unredeemed(db, **triple, at=now())
     user = users_store.get(db, grant.user_id)
     resource = resources_store.get(db, grant.resource_id)
     audit.record(

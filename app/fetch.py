@@ -31,8 +31,14 @@ class FetchError(Exception):
 
 def is_public_address(address: str) -> bool:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        # An IPv4 address wrapped in IPv6 (mapped, 6to4, Teredo) is judged as that IPv4 address:
+        # 2002:7f00:1:: is 127.0.0.1 and 2002:a9fe:a9fe:: the cloud metadata service.
+        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if embedded is not None and not is_public_address(str(embedded)):
+            return False
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
     return ip.is_global and not (ip.is_multicast or ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved)
 
 
@@ -102,7 +108,8 @@ class Fetcher:
             transport=transport,
             timeout=httpx.Timeout(timeout),
             follow_redirects=False,
-            headers={"Accept": "application/json", "User-Agent": "Ostiary (client metadata fetcher)"},
+            # identity: the 5 KB cap counts the bytes on the wire, never a decompression bomb.
+            headers={"Accept": "application/json", "Accept-Encoding": "identity", "User-Agent": "Ostiary (client metadata fetcher)"},
             trust_env=False,
         )
 
@@ -121,6 +128,8 @@ class Fetcher:
                 content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
                 if content_type != "application/json" and not (content_type.startswith("application/") and content_type.endswith("+json")):
                     raise FetchError(f"the document is not JSON ({content_type or 'no content type'})")
+                if response.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity"):
+                    raise FetchError("the document is compressed although identity was asked for")
                 length = response.headers.get("content-length")
                 if length and length.isdigit() and int(length) > MAX_BODY:
                     raise FetchError(f"the document is larger than {MAX_BODY} bytes")

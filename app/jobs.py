@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from starlette.concurrency import run_in_threadpool
 
-from app import keys
+from app import cleanup, keys
 from app.db import transaction
 from app.runtime import Runtime
 from app.stores import jobs as job_locks
@@ -33,7 +33,11 @@ def _prune_clients(runtime: Runtime) -> None:
         log.info("pruned %d unused dynamically registered clients", len(pruned))
 
 
-JOBS: list[Callable[[Runtime], None]] = [_key_rotation, _prune_clients]
+def _cleanup(runtime: Runtime) -> None:
+    cleanup.run_if_due(runtime.sessions, runtime.settings)
+
+
+JOBS: list[Callable[[Runtime], None]] = [_key_rotation, _prune_clients, _cleanup]
 
 
 def run_once(runtime: Runtime) -> None:

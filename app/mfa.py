@@ -18,6 +18,7 @@ from app.security import totp
 from app.security.secrets import DecryptError
 from app.stores import audit as audit_store
 from app.stores import mfa as store
+from app.stores import sessions as sessions_store
 
 # Wrong codes allowed per user in the window before the code page refuses to check more: with
 # three valid codes at any time (drift), 10 guesses per 15 minutes is about 1 in 33,000 a day.
@@ -104,4 +105,6 @@ def recovery_codes_left(db: Session, user: User) -> int:
 def reset(db: Session, user: User, *, actor_id: str) -> None:
     """Turn TOTP off (an admin helping a user who lost their device); they may enrol again."""
     store.reset(db, user.id)
+    # Sessions signed in with the old factor end: the next sign-in is with the new setup.
+    sessions_store.remove_for_user(db, user.id)
     audit.record(db, "mfa.reset", user_id=user.id, username=user.username, actor_id=actor_id)

@@ -10,7 +10,7 @@ once; OSTIARY_ADMIN_MFA=required sends admins to enrol before the console.
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from app.models import BrowserSession
 from app.settings import Settings
@@ -352,3 +352,45 @@ async def test_required_admin_mfa_does_not_concern_other_users(alice, client):
     assert (await client.get("/account")).status_code == 200
     assert (await client.get("/admin")).status_code == 403
     assert "Administrators must" not in (await client.get("/account/mfa")).text
+
+
+@pytest.mark.parametrize("settings_overrides", [pytest.param({"admin_mfa": "required"}, id="OSTIARY_ADMIN_MFA=required")])
+async def test_required_admin_mfa_is_a_property_of_the_session(client, runtime, new_client):
+    """A browser signed in with the password alone before the admin enrolled elsewhere does not
+    reach the console (it is signed out by the enrolment); a password-only session of an
+    enrolled admin is sent to sign in again, and the code then opens the console."""
+    create_user(runtime, "root", admin=True)
+    early = new_client()
+    assert (await login(early, "root")).status_code == 303  # password only, not enrolled yet
+    assert (await login(client, "root")).status_code == 303
+    secret, _ = await enrol_totp(client)
+    assert (await client.get("/admin")).status_code == 200  # the browser that enrolled
+    gone = await early.get("/admin")
+    assert gone.status_code == 303 and gone.headers["location"].startswith("/login")
+
+    # A session whose sign-in did not use the code (as if it predated the rule): sign in again.
+    with runtime.sessions() as db:
+        db.execute(text("UPDATE browser_sessions SET amr = :amr"), {"amr": '["pwd"]'})
+        db.commit()
+    again = await client.get("/admin")
+    assert again.status_code == 303 and again.headers["location"] == "/login?prompt=login&next=%2Fadmin"
+    page = await client.get(again.headers["location"])
+    signed = await client.post(
+        "/login", data={"username": "root", "password": PASSWORD, "csrf_token": csrf_from(page.text), "next": "/admin"}
+    )
+    assert signed.headers["location"].startswith("/login/otp")
+    code_page = await client.get(signed.headers["location"])
+    ok = await client.post("/login/otp", data={"csrf_token": csrf_from(code_page.text), "code": totp_code(secret, +1), "next": "/admin"})
+    assert ok.headers["location"] == "/admin" and (await client.get("/admin")).status_code == 200
+
+
+async def test_an_mfa_reset_signs_the_user_out_everywhere(alice, client, runtime, new_client):
+    await enrol_totp(client)
+    assert (await client.get("/account")).status_code == 200
+    create_user(runtime, "root", admin=True)
+    admin = new_client()
+    assert (await login(admin, "root")).status_code == 303
+    path = f"/admin/users/{alice['user'].id}/reset-mfa"
+    assert (await submit(admin, path, confirm=True, csrf_page="/admin")).status_code == 303
+    assert (await client.get("/account")).status_code == 303  # signed out
+    assert (await admin.get("/admin")).status_code == 200  # the admin's own session stays

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 from urllib.parse import quote
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from app import audit as audit_log
 from app.models import AuditEvent, Client, Grant, User
@@ -238,6 +238,24 @@ async def test_overview_counts_scope_usage_and_daily_chart(world, runtime):
 
 
 # -- consents -----------------------------------------------------------------------------------
+
+
+async def test_revoking_a_consent_also_reaches_a_successor_a_rotation_just_wrote(world, runtime):
+    """A refresh rotating while the consent is revoked may write a successor the revocation's
+    first statement does not see, and deleting the grant nulls its grant_id: the revocation
+    matches every token of the grant's user x client x resource, so that successor dies too."""
+    successor = (await refresh(world.user, world.client_id, world.tokens["refresh_token"])).json()
+    with runtime.sessions() as db:
+        db.execute(text("UPDATE refresh_tokens SET grant_id = NULL WHERE used_at IS NULL"))
+        db.commit()
+    page = await world.admin.get("/admin/consents", params={"user": "alice"})
+    done = await world.admin.post(
+        "/admin/consents/revoke", data={"csrf_token": csrf_from(page.text), "grant_id": world.grant.id, "confirm": "yes"}
+    )
+    assert done.status_code == 303
+    rejected = await refresh(world.user, world.client_id, successor["refresh_token"])
+    assert rejected.status_code == 400 and rejected.json()["error"] == "invalid_grant"
+    assert not await token_is_active(world, successor["access_token"])
 
 
 async def test_revoking_a_consent_kills_its_refresh_and_access_tokens(world, runtime):
@@ -739,6 +757,26 @@ async def test_changing_a_scopes_groups_in_the_console_applies_at_the_next_refre
     assert (await submit(world.admin, f"/admin/resources/{resource_id}", form, csrf_page="/admin")).status_code == 303
     refreshed = await refresh(world.user, world.client_id, tokens["refresh_token"])
     assert refreshed.json()["scope"] == "notes:read"
+
+
+async def test_a_scope_removed_from_the_mcp_server_is_no_longer_refreshed(world, runtime):
+    """RFC 6749 §6 / access policy: a refresh never returns a scope the MCP server no longer
+    declares; when none of the grant's resource scopes is left, invalid_grant."""
+    await policy_world(world)
+    await submit(world.admin, f"/admin/users/{world.alice.id}/groups", {"groups": "writers"}, csrf_page="/admin")
+    _, verifier, decided = await consent_for(world.user, world.client_id, "notes:read notes:write")
+    tokens = (await exchange(world.user, world.client_id, query(decided.headers["location"])["code"], verifier)).json()
+    with runtime.sessions() as db:
+        resource_id = db.scalar(select(Grant.resource_id).where(Grant.scope == "notes:read notes:write"))
+    only_read = resource_form(POLICY_RESOURCE, "Notes", [("notes:read", "Read notes", True, "")])
+    assert (await submit(world.admin, f"/admin/resources/{resource_id}", only_read, csrf_page="/admin")).status_code == 303
+    refreshed = await refresh(world.user, world.client_id, tokens["refresh_token"])
+    assert refreshed.status_code == 200 and refreshed.json()["scope"] == "notes:read"
+
+    renamed = resource_form(POLICY_RESOURCE, "Notes", [("notes:view", "View notes", True, "")])
+    assert (await submit(world.admin, f"/admin/resources/{resource_id}", renamed, csrf_page="/admin")).status_code == 303
+    gone = await refresh(world.user, world.client_id, refreshed.json()["refresh_token"])
+    assert gone.status_code == 400 and gone.json()["error"] == "invalid_grant"
 
 
 # -- bootstrap (issue 5 §6) -------------------------------------------------------------------

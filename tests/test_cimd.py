@@ -7,6 +7,7 @@ The real guarded transport (SSRF rules, TLS) is tested in test_fetch_ssrf.py."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import time
 from collections.abc import Callable
@@ -234,6 +235,11 @@ REFUSED = [
     pytest.param(_json([document()]), "not a JSON object", id="JSON array"),  # type: ignore[arg-type]
     pytest.param(_json(BIG), "larger than 5120 bytes", id="6 KB body with Content-Length (5 KB cap)"),
     pytest.param(_streamed(6 * 1024), "larger than 5120 bytes", id="6 KB streamed body (5 KB cap)"),
+    pytest.param(
+        lambda r: httpx.Response(200, content=gzip.compress(json.dumps(document()).encode()), headers={"Content-Type": "application/json", "Content-Encoding": "gzip"}),
+        "compressed",
+        id="gzip although identity was asked (no decompression bomb)",
+    ),
     pytest.param(_timeout, "did not answer in time", id="timeout"),
     pytest.param(_connect_error, "could not be fetched", id="connection error"),
     pytest.param(_json(document(token_endpoint_auth_method="client_secret_basic")), "shared secret", id="client_secret_basic (CIMD 4.1)"),

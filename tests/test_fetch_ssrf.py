@@ -62,6 +62,10 @@ pytestmark = pytest.mark.anyio
         pytest.param("1.1.1.1", True, id="1.1.1.1 public"),
         pytest.param("2606:4700::", True, id="2606:4700:: public"),
         pytest.param("2001:4860:4860::8888", True, id="2001:4860:: public"),
+        pytest.param("2002:7f00:1::1", False, id="6to4 wrapping 127.0.0.1"),
+        pytest.param("2002:a9fe:a9fe::1", False, id="6to4 wrapping the cloud metadata address"),
+        pytest.param("2002:0808:0808::1", True, id="6to4 wrapping a public address"),
+        pytest.param("2001:0:4136:e378:8000:63bf:80ff:fffe", False, id="Teredo wrapping 127.0.0.1"),
     ],
 )
 def test_is_public_address(address, public):

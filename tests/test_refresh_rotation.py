@@ -118,15 +118,20 @@ async def test_reuse_after_the_grace_window_revokes_the_family(client, runtime, 
     assert first["refresh_token"] not in repr(event.details)
 
 
-async def test_reuse_leaves_other_families_alone(client, runtime):
-    """RFC 9700 4.14.2: the family of the reused token, not every token of the user."""
+async def test_reuse_revokes_every_refresh_token_of_the_grant_and_nothing_else(client, runtime):
+    """Issue 3 §6: a reuse revokes the whole family, "every refresh token of that grant" (user x
+    client x resource), here a second login's family too; another client's grant is untouched."""
     reg = await signed_in_flow(client, runtime)
+    other_client = await register(client)
     first = await tokens_for(client, reg["client_id"])
-    other = await tokens_for(client, reg["client_id"])
+    same_grant = await tokens_for(client, reg["client_id"])
+    elsewhere = await tokens_for(client, other_client["client_id"])
     await refresh(client, reg["client_id"], first["refresh_token"])
     age_used_tokens(runtime, 31)
     assert (await refresh(client, reg["client_id"], first["refresh_token"])).status_code == 400
-    assert (await refresh(client, reg["client_id"], other["refresh_token"])).status_code == 200
+    revoked = await refresh(client, reg["client_id"], same_grant["refresh_token"])
+    assert revoked.status_code == 400 and revoked.json()["error"] == "invalid_grant"
+    assert (await refresh(client, other_client["client_id"], elsewhere["refresh_token"])).status_code == 200
 
 
 # -- scope (RFC 6749 6) ------------------------------------------------------------------------------

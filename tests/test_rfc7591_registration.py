@@ -161,6 +161,15 @@ async def test_application_type(client, runtime, uris, given, expected):
     assert response.json()["application_type"] == expected
 
 
+async def test_a_web_client_may_not_register_a_private_use_scheme(client, runtime):
+    """RFC 8252 §7.1: private-use URI schemes are for native apps; a client that says it is a web
+    client gets invalid_redirect_uri (a native one, or one that says nothing, is accepted)."""
+    body = {**BASE, "redirect_uris": ["cursor://anysphere.cursor-mcp/oauth/callback"], "application_type": "web"}
+    response = await post(client, body)
+    assert response.status_code == 400 and response.json()["error"] == "invalid_redirect_uri"
+    assert (await post(client, {**body, "application_type": "native"})).status_code == 201
+
+
 async def test_response_echoes_the_metadata(client, runtime):
     """RFC 7591 3.2.1: 201 Created with client_id, client_id_issued_at and all registered
     metadata."""

@@ -47,9 +47,14 @@ def _admin(request: Request, browser: BrowserDep) -> Browser:
         raise Denied(
             browser.render("error.html", 403, title="Forbidden", message="Only administrators can use the admin console.")
         )
-    if browser.runtime.settings.admin_mfa_required and not browser.user.mfa_enabled:
-        # OSTIARY_ADMIN_MFA=required: enrol TOTP before the console.
-        raise Denied(browser.redirect("/account/mfa?next=" + quote(_here(request, browser), safe="")))
+    if browser.runtime.settings.admin_mfa_required:
+        here = quote(_here(request, browser), safe="")
+        if not browser.user.mfa_enabled:
+            # OSTIARY_ADMIN_MFA=required: enrol TOTP before the console.
+            raise Denied(browser.redirect("/account/mfa?next=" + here))
+        if "otp" not in (browser.session.amr or []):
+            # ... and this browser must have signed in with it (not only a password from before).
+            raise Denied(browser.redirect("/login?prompt=login&next=" + here))
     return browser
 
 

@@ -18,7 +18,7 @@ class BrowserSession(Base):
     amr: Mapped[list[str]] = mapped_column(JSON, default=list)  # RFC 8176 methods, e.g. ["pwd", "otp"]
     auth_time: Mapped[int] = mapped_column(BigInteger, default=now)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
-    last_seen_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    last_seen_at: Mapped[int] = mapped_column(BigInteger, default=now, index=True)
     expires_at: Mapped[int] = mapped_column(BigInteger, index=True)  # absolute timeout
     ip: Mapped[str | None] = mapped_column(String(64))
     user_agent: Mapped[str | None] = mapped_column(String(300))

@@ -27,9 +27,9 @@ class RefreshToken(Base):
     auth_time: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
     expires_at: Mapped[int] = mapped_column(BigInteger, index=True)
-    used_at: Mapped[int | None] = mapped_column(BigInteger)
+    used_at: Mapped[int | None] = mapped_column(BigInteger, index=True)
     successor_enc: Mapped[str | None] = mapped_column(Text)
-    revoked_at: Mapped[int | None] = mapped_column(BigInteger)
+    revoked_at: Mapped[int | None] = mapped_column(BigInteger, index=True)
     revoked_reason: Mapped[str | None] = mapped_column(String(40))
     # The access token issued together with this refresh token, so that revoking the family can
     # also make that access token inactive at introspection.

@@ -20,7 +20,7 @@ from app.oauth import tokens
 from app.oauth.authorization_code import InvalidTargetError, touch_usage
 from app.oauth.catalogue import ResourceInfo
 from app.oauth.resource_indicators import InvalidResource, canonical_resource
-from app.oauth.scopes import InvalidScope, join, parse
+from app.oauth.scopes import PROTOCOL_SCOPES, InvalidScope, join, parse
 from app.oauth.server import current_db, safe_description
 from app.security.secrets import DecryptError
 from app.stores import tokens as store
@@ -128,7 +128,9 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         replay = self._replay(row, t)
         if replay is not None:
             return 200, replay, self.TOKEN_RESPONSE_HEADER
-        count = tokens.revoke_family(db, row.family_id, "reuse")
+        # Reuse: every refresh token of the grant (user x client x resource) is revoked, not
+        # only this family (issue 3 §6; RFC 9700 §4.14.2 asks at least for the family).
+        count = tokens.revoke_grant(db, user_id=row.user_id, client_id=row.client_id, resource_id=row.resource_id, reason="reuse")
         audit.record(
             db,
             "token.reuse_detected",
@@ -157,9 +159,12 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
             return None
 
     def _permitted(self, user, resource: ResourceInfo, scope: list[str]) -> list[str]:
-        """Access policy: never return a scope the user may no longer have (groups change)."""
-        allowed = [s for s in scope if s not in resource.scopes or resource.scopes[s].permits(user.groups)]
-        if not [s for s in allowed if s in resource.scopes] and [s for s in scope if s in resource.scopes]:
+        """Access policy: never return a scope the user may no longer have (groups change) or
+        that the MCP server no longer declares."""
+        allowed = [
+            s for s in scope if s in PROTOCOL_SCOPES or (s in resource.scopes and resource.scopes[s].permits(user.groups))
+        ]
+        if scope and not [s for s in allowed if s not in PROTOCOL_SCOPES] and [s for s in scope if s not in PROTOCOL_SCOPES]:
             raise InvalidGrantError("The user may no longer use any scope of this grant.")
         return allowed
 

@@ -104,6 +104,9 @@ def client_metadata(data: dict) -> dict:
         app_type = "native" if all(is_loopback_redirect(u) or not u.startswith("https://") for u in meta["redirect_uris"]) else "web"
     elif app_type not in ("web", "native"):
         raise _bad("'application_type' must be 'web' or 'native'.")
+    elif app_type == "web" and any(not u.startswith(("https://", "http://")) for u in meta["redirect_uris"]):
+        # RFC 8252 §7.1: private-use URI schemes are for native apps.
+        raise InvalidRedirectURIError("A web client's redirect URIs must be https (private-use schemes are for native apps).")
     meta["application_type"] = app_type
     return meta
 

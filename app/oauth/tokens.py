@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 
+from sqlalchemy import and_
 from sqlalchemy.orm import Session
 
 from app.db import now
@@ -164,13 +165,21 @@ def revoke_family(db: Session, family_id: str, reason: str) -> int:
     return len(access)
 
 
-def revoke_grant(db: Session, grant_id: int, reason: str) -> int:
-    """Revoke every family issued under a grant (consent revoked, client deleted ...)."""
+def revoke_grant(db: Session, *, user_id: str, client_id: str, resource_id: int, reason: str) -> int:
+    """Revoke every refresh token, and the live access tokens, of a grant (user x client x
+    resource): a consent revoked, or a refresh token reused.
+
+    Matched by the grant's triple, not its id: a refresh rotating at the same moment may insert a
+    successor the id-based UPDATE would not see, and deleting the grant nulls the id."""
     t = now()
-    access = store.revoke_where(db, RefreshToken.grant_id == grant_id, t, reason)
-    access += store.live_code_access_tokens(db, AuthorizationCode.grant_id == grant_id, t)
+    access = store.revoke_where(db, _of_grant(RefreshToken, user_id, client_id, resource_id), t, reason)
+    access += store.live_code_access_tokens(db, _of_grant(AuthorizationCode, user_id, client_id, resource_id), t)
     store.revoke_access_tokens(db, unique_jtis(access), t, reason)
     return len(access)
+
+
+def _of_grant(model, user_id: str, client_id: str, resource_id: int):
+    return and_(model.user_id == user_id, model.client_id == client_id, model.resource_id == resource_id)
 
 
 def _family(family_id: str):

@@ -35,11 +35,18 @@ def find(db: Session, hashes: list[str]) -> AuthorizationCode | None:
     )
 
 
-def expire_for_grant(db: Session, grant_id: int, at: int) -> None:
-    """Codes not yet redeemed under a revoked grant can no longer be redeemed."""
+def expire_unredeemed(db: Session, *, user_id: str, client_id: str, resource_id: int, at: int) -> None:
+    """Codes not yet redeemed under a revoked grant (user x client x resource) can no longer be
+    redeemed."""
     db.execute(
         update(AuthorizationCode)
-        .where(AuthorizationCode.grant_id == grant_id, AuthorizationCode.consumed_at.is_(None), AuthorizationCode.expires_at > at)
+        .where(
+            AuthorizationCode.user_id == user_id,
+            AuthorizationCode.client_id == client_id,
+            AuthorizationCode.resource_id == resource_id,
+            AuthorizationCode.consumed_at.is_(None),
+            AuthorizationCode.expires_at > at,
+        )
         .values(expires_at=at),
         execution_options={"synchronize_session": False},
     )

@@ -22,15 +22,23 @@ def by_id(db: Session, grant_id: int) -> Grant | None:
 
 
 def merge(db: Session, user_id: str, client_id: str, resource_id: int, scopes: set[str]) -> Grant:
-    """Add scopes to the user's grant for this client and resource (incremental consent)."""
-    for _ in range(3):
+    """Add scopes to the user's grant for this client and resource (incremental consent).
+
+    Compare-and-set on the scope string: two consents landing together (two tabs) both count."""
+    for _ in range(5):
         grant = get(db, user_id, client_id, resource_id)
         if grant is not None:
             merged = " ".join(sorted(set(grant.scope.split()) | scopes))
-            if merged != grant.scope:
-                db.execute(update(Grant).where(Grant.id == grant.id).values(scope=merged, updated_at=now()))
+            if merged == grant.scope:
+                return grant
+            result = db.execute(
+                update(Grant).where(Grant.id == grant.id, Grant.scope == grant.scope).values(scope=merged, updated_at=now()),
+                execution_options={"synchronize_session": False},
+            )
+            if result.rowcount == 1:
                 grant.scope = merged
-            return grant
+                return grant
+            continue  # another consent changed the scopes meanwhile: merge into what it wrote
         try:
             with db.begin_nested():
                 grant = Grant(user_id=user_id, client_id=client_id, resource_id=resource_id, scope=" ".join(sorted(scopes)))

@@ -59,6 +59,10 @@ def enrol(browser: BrowserDep, db: DbDep, runtime: RuntimeDep, form: FormDep):
     codes = mfa.confirm_enrolment(db, runtime, browser.user, str(form.get("code") or ""))
     if codes is None:
         return _enrol_page(browser, db, runtime, next_url, 400, WRONG_CODE)
+    # This browser just proved the second factor; every other one signs in again with it.
+    session = browser.session
+    sessions_store.promote(db, session.id_hash, sorted(set(session.amr or []) | {"otp"}), session.auth_time)
+    sessions_store.remove_others(db, browser.user.id, session.id_hash)
     db.commit()
     # Shown once: only their HMACs are stored.
     return browser.render("mfa_codes.html", codes=codes, next=next_url or "/account")
