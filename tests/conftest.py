@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 from app import schema
 from app.db import make_engine, make_sessionmaker
@@ -64,7 +65,7 @@ def database_url(tmp_path_factory) -> Iterator[str]:
         yield f"sqlite:///{path}"
         return
     name = f"ostiary_test_{os.getpid()}_{secrets.token_hex(3)}"
-    admin = create_engine(_admin_url(PG_URL), isolation_level="AUTOCOMMIT")
+    admin = create_engine(_admin_url(PG_URL), isolation_level="AUTOCOMMIT", poolclass=NullPool)
     try:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
@@ -128,7 +129,7 @@ def empty_database(directory: Path) -> Iterator[str]:
         yield f"sqlite:///{directory / f'empty-{secrets.token_hex(3)}.db'}"
         return
     name = f"ostiary_empty_{os.getpid()}_{secrets.token_hex(3)}"
-    admin = create_engine(_admin_url(PG_URL), isolation_level="AUTOCOMMIT")
+    admin = create_engine(_admin_url(PG_URL), isolation_level="AUTOCOMMIT", poolclass=NullPool)
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     try:

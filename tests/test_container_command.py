@@ -241,7 +241,11 @@ def test_compose_runs_the_app_on_postgres_16_with_a_volume_and_a_healthcheck(com
     app, db = services["ostiary"], services["db"]
 
     assert app["build"] in (".", {"context": "."})
-    assert app["depends_on"] == {"db": {"condition": "service_healthy"}}
+    assert app["depends_on"] == {"db": {"condition": "service_healthy"}, "redis": {"condition": "service_healthy"}}
+    # Replicas share rate-limit counters through the redis service (issue 6 §5).
+    redis = services["redis"]
+    assert redis["image"].startswith("redis:") and "ping" in redis["healthcheck"]["test"]
+    assert environment(app, host_env())["OSTIARY_REDIS_URL"] == "redis://redis:6379/0"
     assert "8000:8000" in [interpolate(str(port), {}) for port in app["ports"]]
 
     assert db["image"] == "postgres:16"
@@ -365,6 +369,10 @@ class Container:
         self.env |= {"PATH": f"{venv_bin}:/usr/local/bin:/usr/bin:/bin", "HOME": str(self.dir), "LANG": "C.UTF-8"}
         app_env = environment(compose["services"]["ostiary"], host_env() | host)
         app_env["OSTIARY_DATABASE_URL"] = on_local_server(app_env["OSTIARY_DATABASE_URL"], database_url)
+        # compose's redis service is the local Redis here (its address only; the database stays).
+        redis_url = urlsplit(app_env["OSTIARY_REDIS_URL"])
+        assert redis_url.hostname == "redis"
+        app_env["OSTIARY_REDIS_URL"] = urlunsplit((redis_url.scheme, "127.0.0.1:6379", redis_url.path, "", ""))
         self.env |= app_env
         self.log = self.dir / "container.log"
         self.process: subprocess.Popen | None = None

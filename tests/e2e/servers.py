@@ -49,9 +49,10 @@ def throwaway_database(tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path / 'ostiary.db'}"
         return
     from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
 
     name = f"ostiary_e2e_{os.getpid()}_{secrets.token_hex(3)}"
-    admin = create_engine("postgresql+psycopg://" + admin_url.split("://", 1)[1], isolation_level="AUTOCOMMIT")
+    admin = create_engine("postgresql+psycopg://" + admin_url.split("://", 1)[1], isolation_level="AUTOCOMMIT", poolclass=NullPool)
     try:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
@@ -63,8 +64,17 @@ def throwaway_database(tmp_path: Path) -> Iterator[str]:
     try:
         yield f"{admin_url.rsplit('/', 1)[0]}/{name}"
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        # A new connection per attempt (NullPool): a test may have restarted the server, which
+        # may still be coming back.
+        for attempt in range(50):
+            try:
+                with admin.connect() as conn:
+                    conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                break
+            except Exception:  # noqa: BLE001
+                if attempt == 49:
+                    raise
+                time.sleep(0.2)
         admin.dispose()
 
 
