@@ -44,6 +44,12 @@ def _settings(**overrides):
     return load_settings(**overrides)
 
 
+def _nothing_there(settings) -> bool:
+    """An SQLite database that does not exist yet: a command about existing data finds nothing
+    (and must not create the file)."""
+    return settings.sqlite_path is not None and not settings.sqlite_path.exists()
+
+
 def _open(settings, *, migrate: bool):
     """Engine and session factory on an up-to-date schema.
 
@@ -189,7 +195,10 @@ def cmd_users_disable(args) -> int:
     from app.db import now
     from app.stores import sessions, users
 
-    _, factory = _open(_settings(), migrate=False)
+    settings = _settings(keyring=False)  # disabling needs no secret: generate none
+    if _nothing_there(settings):
+        raise UsageError(f"no user named {args.username!r}")
+    _, factory = _open(settings, migrate=False)
     with factory() as db:
         user = users.by_username(db, args.username)
         if user is None:

@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import jobs, keys, logs
@@ -131,6 +131,16 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(SQLAlchemyError)
     async def database_error(request: Request, exc: SQLAlchemyError):
+        if isinstance(exc, DataError):
+            # A value the database cannot store (out of range, bad encoding): the request's fault.
+            log.warning("refused a value the database cannot store on %s %s", request.method, request.url.path)
+            if wants_html(request):
+                return render_error(request, 400, "Bad request", "The request contains a value that cannot be stored.")
+            return JSONResponse(
+                {"error": "invalid_request", "error_description": "The request contains a value that cannot be stored."},
+                status_code=400,
+                headers={"Cache-Control": "no-store"},
+            )
         if not is_unavailable(exc):
             log.exception("database error on %s %s", request.method, request.url.path)
         else:

@@ -350,10 +350,12 @@ def ensure_keyring(settings: Settings) -> Settings:
     return settings.model_copy(update={"secret_keys": keys})
 
 
-def load_settings(**overrides) -> Settings:
-    """Read the environment; raise SettingsError naming the first bad setting."""
+def load_settings(*, keyring: bool = True, **overrides) -> Settings:
+    """Read the environment; raise SettingsError naming the first bad setting. With
+    `keyring=False` no development keyring is generated (commands that need no secret)."""
     try:
-        return ensure_keyring(Settings(**overrides))
+        settings = Settings(**overrides)
+        return ensure_keyring(settings) if keyring else settings
     except ValidationError as exc:
         error = exc.errors()[0]
         field = str(error["loc"][0]) if error["loc"] else "settings"

@@ -333,9 +333,14 @@ def test_bad_arguments_exit_2_with_usage_write_nothing(bad_runs, args, usage):
 
 def test_bad_arguments_never_create_a_database(tmp_path):
     url = f"sqlite:///{tmp_path / 'never.db'}"
-    cases = [(["users", "create", "bob", "--password-stdin"], "short\n"), (["resources", "add", "nope", *GOOD], ""), (["frobnicate"], "")]
+    cases = [
+        (["users", "create", "bob", "--password-stdin"], "short\n"),
+        (["users", "disable", "nobody"], ""),
+        (["resources", "add", "nope", *GOOD], ""),
+        (["frobnicate"], ""),
+    ]
     results = run_parallel(Ostiary(url, tmp_path), cases)
-    assert [r.returncode for r in results] == [2, 2, 2]
+    assert [r.returncode for r in results] == [2, 2, 2, 2]
     assert list(tmp_path.iterdir()) == []  # no database, no generated keyring
 
 

@@ -145,6 +145,27 @@ async def test_failed_sign_in_same_message_and_status(client, runtime, settings,
     assert sql(settings, "SELECT id_hash FROM browser_sessions") == []
 
 
+async def test_an_unknown_user_costs_the_same_password_work(client, runtime):
+    """OWASP authentication: an unknown username is checked against a dummy argon2id hash, so the
+    answer takes as long as for a known user with a wrong password (no user enumeration by
+    timing). Without the dummy the unknown user would answer in a fraction of the time."""
+    import time
+
+    create_user(runtime, "alice")
+
+    async def median(username: str) -> float:
+        times = []
+        for _ in range(5):
+            page = await client.get("/login")
+            started = time.perf_counter()
+            await client.post("/login", data={"username": username, "password": "wrong password!", "csrf_token": csrf_from(page.text)})
+            times.append(time.perf_counter() - started)
+        return sorted(times)[2]
+
+    known, unknown = await median("alice"), await median("mallory")
+    assert unknown > 0.5 * known, (known, unknown)
+
+
 async def test_disabled_user_signed_in_session_ends(client, runtime, settings):
     create_user(runtime)
     assert (await login(client)).status_code == 303

@@ -241,7 +241,7 @@ async def test_token_response_fields(client, runtime):
         pytest.param({"resource": "https://nope.example/mcp"}, "invalid_target", id="invalid_target"),
         pytest.param({"code_challenge": None}, "invalid_request", id="invalid_request (PKCE)"),
         pytest.param({"response_type": "token"}, "unsupported_response_type", id="implicit grant (OAuth 2.1 removed it)"),
-        pytest.param({"response_type": None}, "unsupported_response_type", id="missing response_type"),
+        pytest.param({"response_type": None}, "invalid_request", id="missing response_type (RFC 6749 4.1.2.1)"),
         pytest.param({"response_type": 'code"'}, "unsupported_response_type", id="response_type with a quote"),
         pytest.param({"prompt": "none", "scope": "mcp:write"}, "consent_required", id="consent_required"),
         pytest.param({"decision": "deny"}, "access_denied", id="access_denied"),

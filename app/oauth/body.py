@@ -14,14 +14,25 @@ class BodyError(HTTPException):
     pass
 
 
-def _depth(value, level: int = 0) -> int:
+def _problem(value, level: int = 0) -> str | None:
+    """Why a parsed JSON value may not be stored, or None: nested too deeply, or a string (key
+    or value) that is not storable text (NUL, a lone surrogate escape such as "\\ud800")."""
     if level > MAX_DEPTH:
-        return level
-    if isinstance(value, dict):
-        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
-    if isinstance(value, list):
-        return max((_depth(v, level + 1) for v in value), default=level + 1)
-    return level
+        return "The request body is nested too deeply."
+    if isinstance(value, str):
+        if "\x00" in value:
+            return "The request body contains a NUL character."
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "The request body contains an invalid Unicode escape."
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        problem = (_problem(key, level + 1) if isinstance(key, str) else None) or _problem(item, level + 1)
+        if problem:
+            return problem
+    return None
 
 
 async def read_json(request: Request) -> dict:
@@ -35,10 +46,13 @@ async def read_json(request: Request) -> dict:
             raise HTTPException(413, f"The request body exceeds {MAX_BODY} bytes.")
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except RecursionError:
+        raise HTTPException(400, "The request body is nested too deeply.") from None
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError, a number too long to convert
         raise HTTPException(400, "The request body is not valid JSON.") from None
     if not isinstance(data, dict):
         raise HTTPException(400, "The request body must be a JSON object.")
-    if _depth(data) > MAX_DEPTH:
-        raise HTTPException(400, "The request body is nested too deeply.")
+    problem = _problem(data)
+    if problem:
+        raise HTTPException(400, problem)
     return data

@@ -8,6 +8,7 @@ an ephemeral port.
 from __future__ import annotations
 
 import ipaddress
+import re
 from urllib.parse import urlsplit
 
 LOOPBACK_HOSTS = ("127.0.0.1", "[::1]", "localhost")
@@ -80,37 +81,28 @@ def validate_registered(uri: str) -> str:
 
 
 def matches(registered: list[str], requested: str) -> bool:
-    """True if `requested` is one of the registered redirect URIs (OAuth 2.1 §4.1.1)."""
+    """True if `requested` is one of the registered redirect URIs (OAuth 2.1 §4.1.1): the same
+    string, or for an http loopback redirect the same string but for the port."""
     if requested in registered:
         return True
-    if not is_loopback_redirect(requested):
-        return False
-    # Loopback: compare everything but the port (OAuth 2.1 §8.4.2).
-    try:
-        req = urlsplit(requested)
-        req.port  # noqa: B018
-    except ValueError:
-        return False
-    if req.username is not None or req.password is not None:
-        return False  # only the port may differ, never userinfo
-    for uri in registered:
-        if not is_loopback_redirect(uri):
-            continue
-        reg = urlsplit(uri)
-        if (
-            reg.scheme == req.scheme
-            and _host_as_written(reg) == _host_as_written(req)
-            and reg.path == req.path
-            and reg.query == req.query
-            and "#" not in requested
-        ):
-            return True
-    return False
+    key = _loopback_without_port(requested)
+    return key is not None and any(_loopback_without_port(uri) == key for uri in registered)
 
 
-def _host_as_written(parts) -> str:
-    """The host exactly as written: `localhost` never matches `127.0.0.1`, nor `LOCALHOST`."""
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    if netloc.startswith("["):
-        return netloc.split("]", 1)[0] + "]"
-    return netloc.split(":", 1)[0]
+# http://<loopback host>[:port]<path and query>, as written: no userinfo, no fragment, nothing
+# between the host and the port or path (http://[::1].evil.example must not pass for [::1]).
+_LOOPBACK = re.compile(r"^http://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(?P<port>[0-9]{1,5}))?(?P<rest>[/?][^#]*)?$")
+
+
+def _loopback_without_port(uri: str) -> str | None:
+    """The URI with its port removed, if it is an http loopback redirect (OAuth 2.1 §8.4.2: only
+    the port may differ); otherwise None. Everything else is compared as a string, byte for
+    byte: no case folding, no normalisation, no control characters."""
+    if not isinstance(uri, str) or len(uri) > MAX_LENGTH or any(ord(c) <= 0x20 or ord(c) == 0x7F for c in uri):
+        return None
+    match = _LOOPBACK.match(uri)
+    if match is None or not _host_is_loopback(match["host"]):
+        return None
+    if match["port"] is not None and not 0 < int(match["port"]) <= 65535:
+        return None
+    return f"http://{match['host']}{match['rest'] or ''}"

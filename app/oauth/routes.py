@@ -8,7 +8,7 @@ from app.deps import DbDep, RuntimeDep
 from app.oauth import jwt_access
 from app.oauth.body import read_json
 from app.oauth.metadata import MetadataCache  # noqa: F401  (re-exported for app.main)
-from app.oauth.server import NO_STORE, dumps, json_request, oauth_request, using
+from app.oauth.server import NO_STORE, dumps, json_request, oauth_request, repeated_parameter, safe_description, using
 from app.security.hosts import client_ip
 from app.stores import tokens as tokens_store
 from app.stores import users as users_store
@@ -77,6 +77,21 @@ def _form_params(form) -> list[tuple[str, str]]:
     return [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
 
 
+def _protocol_request(runtime, request: Request, form):
+    """The authlib request of a form POST, or an invalid_request response for a repeated
+    parameter (RFC 6749 §3.2)."""
+    params = _form_params(form)
+    name = repeated_parameter(params)
+    if name is not None:
+        return Response(
+            dumps({"error": "invalid_request", "error_description": safe_description(f"Parameter '{name}' is repeated.")}),
+            status_code=400,
+            media_type="application/json",
+            headers=NO_STORE,
+        )
+    return oauth_request("POST", _endpoint_url(runtime, request), request.headers, params, form=True)
+
+
 def _endpoint_url(runtime, request: Request) -> str:
     # authlib refuses plain-http URLs except on loopback; the issuer is what clients called.
     return runtime.settings.issuer + request.url.path.removeprefix(runtime.settings.issuer_path)
@@ -92,10 +107,11 @@ def token(request: Request, runtime: RuntimeDep, db: DbDep, form: FormDep):
     )
     if limited is not None:
         return limited
-    server = runtime.extras["server"]
-    req = oauth_request("POST", _endpoint_url(runtime, request), request.headers, _form_params(form), form=True)
+    req = _protocol_request(runtime, request, form)
+    if isinstance(req, Response):
+        return req
     with using(db):
-        response = server.create_token_response(req)
+        response = runtime.extras["server"].create_token_response(req)
     db.commit()  # also on errors: a consumed code or a revoked family must stay so
     response.headers.update(NO_STORE)  # RFC 6749 §5.1
     return response
@@ -103,7 +119,9 @@ def token(request: Request, runtime: RuntimeDep, db: DbDep, form: FormDep):
 
 @router.post("/revoke", name="revoke")
 def revoke(request: Request, runtime: RuntimeDep, db: DbDep, form: FormDep):
-    req = oauth_request("POST", _endpoint_url(runtime, request), request.headers, _form_params(form), form=True)
+    req = _protocol_request(runtime, request, form)
+    if isinstance(req, Response):
+        return req
     with using(db):
         response = runtime.extras["server"].create_endpoint_response("revocation", req)
     db.commit()
@@ -112,7 +130,9 @@ def revoke(request: Request, runtime: RuntimeDep, db: DbDep, form: FormDep):
 
 @router.post("/introspect", name="introspect")
 def introspect(request: Request, runtime: RuntimeDep, db: DbDep, form: FormDep):
-    req = oauth_request("POST", _endpoint_url(runtime, request), request.headers, _form_params(form), form=True)
+    req = _protocol_request(runtime, request, form)
+    if isinstance(req, Response):
+        return req
     with using(db):
         response = runtime.extras["server"].create_endpoint_response("introspection", req)
     response.headers.update(NO_STORE)

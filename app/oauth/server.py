@@ -14,7 +14,14 @@ from contextvars import ContextVar
 from urllib.parse import urlencode
 
 from authlib.oauth2 import AuthorizationServer
-from authlib.oauth2.rfc6749 import InvalidClientError, OAuth2Error, OAuth2Request
+from authlib.oauth2.rfc6749 import (
+    InvalidClientError,
+    InvalidRequestError,
+    OAuth2Error,
+    OAuth2Request,
+    UnsupportedGrantTypeError,
+    UnsupportedResponseTypeError,
+)
 from authlib.oauth2.rfc6749.requests import JsonPayload, JsonRequest, OAuth2Payload
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
@@ -94,6 +101,17 @@ class JsonBody(JsonPayload):
         return self._data
 
 
+class MissingGrantType(UnsupportedGrantTypeError):
+    """RFC 6749 §5.2: a request without grant_type is invalid_request (a missing required
+    parameter), not unsupported_grant_type. A subclass, because authlib's token endpoint turns
+    only UnsupportedGrantTypeError from get_token_grant into an error response."""
+
+    error = "invalid_request"
+
+    def get_error_description(self):
+        return "Missing 'grant_type'."
+
+
 class OstiaryServer(AuthorizationServer):
     def __init__(self, runtime: Runtime):
         super().__init__(scopes_supported=None)
@@ -120,7 +138,26 @@ class OstiaryServer(AuthorizationServer):
             # authlib quotes response_type in error_description, whose constructor refuses `"`
             # and `\` (RFC 6749 5.2) with a ValueError: a 500 instead of unsupported_response_type.
             request.payload.data["response_type"] = safe_description(response_type)
-        return super().get_authorization_grant(request)
+        try:
+            return super().get_authorization_grant(request)
+        except UnsupportedResponseTypeError as error:
+            if response_type:
+                raise
+            # RFC 6749 §4.1.2.1: a missing required parameter is invalid_request (by redirect
+            # once the redirect URI is trusted, as authlib decided).
+            raise InvalidRequestError("Missing 'response_type'.", state=error.state, redirect_uri=error.redirect_uri) from None
+
+    def get_token_grant(self, request):
+        if not request.payload.data.get("grant_type"):
+            raise MissingGrantType(None)
+        return super().get_token_grant(request)
+
+    def authenticate_client(self, request, methods, endpoint="token"):
+        try:
+            return super().authenticate_client(request, methods, endpoint)
+        except UnicodeDecodeError:
+            # authlib decodes HTTP Basic credentials as UTF-8 and lets the error escape (a 500).
+            raise InvalidClientError(description="Malformed client credentials.") from None
 
     def save_token(self, token, request):  # tokens are persisted by the grants themselves
         raise NotImplementedError
@@ -198,6 +235,18 @@ def error_redirect_url(error: OAuth2Error, issuer: str) -> str:
     Starlette response, so it is added here)."""
     params = [(k, v) for k, v in error.get_body() if v is not None] + [("iss", issuer)]
     return add_query(error.redirect_uri, params)
+
+
+def repeated_parameter(params: list[tuple[str, str]], allowed: frozenset[str] = frozenset({"resource"})) -> str | None:
+    """The first parameter sent more than once, if any. RFC 6749 §3.1/§3.2: "Request and
+    response parameters MUST NOT be included more than once" (RFC 8707 §2 lets `resource`
+    repeat; the grants then refuse more than one)."""
+    seen: set[str] = set()
+    for name, _ in params:
+        if name in seen and name not in allowed:
+            return name
+        seen.add(name)
+    return None
 
 
 def add_query(uri: str, params: list[tuple[str, str]]) -> str:

@@ -53,7 +53,11 @@ class EdgeMiddleware:
         if len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") > MAX_TARGET_BYTES:
             return await self._refuse(scope, send, 414, "invalid_request", "The request URI is too long.")
 
+        if "\x00" in scope["path"] or b"%00" in (scope.get("query_string") or b""):
+            return await self._refuse(scope, send, 400, "invalid_request", "The request URI contains a NUL character.")
+
         self._apply_proxy_headers(scope)
+        headers = scope["headers"]  # the Host a trusted proxy forwarded (X-Forwarded-Host) counts
         if path not in UNCHECKED:
             if not self.hosts.allows(_header(headers, b"host")):
                 # RFC 9110 §15.5.20: this server is not configured to answer for that host.
