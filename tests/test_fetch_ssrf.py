@@ -9,22 +9,31 @@ into the backlog makes the listening socket readable."""
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
-import json
 import select
 import socket
-import ssl
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
+from support import (
+    REDIRECT,
+    audit_events,
+    authorize,
+    authorize_params,
+    exchange,
+    pkce,
+    query,
+    signed_in,
+    verify_jwt,
+)
+from tls_documents import (
+    CertificateAuthority,
+    DocumentServer,
+    document_server,
+    make_test_ca,
+)
 
 from app.fetch import Fetcher, FetchError, guarded_transport, is_public_address
-from support import REDIRECT, audit_events, authorize, authorize_params, exchange, pkce, query, signed_in, verify_jwt
 
 pytestmark = pytest.mark.anyio
 
@@ -247,125 +256,15 @@ def test_falls_back_to_the_next_checked_address(fake_dns):
 # -- a real https server with a test CA -----------------------------------------------------------
 
 
-@dataclass
-class CertificateAuthority:
-    ca_file: Path
-    cert_file: Path
-    key_file: Path
-
-
 @pytest.fixture(scope="module")
 def test_ca(tmp_path_factory) -> CertificateAuthority:
-    """A CA and a server certificate for "localhost" (and 127.0.0.1), made with `cryptography`."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    directory = tmp_path_factory.mktemp("test-ca")
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Ostiary test CA")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_file, cert_file, key_file = directory / "ca.pem", directory / "server.pem", directory / "server.key"
-    ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return CertificateAuthority(ca_file, cert_file, key_file)
-
-
-class DocumentServer(ThreadingHTTPServer):
-    """https on 127.0.0.1: serves `documents[path]` as application/json, counting connections."""
-
-    daemon_threads = True
-
-    def __init__(self, tls: ssl.SSLContext):
-        self.tls = tls
-        self.documents: dict[str, dict] = {}
-        self.connections = 0
-        self.paths: list[str] = []
-        super().__init__(("127.0.0.1", 0), _DocumentHandler)
-
-    @property
-    def port(self) -> int:
-        return self.server_address[1]
-
-    def get_request(self):
-        sock, address = self.socket.accept()
-        self.connections += 1
-        sock.settimeout(5)
-        return self.tls.wrap_socket(sock, server_side=True), address
-
-
-class _DocumentHandler(BaseHTTPRequestHandler):
-    server: DocumentServer
-
-    def do_GET(self):  # noqa: N802
-        self.server.paths.append(self.path)
-        doc = self.server.documents.get(self.path)
-        body = json.dumps(doc).encode() if doc is not None else b"{}"
-        self.send_response(200 if doc is not None else 404)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "max-age=600")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+    return make_test_ca(tmp_path_factory.mktemp("test-ca"))
 
 
 @pytest.fixture
 def tls_server(test_ca) -> Iterator[DocumentServer]:
-    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    tls.load_cert_chain(test_ca.cert_file, test_ca.key_file)
-    server = DocumentServer(tls)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with document_server(test_ca) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 @pytest.fixture
@@ -380,16 +279,7 @@ def settings_overrides(request, test_ca) -> dict:
 
 
 def publish(server: DocumentServer, host: str = "localhost") -> str:
-    client_id = f"https://{host}:{server.port}/client.json"
-    server.documents["/client.json"] = {
-        "client_id": client_id,
-        "client_name": "Local TLS Client",
-        "redirect_uris": [REDIRECT],
-        "grant_types": ["authorization_code", "refresh_token"],
-        "response_types": ["code"],
-        "token_endpoint_auth_method": "none",
-    }
-    return client_id
+    return server.publish("/client.json", client_name="Local TLS Client", redirect_uris=[REDIRECT], host=host)
 
 
 @pytest.mark.parametrize("settings_overrides", ["allowed host and CA"], indirect=True)
@@ -407,7 +297,7 @@ async def test_full_flow_with_a_document_served_over_tls(client, runtime, tls_se
     assert token.status_code == 200, token.text
     claims = (await verify_jwt(client, token.json()["access_token"])).claims
     assert claims["client_id"] == client_id
-    assert tls_server.paths == ["/client.json"]  # cached for the consent step and /token
+    assert tls_server.requests == ["/client.json"]  # cached for the consent step and /token
 
 
 @pytest.mark.parametrize("settings_overrides", ["none"], indirect=True)
@@ -440,4 +330,4 @@ async def test_certificate_from_an_untrusted_ca_is_refused(client, runtime, tls_
     await signed_in(client, runtime)
     _, challenge = pkce()
     refuse_page(await client.get("/authorize", params=authorize_params(client_id, challenge)), "could not be fetched")
-    assert tls_server.paths == []
+    assert tls_server.requests == []
