@@ -669,6 +669,14 @@ async def test_audit_log_filters_newest_first_and_pagination(world, runtime):
     assert second.count('data-event="test.filler"') == 10 and "n=0<" in second
 
 
+async def test_audit_log_names_the_user_of_events_that_carry_only_an_id(world, runtime):
+    """token.issued records the user's id (the token's sub); the log shows who that is."""
+    page = (await world.admin.get("/admin/audit", params={"event": "token.issued"})).text
+    row = page.split('<tr data-event="token.issued">', 1)[1].split("</tr>", 1)[0]
+    who = re.findall(r"<td>(.*?)</td>", row, re.S)[2]
+    assert who == "alice", row
+
+
 async def test_admin_actions_show_who_acted(world, runtime):
     await submit(world.admin, f"/admin/users/{world.alice.id}/groups", {"groups": "readers"}, csrf_page="/admin")
     page = (await world.admin.get("/admin/audit", params={"event": "user.groups_changed"})).text

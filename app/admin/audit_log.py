@@ -49,10 +49,11 @@ def audit_page(
     params = {"event": event, "user": user, "client": client, "since": since, "until": until}
     pager = Pager(page_number(page), store.count(db, where), params)
     events = store.search(db, where, limit=pager.per_page, offset=pager.offset)
+    # Who: events that carry only ids (token.issued, code.issued ...) show the username too.
     actors = {}
-    for actor_id in {e.actor_id for e in events if e.actor_id}:
-        row = users_store.get(db, actor_id)
-        actors[actor_id] = row.username if row else actor_id
+    for user_id in {e.actor_id for e in events if e.actor_id} | {e.user_id for e in events if e.user_id and not e.username}:
+        row = users_store.get(db, user_id)
+        actors[user_id] = row.username if row else user_id
     return browser.render(
         "admin/audit.html",
         section="audit",
