@@ -115,6 +115,10 @@ class Settings(BaseSettings):
     max_body: int = 1024 * 1024
     max_body_protocol: int = 64 * 1024  # /token, /register, /revoke, /introspect
     rate_limits_enabled: bool = True
+    # Callers never counted by the per-address and per-client limits: the machine itself (a
+    # local MCP server, a health checker, a benchmark). Behind a proxy this is the address the
+    # trusted proxy reports; failed sign-ins per username are counted for everyone.
+    rate_limit_exempt: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     token_rate_per_ip: str = "600/minute"
     token_rate_per_client: str = "100/minute"  # per client_id and address
     authorize_rate_per_ip: str = "120/minute"
@@ -162,14 +166,14 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("cimd_allowed_hosts", "trusted_proxies", "extra_hosts", "metrics_networks", mode="before")
+    @field_validator("cimd_allowed_hosts", "trusted_proxies", "extra_hosts", "metrics_networks", "rate_limit_exempt", mode="before")
     @classmethod
     def _split_hosts(cls, value):
         if isinstance(value, str):
             return [part.strip().lower() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("metrics_networks", "trusted_proxies")
+    @field_validator("metrics_networks", "trusted_proxies", "rate_limit_exempt")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
         for item in value:

@@ -47,7 +47,7 @@ def token_request(client, client_id: str):
     return client.post("/token", data={"grant_type": "refresh_token", "refresh_token": "ostrt_nope", "client_id": client_id})
 
 
-@pytest.mark.parametrize("settings_overrides", [{"token_rate_per_ip": "3/minute", "token_rate_per_client": "100/minute"}])
+@pytest.mark.parametrize("settings_overrides", [{"rate_limit_exempt": [], "token_rate_per_ip": "3/minute", "token_rate_per_client": "100/minute"}])
 async def test_token_endpoint_per_ip(client, new_client, runtime):
     reg = await registered_flow(client, runtime)
     for _ in range(3):
@@ -57,7 +57,7 @@ async def test_token_endpoint_per_ip(client, new_client, runtime):
     assert (await token_request(other, reg["client_id"])).status_code == 400
 
 
-@pytest.mark.parametrize("settings_overrides", [{"token_rate_per_ip": "100/minute", "token_rate_per_client": "2/minute"}])
+@pytest.mark.parametrize("settings_overrides", [{"rate_limit_exempt": [], "token_rate_per_ip": "100/minute", "token_rate_per_client": "2/minute"}])
 async def test_token_endpoint_per_client_and_address(client, new_client, runtime):
     """Per client_id and address: a metadata-document client_id shared by many users' installs
     must not let one of them throttle the others."""
@@ -74,7 +74,7 @@ async def test_token_endpoint_per_client_and_address(client, new_client, runtime
     assert (await token_request(elsewhere, reg["client_id"])).status_code == 400
 
 
-@pytest.mark.parametrize("settings_overrides", [{"authorize_rate_per_ip": "2/minute"}])
+@pytest.mark.parametrize("settings_overrides", [{"rate_limit_exempt": [], "authorize_rate_per_ip": "2/minute"}])
 async def test_authorize_per_ip_is_a_page(client, runtime):
     reg = await registered_flow(client, runtime)
     _, challenge = pkce()
@@ -84,7 +84,7 @@ async def test_authorize_per_ip_is_a_page(client, runtime):
     assert_429_page(await client.get("/authorize", params=params, headers={"Accept": "text/html"}))
 
 
-@pytest.mark.parametrize("settings_overrides", [{"login_rate_per_ip": "3/minute"}])
+@pytest.mark.parametrize("settings_overrides", [{"rate_limit_exempt": [], "login_rate_per_ip": "3/minute"}])
 async def test_login_per_ip(client, runtime):
     create_user(runtime, "bob")
     for i in range(3):
@@ -129,7 +129,23 @@ async def test_a_successful_sign_in_clears_the_failures(client, new_client, runt
     assert (await login(new_client(), "bob", PASSWORD)).status_code == 303
 
 
-@pytest.mark.parametrize("settings_overrides", [{"token_rate_per_ip": "1/minute"}])
+@pytest.mark.parametrize("settings_overrides", [{"token_rate_per_ip": "2/minute", "registration_rate_per_ip": "1/minute"}])
+async def test_the_machine_itself_is_not_counted_by_default(client, new_client, runtime):
+    """OSTIARY_RATE_LIMIT_EXEMPT defaults to loopback: a local MCP server, health checker or
+    benchmark is not throttled; any other address is (behind a proxy: the address the trusted
+    proxy reports)."""
+    reg = await registered_flow(client, runtime)
+    for _ in range(5):
+        assert (await token_request(client, reg["client_id"])).status_code == 400
+    outside = new_client(client_addr=("192.0.2.70", 40000))
+    for _ in range(2):
+        assert (await token_request(outside, reg["client_id"])).status_code == 400
+    assert_429_json(await token_request(outside, reg["client_id"]))
+    body = {"redirect_uris": ["http://127.0.0.1:9/cb"]}
+    assert [(await client.post("/register", json=body)).status_code for _ in range(3)] == [201, 201, 201]
+
+
+@pytest.mark.parametrize("settings_overrides", [{"rate_limit_exempt": [], "token_rate_per_ip": "1/minute"}])
 async def test_a_limit_hit_is_audited_once_per_window(client, runtime):
     """Issue 6 §4: rate-limit hits are security events; a flood is one row, not one per request."""
     reg = await registered_flow(client, runtime)
@@ -182,7 +198,9 @@ async def test_a_limiter_outage_lets_requests_through(settings, caplog):
     """Redis down: limits fail open (sign-in and /token keep working) and say so in the log."""
     import httpx
 
-    broken = make_settings(settings.database_url.get_secret_value(), redis_url="redis://127.0.0.1:1/0", registration_rate_per_ip="1/minute")
+    broken = make_settings(
+        settings.database_url.get_secret_value(), redis_url="redis://127.0.0.1:1/0", registration_rate_per_ip="1/minute", rate_limit_exempt=[]
+    )
     app = create_app(broken, run_jobs=False)
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=settings.issuer) as c:

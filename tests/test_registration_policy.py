@@ -143,7 +143,7 @@ def assert_rate_limited(response) -> None:
     assert body["error"] == "temporarily_unavailable" and body["error_description"]
 
 
-@pytest.mark.parametrize("settings_overrides", [pytest.param({"registration_rate_per_ip": "3/minute"}, id="3 per minute per IP")])
+@pytest.mark.parametrize("settings_overrides", [pytest.param({"registration_rate_per_ip": "3/minute", "rate_limit_exempt": []}, id="3 per minute per IP")])
 async def test_per_ip_registration_rate_limit(client, new_client, runtime):
     """Per-IP limit: the fourth registration within the minute from one address gets 429 with
     Retry-After and an OAuth error body; another address is unaffected; X-Forwarded-For from an

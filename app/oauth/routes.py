@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+from urllib.parse import unquote
+
 from fastapi import APIRouter, Depends, Request, Response
 
 from app.deps import DbDep, RuntimeDep
@@ -100,10 +103,10 @@ def _endpoint_url(runtime, request: Request) -> str:
 @router.post("/token", name="token")
 def token(request: Request, runtime: RuntimeDep, db: DbDep, form: FormDep):
     settings = runtime.settings
-    limited = rate_limited(runtime, settings.token_rate_per_ip, "token-ip", client_ip(request)) or rate_limited(
+    limited = rate_limited(runtime, request, settings.token_rate_per_ip, "token-ip") or rate_limited(
         # Per client_id *and* address: a metadata-document client_id (VS Code's) is shared by
         # every user of that client, who must not throttle each other.
-        runtime, settings.token_rate_per_client, "token-client", f"{_token_client_id(request, form)} {client_ip(request)}"
+        runtime, request, settings.token_rate_per_client, "token-client", f"{_token_client_id(request, form)} {client_ip(request)}"
     )
     if limited is not None:
         return limited
@@ -139,9 +142,13 @@ def introspect(request: Request, runtime: RuntimeDep, db: DbDep, form: FormDep):
     return response
 
 
-def rate_limited(runtime, rate: str, name: str, subject: str) -> Response | None:
-    """429 with Retry-After and an RFC 6749 error body when `subject` is over `rate`."""
-    wait = runtime.extras["limiter"].hit(rate, name, subject)
+def rate_limited(runtime, request: Request, rate: str, name: str, subject: str | None = None) -> Response | None:
+    """429 with Retry-After and an RFC 6749 error body when `subject` (default: the caller's
+    address) is over `rate`. Callers from OSTIARY_RATE_LIMIT_EXEMPT are not counted."""
+    address = client_ip(request)
+    if runtime.extras["rate_exempt"](address):
+        return None
+    wait = runtime.extras["limiter"].hit(rate, name, subject or address)
     if wait is None:
         return None
     return too_many_requests(wait)
@@ -164,9 +171,6 @@ def _token_client_id(request: Request, form) -> str:
         return client_id[:200]
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "basic":
-        import base64
-        from urllib.parse import unquote
-
         try:
             return unquote(base64.b64decode(value.strip(), validate=True).decode().partition(":")[0])[:200]
         except (ValueError, UnicodeDecodeError):
@@ -177,8 +181,8 @@ def _token_client_id(request: Request, form) -> str:
 @registration_router.post("/register", name="register")
 def register(request: Request, runtime: RuntimeDep, db: DbDep, body=Depends(read_json)):
     settings = runtime.settings
-    limited = rate_limited(runtime, settings.registration_rate_per_ip, "register-ip", client_ip(request)) or rate_limited(
-        runtime, settings.registration_rate_global, "register-global", "*"
+    limited = rate_limited(runtime, request, settings.registration_rate_per_ip, "register-ip") or rate_limited(
+        runtime, request, settings.registration_rate_global, "register-global", "*"
     )
     if limited is not None:
         return limited

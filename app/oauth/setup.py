@@ -57,5 +57,6 @@ def build_server(runtime: Runtime, fetch_transport: httpx.BaseTransport | None =
         # MCP 2025-11-25: clients may identify with a Client ID Metadata Document URL.
         runtime.extras["metadata_extensions"]["client_id_metadata_document_supported"] = True
     runtime.extras["metrics_networks"] = network_check(settings.metrics_networks)
+    runtime.extras["rate_exempt"] = network_check(settings.rate_limit_exempt)
     runtime.extras["server"] = server
     return server

@@ -117,7 +117,9 @@ def _in_networks(address: str, networks) -> bool:
 
 
 def network_check(networks: list[str]):
-    """A test `address -> bool` for membership of `networks` (CIDR strings)."""
+    """A test `address -> bool` for membership of `networks` (CIDR strings, "*" for any)."""
+    if "*" in networks:
+        return lambda address: True
     parsed = tuple(ipaddress.ip_network(n, strict=False) for n in networks)
     return lambda address: bool(address) and _in_networks(address, parsed)
 

@@ -45,7 +45,7 @@ def _login(browser: Browser, handle: str, force: bool) -> RedirectResponse:
 def _start(request: Request, browser: Browser, db, runtime, params: list[tuple[str, str]]):
     # Before any work (a metadata-document fetch above all): one address cannot make us fetch
     # URLs or fill the authorization_requests table as fast as it likes.
-    limited = browser.limited(runtime.settings.authorize_rate_per_ip, "authorize-ip", client_ip(request))
+    limited = browser.limited(client_ip(request), runtime.settings.authorize_rate_per_ip, "authorize-ip")
     if limited is not None:
         return limited
     server = runtime.extras["server"]

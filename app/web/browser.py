@@ -138,13 +138,16 @@ class Browser:
 
     def too_many_requests(self, wait: int, message: str = "Too many requests from your network.") -> HTMLResponse:
         """RFC 6585 §4: 429 with Retry-After, as a page a person can read."""
-        minutes = f"{-(-wait // 60)} minute{'s' if wait > 60 else ''}" if wait > 60 else f"{wait} seconds"
-        response = self.render("error.html", 429, title="Please wait", message=message, detail=f"Try again in {minutes}.")
+        later = f"{-(-wait // 60)} minutes" if wait > 60 else f"{wait} second{'s' if wait != 1 else ''}"
+        response = self.render("error.html", 429, title="Please wait", message=message, detail=f"Try again in {later}.")
         response.headers["Retry-After"] = str(wait)
         return response
 
-    def limited(self, rate: str, name: str, subject: str) -> HTMLResponse | None:
-        wait = self.runtime.extras["limiter"].hit(rate, name, subject)
+    def limited(self, address: str, rate: str, name: str) -> HTMLResponse | None:
+        """The 429 page if `address` is over `rate` (addresses in OSTIARY_RATE_LIMIT_EXEMPT never are)."""
+        if self.runtime.extras["rate_exempt"](address):
+            return None
+        wait = self.runtime.extras["limiter"].hit(rate, name, address)
         return None if wait is None else self.too_many_requests(wait)
 
     def redirect(self, url: str, status_code: int = 303) -> RedirectResponse:

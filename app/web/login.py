@@ -36,7 +36,7 @@ def login(request: Request, browser: BrowserDep, db: DbDep, form: FormDep):
     if not browser.csrf_ok(form):
         return browser.render("login.html", 400, next=next_url, username=username, error=EXPIRED_FORM)
     settings, limiter = browser.runtime.settings, browser.runtime.extras["limiter"]
-    limited = browser.limited(settings.login_rate_per_ip, "login-ip", client_ip(request))
+    limited = browser.limited(client_ip(request), settings.login_rate_per_ip, "login-ip")
     if limited is not None:
         return limited
     # Failures per username, in tiers ("5/minute;10/5minutes;20/hour"): each tier is a longer
