@@ -7,6 +7,7 @@ to FastAPI's thread pool, because authlib is synchronous and protocol routes run
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,10 +57,67 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
 
+        _serialize_writers(engine)
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     return create_engine(url, pool_size=POOL_SIZE, max_overflow=10, pool_pre_ping=True, pool_timeout=10)
+
+
+class WriterGate:
+    """One writing transaction at a time per process, queued in Python.
+
+    SQLite has one writer; a second one waits in SQLite's busy handler, which polls with sleeps
+    of up to 100 ms, so under concurrent writes most of the time goes to sleeping. The gate is
+    taken before a transaction's first write and left when its connection goes back to the
+    pool (after the commit or rollback), so writers wake the moment the previous one is done.
+    Re-entrant per thread (a request may open a second session); left from any thread. Other
+    processes on the same file still meet SQLite's busy timeout.
+    """
+
+    def __init__(self, timeout: float):
+        self._cond = threading.Condition()
+        self._owner: int | None = None
+        self._depth = 0
+        self._timeout = timeout
+
+    def enter(self) -> bool:
+        me = threading.get_ident()
+        with self._cond:
+            deadline = time.monotonic() + self._timeout
+            while self._owner not in (None, me):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False  # let SQLite's busy timeout decide, rather than wait forever
+                self._cond.wait(left)
+            self._owner = me
+            self._depth += 1
+            return True
+
+    def leave(self) -> None:
+        with self._cond:
+            self._depth -= 1
+            if self._depth <= 0:
+                self._owner, self._depth = None, 0
+                self._cond.notify()
+
+
+_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "SAVEPOINT", "CREATE", "DROP", "ALTER")
+
+
+def _serialize_writers(engine: Engine) -> None:
+    gate = WriterGate(SQLITE_BUSY_TIMEOUT_MS / 1000)
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _enter(conn, cursor, statement, parameters, context, executemany):
+        info = conn.info
+        if not info.get("writer_gate") and statement.lstrip()[:9].upper().startswith(_WRITES):
+            info["writer_gate"] = gate.enter()
+
+    @event.listens_for(engine, "checkin")
+    def _leave(dbapi_conn, record):
+        if record.info.pop("writer_gate", False):
+            gate.leave()
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
