@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from app import metrics
-from app.models import AuditEvent
 from app.stores import audit as store
 
 log = logging.getLogger("ostiary.audit")
@@ -40,7 +39,8 @@ def record(
     **details,
 ) -> None:
     ctx = request_context.get()
-    row = AuditEvent(
+    store.add(
+        db,
         event=event,
         user_id=user_id,
         username=username,
@@ -51,7 +51,6 @@ def record(
         request_id=ctx.request_id,
         details=details,
     )
-    store.add(db, row)
     metrics.observe_event(event)
     line = {
         "event": event,

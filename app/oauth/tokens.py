@@ -117,10 +117,11 @@ def new_refresh_token(
     parent_id: int | None,
     access_jti: str,
     access_expires_at: int,
-) -> tuple[str, RefreshToken]:
+) -> tuple[str, dict]:
+    """A new refresh token: the raw value (returned once) and the row to insert (its HMAC)."""
     raw = new_token(REFRESH_PREFIX)
     t = now()
-    row = RefreshToken(
+    row = dict(
         token_hash=runtime.keyring.hash(raw),
         family_id=family_id,
         parent_id=parent_id,

@@ -50,12 +50,11 @@ def merge(db: Session, user_id: str, client_id: str, resource_id: int, scopes: s
 
 
 def touch(db: Session, grant_id: int, at: int, every: int = 300) -> None:
-    """Record use, writing only when the recorded time is older than `every` seconds."""
+    """Record use, writing only when the recorded time is older than `every` seconds (a Core
+    statement: it runs on every token request)."""
+    c = Grant.__table__.c
     db.execute(
-        update(Grant)
-        .where(Grant.id == grant_id, or_(Grant.last_used_at.is_(None), Grant.last_used_at < at - every))
-        .values(last_used_at=at),
-        execution_options={"synchronize_session": False},
+        update(Grant.__table__).where(c.id == grant_id, or_(c.last_used_at.is_(None), c.last_used_at < at - every)).values(last_used_at=at)
     )
 
 

@@ -9,10 +9,13 @@ from app.models import AuthorizationCode, RefreshToken, RevokedAccessToken
 FRESH = {"populate_existing": True}
 
 
-def add_refresh(db: Session, row: RefreshToken) -> RefreshToken:
-    db.add(row)
-    db.flush()
-    return row
+_REFRESH = RefreshToken.__table__
+
+
+def add_refresh(db: Session, values: dict) -> None:
+    """INSERT a new refresh token (a Core statement on the table: this request never reads the
+    row back, so the ORM's unit of work would only cost time on the hot path)."""
+    db.execute(_REFRESH.insert(), [values])
 
 
 def find_refresh(db: Session, hashes: list[str]) -> RefreshToken | None:
@@ -26,11 +29,9 @@ def get_refresh(db: Session, token_id: int) -> RefreshToken | None:
 def claim_refresh(db: Session, token_id: int, at: int, successor_enc: str) -> bool:
     """Mark a refresh token used, in one conditional UPDATE: of concurrent refreshes with the same
     token exactly one wins (on PostgreSQL the others wait for its row lock, then match nothing)."""
+    c = _REFRESH.c
     result = db.execute(
-        update(RefreshToken)
-        .where(RefreshToken.id == token_id, RefreshToken.used_at.is_(None), RefreshToken.revoked_at.is_(None))
-        .values(used_at=at, successor_enc=successor_enc),
-        execution_options={"synchronize_session": False},
+        update(_REFRESH).where(c.id == token_id, c.used_at.is_(None), c.revoked_at.is_(None)).values(used_at=at, successor_enc=successor_enc)
     )
     return result.rowcount == 1
 
