@@ -102,11 +102,10 @@ def clean_db(migrated) -> str:
 
     tables = [t.name for t in reversed(Base.metadata.sorted_tables) if t.name not in KEEP_TABLES]
     with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " CASCADE"))
-        else:
-            for table in tables:
-                conn.execute(text(f'DELETE FROM "{table}"'))
+        # DELETE, children first: on PostgreSQL it is ~8x faster than TRUNCATE for tables this
+        # small (TRUNCATE rewrites every table's files), and the suite does it ~1200 times.
+        for table in tables:
+            conn.execute(text(f'DELETE FROM "{table}"'))
     engine.dispose()
     return migrated
 
