@@ -15,6 +15,9 @@ from app.stores import keys as keys_store
 
 router = APIRouter()
 
+# RFC 9110 §15.6.4: a 503 may say when to try again; load balancers and orchestrators read it.
+NOT_READY = {"Retry-After": "5", "Cache-Control": "no-store"}
+
 
 @router.get("/healthz")
 async def healthz():
@@ -28,9 +31,9 @@ def readyz(runtime: RuntimeDep):
             db.execute(text("SELECT 1"))
             active = keys_store.by_state(db, ACTIVE)
     except Exception:  # noqa: BLE001 - not ready is an answer, not an error
-        return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503)
+        return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503, headers=NOT_READY)
     if not active:
-        return JSONResponse({"status": "unavailable", "signing_key": "none active"}, status_code=503)
+        return JSONResponse({"status": "unavailable", "signing_key": "none active"}, status_code=503, headers=NOT_READY)
     return {"status": "ok", "database": "ok", "signing_key": active[0].kid}
 
 

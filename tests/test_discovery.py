@@ -196,7 +196,9 @@ async def test_healthz_and_readyz_ok(client):
 
 async def test_readyz_503_when_database_down(client, runtime):
     kill_database(runtime)
-    assert (await client.get("/readyz")).status_code == 503
+    response = await client.get("/readyz")
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"  # RFC 9110 §15.6.4
     assert (await client.get("/healthz")).status_code == 200  # the process is up
 
 
@@ -207,4 +209,5 @@ async def test_readyz_503_without_active_key(client, runtime, settings):
     engine.dispose()
     response = await client.get("/readyz")
     assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"  # RFC 9110 §15.6.4
     assert json.loads(response.content)["status"] == "unavailable"
