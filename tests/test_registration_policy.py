@@ -1,15 +1,18 @@
 """Registration policy (OSTIARY_REGISTRATION): `open` (the default: MCP clients register
 themselves), `token` (an initial access token from `ostiary clients initial-token` is required,
-RFC 7591 §3), `closed` (no registration endpoint at all); and the per-IP and global registration
+RFC 7591 §3), `closed` (no registration endpoint; clients registered before still manage
+themselves through RFC 7592); and the per-IP and global registration
 rate limits (429 with Retry-After and an RFC 6749 error body)."""
 
 from __future__ import annotations
 
 import time
 
+import httpx
 import pytest
 from sqlalchemy import text
 
+from app.main import create_app
 from support import REDIRECT, audit_events, database_text, run_ostiary
 
 pytestmark = pytest.mark.anyio
@@ -127,10 +130,36 @@ async def test_closed_registration_is_not_served(client):
     """`closed`: the endpoint does not exist and the metadata does not advertise it."""
     response = await register_with(client)
     assert response.status_code in (404, 405), response.text
-    assert (await client.get("/register/some-client-id")).status_code in (404, 405)
     doc = await metadata(client)
     assert "registration_endpoint" not in doc
     assert doc["client_id_metadata_document_supported"] is True  # clients can still identify
+
+
+async def test_closing_registration_keeps_rfc7592_management_of_earlier_clients(client, settings):
+    """An operator who closes registration stops new clients, not the ones registered before:
+    RFC 7592 read, update and delete still work with their registration access token, and still
+    refuse a missing token (RFC 7592 §2: 401)."""
+    reg = (await register_with(client)).json()
+    uri = reg["registration_client_uri"].removeprefix(settings.issuer)
+    auth = {"Authorization": f"Bearer {reg['registration_access_token']}"}
+
+    closed = create_app(settings.model_copy(update={"registration": "closed"}), run_jobs=False)
+    transport = httpx.ASGITransport(app=closed, client=("127.0.0.1", 50000))
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url=settings.issuer) as later:
+            assert (await register_with(later)).status_code in (404, 405)
+            assert (await later.get(uri)).status_code == 401
+            read = await later.get(uri, headers=auth)
+            assert read.status_code == 200, read.text
+            assert read.json()["client_id"] == reg["client_id"]
+            body = {**BODY, "client_id": reg["client_id"], "client_name": "Renamed While Closed"}
+            updated = await later.put(uri, json=body, headers=auth)
+            assert updated.status_code == 200, updated.text
+            assert updated.json()["client_name"] == "Renamed While Closed"
+            assert (await later.delete(uri, headers=auth)).status_code == 204
+            assert (await later.get(uri, headers=auth)).status_code == 401  # gone with its token
+    finally:
+        closed.state.runtime.engine.dispose()
 
 
 # -- rate limits --------------------------------------------------------------------------------

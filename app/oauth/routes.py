@@ -18,7 +18,7 @@ from app.stores import users as users_store
 from app.web.forms import FormDep
 
 router = APIRouter()
-registration_router = APIRouter()
+registration_router = APIRouter()  # POST /register: not served when registration is closed
 well_known_router = APIRouter()
 
 PUBLIC_PATHS = ("/jwks", "/token", "/register", "/revoke", "/userinfo")
@@ -196,13 +196,16 @@ def register(request: Request, runtime: RuntimeDep, db: DbDep, body=Depends(read
     return response
 
 
-@registration_router.get("/register/{client_id:path}", name="client_configuration")
-@registration_router.delete("/register/{client_id:path}")
+# RFC 7592 management stays served when registration is closed: a client registered before keeps
+# its registration access token, and may still read, update or delete itself. Our client ids
+# have no "/", and a plain segment keeps "/register" from redirecting to "/register/".
+@router.get("/register/{client_id}", name="client_configuration")
+@router.delete("/register/{client_id}")
 def client_configuration(client_id: str, request: Request, runtime: RuntimeDep, db: DbDep):
     return _configure(request, runtime, db, None)
 
 
-@registration_router.put("/register/{client_id:path}")
+@router.put("/register/{client_id}")
 def client_configuration_update(client_id: str, request: Request, runtime: RuntimeDep, db: DbDep, body=Depends(read_json)):
     return _configure(request, runtime, db, body)
 
