@@ -38,6 +38,7 @@ from support import (
     REDIRECT,
     RESOURCE,
     _alice_hash,
+    admin_client,
     authorize,
     authorize_params,
     create_resource,
@@ -48,6 +49,7 @@ from support import (
     pkce,
     query,
     register,
+    refresh,
     signed_in_flow,
 )
 
@@ -910,61 +912,44 @@ async def _(h: Harness):
 async def _authorize_duplicated(h: Harness, name: str, value: str, *, method: str = "GET"):
     reg = await h.registered()
     _, challenge = pkce()
-    pairs = list(authorize_params(reg["client_id"], challenge, scope="mcp:read").items()) + [(name, value)]
+    pairs = list(authorize_params(reg["client_id"], challenge, scope="mcp:read").items())
+    if name not in dict(pairs):
+        pairs.append((name, value))  # an optional parameter (nonce): sent twice all the same
+    pairs.append((name, value))
     if method == "GET":
         return await h.browser.get("/authorize?" + urlencode(pairs))
     return await h.browser.post("/authorize", **form_body(pairs))
 
 
-@case("authorize-duplicated-state-invalid-request-page")
-async def _(h: Harness):
-    """RFC 6749 §3.1: "Request and response parameters MUST NOT be included more than once."
-    A second `state` is invalid_request (shown as a page: which state would we echo?)."""
-    r = await _authorize_duplicated(h, "state", "other")
-    expect_untrusted_page(r, "invalid_request")
+# (parameter, second value, method, where the error goes, why). Until the client and redirect
+# URI are trusted the error is a page (RFC 6749 §4.1.2.1), afterwards a redirect with `state`.
+AUTHORIZE_DUPLICATES = [
+    ("state", "other", "GET", "page", "which state would we echo?"),
+    ("client_id", "someone-else", "GET", "page", "two client_ids: no client is trusted"),
+    ("redirect_uri", "https://evil.example/cb", "GET", "page", "the second an attacker's: never a redirect"),
+    ("response_type", "code", "GET", "page", "response_type twice"),
+    ("scope", "mcp:write", "GET", "page", "scope twice"),
+    ("code_challenge", "A" * 43, "GET", "redirect", "RFC 7636 §4.3: two challenges"),
+    ("code_challenge_method", "S256", "GET", "redirect", "RFC 7636 §4.3: the method twice"),
+    ("nonce", "n-2", "GET", "redirect", "OIDC Core §3.1.2.1: nonce twice"),
+    ("resource", RESOURCE, "GET", "redirect", "RFC 8707 §2 lets resource repeat; one MCP server per token (invalid_target)"),
+    ("state", "other", "POST", "page", "OAuth 2.1 §4.1.1 POST form: state twice in the body"),
+]
 
 
-@case("authorize-duplicated-client-id-invalid-request-page")
-async def _(h: Harness):
-    """RFC 6749 §3.1: two client_ids: no client is trusted, an error page."""
-    r = await _authorize_duplicated(h, "client_id", "someone-else")
-    expect_untrusted_page(r, "invalid_request")
+def _authorize_duplicated_case(name: str, value: str, method: str, answer: str, why: str) -> None:
+    async def run(h: Harness):
+        r = await _authorize_duplicated(h, name, value, method=method)
+        error = "invalid_target" if name == "resource" else "invalid_request"
+        (expect_untrusted_page if answer == "page" else expect_error_redirect)(r, error)
+
+    run.__doc__ = f'RFC 6749 §3.1: "Request and response parameters MUST NOT be included more than once." {why}.'
+    post = "-post" if method == "POST" else ""
+    case(f"authorize{post}-duplicated-{name.replace('_', '-')}-{answer}")(run)
 
 
-@case("authorize-duplicated-redirect-uri-invalid-request-page")
-async def _(h: Harness):
-    """RFC 6749 §3.1: two redirect_uris (the second an attacker's): never a redirect."""
-    r = await _authorize_duplicated(h, "redirect_uri", "https://evil.example/cb")
-    expect_untrusted_page(r, "invalid_request")
-
-
-@case("authorize-duplicated-response-type-invalid-request-page")
-async def _(h: Harness):
-    """RFC 6749 §3.1: response_type twice."""
-    r = await _authorize_duplicated(h, "response_type", "code")
-    expect_untrusted_page(r, "invalid_request")
-
-
-@case("authorize-duplicated-scope-invalid-request-page")
-async def _(h: Harness):
-    """RFC 6749 §3.1: scope twice."""
-    r = await _authorize_duplicated(h, "scope", "mcp:write")
-    expect_untrusted_page(r, "invalid_request")
-
-
-@case("authorize-duplicated-code-challenge-invalid-request-redirect")
-async def _(h: Harness):
-    """RFC 6749 §3.1 / RFC 7636 §4.3: two code_challenges; client and redirect URI are trusted,
-    so the error goes back to the client (RFC 6749 §4.1.2.1) with its state."""
-    r = await _authorize_duplicated(h, "code_challenge", "A" * 43)
-    expect_error_redirect(r, "invalid_request")
-
-
-@case("authorize-post-duplicated-state-invalid-request-page")
-async def _(h: Harness):
-    """OAuth 2.1 §4.1.1 POST form, RFC 6749 §3.1: state twice in the body."""
-    r = await _authorize_duplicated(h, "state", "other", method="POST")
-    expect_untrusted_page(r, "invalid_request")
+for _duplicate in AUTHORIZE_DUPLICATES:
+    _authorize_duplicated_case(*_duplicate)
 
 
 async def _token_duplicated(h: Harness, name: str, value: str | None = None) -> tuple[httpx.Response, dict, str]:
@@ -983,40 +968,46 @@ async def _token_duplicated(h: Harness, name: str, value: str | None = None) -> 
     return await h.api.post("/token", **form_body(pairs)), reg, code
 
 
-@case("token-duplicated-code-invalid-request")
+# RFC 6749 §3.2: "Request and response parameters MUST NOT be included more than once." At /token
+# a second copy of any parameter is invalid_request and no token is issued. (parameter, second
+# value or None for the same one again, why)
+TOKEN_DUPLICATES = [
+    ("code", "ostac_other", "a second code"),
+    ("grant_type", "refresh_token", "two grant types"),
+    ("code_verifier", "x" * 43, "RFC 7636 §4.5: two verifiers"),
+    ("redirect_uri", "https://evil.example/cb", "§4.1.3: the second redirect_uri an attacker's"),
+    ("client_id", None, "the same client_id twice is still repeated"),
+]
+
+
+def _token_duplicated_case(name: str, value: str | None, why: str) -> None:
+    async def run(h: Harness):
+        r, reg, code = await _token_duplicated(h, name, value)
+        expect_json(r, 400, "invalid_request")
+
+    run.__doc__ = f"RFC 6749 §3.2: {name} twice at /token ({why})."
+    case(f"token-duplicated-{name.replace('_', '-')}-invalid-request")(run)
+
+
+for _duplicate in TOKEN_DUPLICATES:
+    _token_duplicated_case(*_duplicate)
+
+
+@case("revoke-and-introspect-duplicated-token-invalid-request")
 async def _(h: Harness):
-    """RFC 6749 §3.2: "Request and response parameters MUST NOT be included more than once."
-    A second `code` is invalid_request, and no token is issued."""
-    r, *_ = await _token_duplicated(h, "code", "ostac_other")
+    """RFC 6749 §3.2 (RFC 7009 §2.1, RFC 7662 §2.1 take their parameters as RFC 6749 does): a
+    second `token` is invalid_request, not a revocation or an answer about either token."""
+    reg = await h.alice()
+    code, verifier, _ = await obtain_code(h.browser, reg["client_id"])
+    tokens = (await exchange(h.api, reg["client_id"], code, verifier)).json()
+    pairs = [("token", tokens["refresh_token"]), ("token", "other"), ("client_id", reg["client_id"])]
+    expect_json(await h.api.post("/revoke", **form_body(pairs)), 400, "invalid_request")
+    client_id, secret = admin_client(h.runtime)
+    r = await h.api.post("/introspect", auth=(client_id, secret), **form_body([("token", tokens["access_token"]), ("token", "x")]))
     expect_json(r, 400, "invalid_request")
-
-
-@case("token-duplicated-grant-type-invalid-request")
-async def _(h: Harness):
-    """RFC 6749 §3.2: grant_type twice (authorization_code, refresh_token)."""
-    r, *_ = await _token_duplicated(h, "grant_type", "refresh_token")
-    expect_json(r, 400, "invalid_request")
-
-
-@case("token-duplicated-code-verifier-invalid-request")
-async def _(h: Harness):
-    """RFC 6749 §3.2 / RFC 7636 §4.5: code_verifier twice."""
-    r, *_ = await _token_duplicated(h, "code_verifier", "x" * 43)
-    expect_json(r, 400, "invalid_request")
-
-
-@case("token-duplicated-redirect-uri-invalid-request")
-async def _(h: Harness):
-    """RFC 6749 §3.2 / §4.1.3: redirect_uri twice (the second an attacker's)."""
-    r, *_ = await _token_duplicated(h, "redirect_uri", "https://evil.example/cb")
-    expect_json(r, 400, "invalid_request")
-
-
-@case("token-duplicated-client-id-invalid-request")
-async def _(h: Harness):
-    """RFC 6749 §3.2: the same client_id twice is still a repeated parameter."""
-    r, *_ = await _token_duplicated(h, "client_id")
-    expect_json(r, 400, "invalid_request")
+    # Nothing was revoked: the refresh token still works.
+    again = await refresh(h.api, reg["client_id"], tokens["refresh_token"])
+    assert again.status_code == 200, again.text
 
 
 @case("token-refresh-grant-non-utf8-and-crlf-refresh-token-invalid-grant")

@@ -22,7 +22,7 @@ from app.oauth import scopes as scope_policy
 from app.oauth import tokens
 from app.oauth.catalogue import ResourceInfo
 from app.oauth.resource_indicators import InvalidResource, canonical_resource
-from app.oauth.server import add_query, current_db, safe_description
+from app.oauth.server import add_query, current_db, repeated_parameter, safe_description
 from app.security.secrets import new_token
 from app.stores import clients as clients_store
 from app.stores import codes as codes_store
@@ -113,9 +113,11 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         request = self.request
         runtime = self.server.runtime
         try:
-            for name in ("resource", "nonce", "prompt", "code_challenge"):
-                if name != "resource" and len(request.payload.datalist.get(name, [])) > 1:
-                    raise InvalidRequestError(f"Multiple '{name}' in request.")
+            # RFC 6749 §3.1: authlib refused its five repeated parameters before the redirect URI
+            # was trusted; any other one (code_challenge, nonce, prompt ...) is refused here.
+            repeated = repeated_parameter([(k, v) for k, values in request.payload.datalist.items() for v in values])
+            if repeated is not None:
+                raise InvalidRequestError(safe_description(f"Parameter '{repeated}' is repeated."))
             check_lengths(request.payload.data)
             request.resource = resolve_resource(
                 request.payload.datalist, runtime.extras["catalogue"], runtime.settings.default_resource

@@ -15,11 +15,9 @@ import re
 S256_CHALLENGE = re.compile(r"^[A-Za-z0-9_-]{43}$")
 
 
-def challenge_problem(challenge: str | None, method: str | None, datalist: dict) -> str | None:
-    """Why an authorization request's PKCE parameters are not acceptable, or None."""
-    for name in ("code_challenge", "code_challenge_method"):
-        if len(datalist.get(name, [])) > 1:
-            return f"Multiple '{name}' in request."
+def challenge_problem(challenge: str | None, method: str | None) -> str | None:
+    """Why an authorization request's PKCE parameters are not acceptable, or None. (Repeated
+    parameters are refused after this, in AuthorizationCodeGrant.validate_authorization_request.)"""
     # OAuth 2.1 §4.1.1: "code_challenge: REQUIRED"; RFC 9700 §2.1.1: PKCE for every client.
     if not challenge:
         return "Missing 'code_challenge': PKCE with S256 is required."
@@ -54,9 +52,7 @@ class S256CodeChallenge(CodeChallenge):
 
     def validate_code_challenge(self, grant, redirect_uri):
         payload = grant.request.payload
-        problem = challenge_problem(
-            payload.data.get("code_challenge"), payload.data.get("code_challenge_method"), payload.datalist
-        )
+        problem = challenge_problem(payload.data.get("code_challenge"), payload.data.get("code_challenge_method"))
         if problem:
             raise InvalidRequestError(problem, redirect_uri=redirect_uri)
 

@@ -58,8 +58,6 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         raw = self.request.form.get("refresh_token")
         if not raw:
             raise InvalidRequestError("Missing 'refresh_token' in request.")
-        if len(self.request.payload.datalist.get("refresh_token", [])) > 1:
-            raise InvalidRequestError("Multiple 'refresh_token' in request.")
         db = current_db()
         runtime = self.server.runtime
         row = store.find_refresh(db, runtime.keyring.hashes(raw)) if len(raw) <= 200 else None

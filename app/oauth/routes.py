@@ -145,10 +145,7 @@ def introspect(request: Request, runtime: RuntimeDep, db: DbDep, form: FormDep):
 def rate_limited(runtime, request: Request, rate: str, name: str, subject: str | None = None) -> Response | None:
     """429 with Retry-After and an RFC 6749 error body when `subject` (default: the caller's
     address) is over `rate`. Callers from OSTIARY_RATE_LIMIT_EXEMPT are not counted."""
-    address = client_ip(request)
-    if runtime.extras["rate_exempt"](address):
-        return None
-    wait = runtime.extras["limiter"].hit(rate, name, subject or address)
+    wait = runtime.extras["limiter"].hit_from(client_ip(request), rate, name, subject)
     if wait is None:
         return None
     return too_many_requests(wait)

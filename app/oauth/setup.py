@@ -31,6 +31,7 @@ def build_server(runtime: Runtime, fetch_transport: httpx.BaseTransport | None =
         on_refused=lambda name, subject, wait: audit.record_now(
             runtime.sessions, "rate_limit.hit", limit=name, subject=subject, retry_after=wait
         ),
+        exempt=network_check(settings.rate_limit_exempt),
     )
     transport = fetch_transport or guarded_transport(
         allowed_hosts=settings.cimd_allowed_hosts, ca_file=str(settings.cimd_ca_file) if settings.cimd_ca_file else None
@@ -57,6 +58,5 @@ def build_server(runtime: Runtime, fetch_transport: httpx.BaseTransport | None =
         # MCP 2025-11-25: clients may identify with a Client ID Metadata Document URL.
         runtime.extras["metadata_extensions"]["client_id_metadata_document_supported"] = True
     runtime.extras["metrics_networks"] = network_check(settings.metrics_networks)
-    runtime.extras["rate_exempt"] = network_check(settings.rate_limit_exempt)
     runtime.extras["server"] = server
     return server

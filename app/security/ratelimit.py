@@ -25,8 +25,16 @@ Refused = Callable[[str, str, int], None]  # (limit name, subject, seconds to wa
 
 
 class RateLimiter:
-    def __init__(self, redis_url: str | None = None, *, enabled: bool = True, on_refused: Refused | None = None):
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        *,
+        enabled: bool = True,
+        on_refused: Refused | None = None,
+        exempt: Callable[[str], bool] = lambda address: False,
+    ):
         self.enabled = enabled
+        self._exempt = exempt  # OSTIARY_RATE_LIMIT_EXEMPT: addresses never counted by hit_from
         self.shared = redis_url is not None
         storage = storage_from_string(redis_url, socket_timeout=0.5) if redis_url else MemoryStorage()
         self._limiter = MovingWindowRateLimiter(storage)
@@ -71,6 +79,13 @@ class RateLimiter:
         except Exception:  # noqa: BLE001 - a limiter outage must not take sign-in or /token down
             log.warning("rate limiter storage unavailable; allowing the request")
         return None
+
+    def hit_from(self, address: str, rate: str, name: str, subject: str | None = None) -> int | None:
+        """Count one request from `address` (keyed by `subject`, default the address); callers
+        from the exempt networks are not counted."""
+        if self._exempt(address):
+            return None
+        return self.hit(rate, name, subject or address)
 
     def blocked(self, rate: str, name: str, subject: str) -> int | None:
         """Without counting: the seconds to wait if the subject is already over `rate`."""

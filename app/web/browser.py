@@ -145,9 +145,7 @@ class Browser:
 
     def limited(self, address: str, rate: str, name: str) -> HTMLResponse | None:
         """The 429 page if `address` is over `rate` (addresses in OSTIARY_RATE_LIMIT_EXEMPT never are)."""
-        if self.runtime.extras["rate_exempt"](address):
-            return None
-        wait = self.runtime.extras["limiter"].hit(rate, name, address)
+        wait = self.runtime.extras["limiter"].hit_from(address, rate, name)
         return None if wait is None else self.too_many_requests(wait)
 
     def redirect(self, url: str, status_code: int = 303) -> RedirectResponse:
