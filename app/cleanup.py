@@ -45,7 +45,9 @@ def steps(settings: Settings, t: int) -> list[tuple[str, Callable[[Session, int]
     ]
 
 
-def run(factory: sessionmaker[Session], settings: Settings, *, batch: int = BATCH, max_batches: int = MAX_BATCHES) -> dict[str, int]:
+def run(
+    factory: sessionmaker[Session], settings: Settings, *, batch: int = BATCH, max_batches: int = MAX_BATCHES
+) -> dict[str, int]:
     """One pass over every table; returns the rows touched per table."""
     done: dict[str, int] = {}
     for name, step in steps(settings, now()):

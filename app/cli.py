@@ -183,7 +183,15 @@ def cmd_users_list(args) -> int:
     _, factory = _open(_settings(), migrate=False)
     with factory() as db:
         rows = [
-            [u.username, "yes" if u.is_admin else "", "disabled" if u.disabled else "active", "yes" if u.totp_enabled_at else "", _fmt_time(u.created_at), _fmt_time(u.last_login_at), u.id]
+            [
+                u.username,
+                "yes" if u.is_admin else "",
+                "disabled" if u.disabled else "active",
+                "yes" if u.totp_enabled_at else "",
+                _fmt_time(u.created_at),
+                _fmt_time(u.last_login_at),
+                u.id,
+            ]
             for u in users.all_users(db)
         ]
     print(_table(rows, ["USERNAME", "ADMIN", "STATUS", "TOTP", "CREATED", "LAST SIGN-IN", "ID"]))
@@ -220,7 +228,7 @@ def _parse_scope_arg(value: str) -> tuple[str, str]:
     name, sep, description = value.partition("=")
     name = name.strip()
     if not sep or not is_scope_token(name) or not description.strip():
-        raise UsageError(f"--scope takes \"name=description\" with a valid scope name, got {value!r}")
+        raise UsageError(f'--scope takes "name=description" with a valid scope name, got {value!r}')
     return name, description.strip()
 
 
@@ -242,7 +250,7 @@ def cmd_resources_add(args) -> int:
     scopes = [_parse_scope_arg(s) for s in args.scope or []]
     names = [n for n, _ in scopes]
     if not scopes:
-        raise UsageError("give at least one --scope \"name=description\"")
+        raise UsageError('give at least one --scope "name=description"')
     if len(set(names)) != len(names):
         raise UsageError("each scope may be given once")
     reserved = [n for n in names if n in PROTOCOL_SCOPES]
@@ -263,8 +271,7 @@ def cmd_resources_add(args) -> int:
             name=name,
             token_ttl=args.token_ttl,
             scopes=[
-                ResourceScope(name=n, description=d, is_default=n in defaults, position=i)
-                for i, (n, d) in enumerate(scopes)
+                ResourceScope(name=n, description=d, is_default=n in defaults, position=i) for i, (n, d) in enumerate(scopes)
             ],
         )
         resources.add(db, resource)

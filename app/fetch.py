@@ -109,7 +109,11 @@ class Fetcher:
             timeout=httpx.Timeout(timeout),
             follow_redirects=False,
             # identity: the 5 KB cap counts the bytes on the wire, never a decompression bomb.
-            headers={"Accept": "application/json", "Accept-Encoding": "identity", "User-Agent": "Ostiary (client metadata fetcher)"},
+            headers={
+                "Accept": "application/json",
+                "Accept-Encoding": "identity",
+                "User-Agent": "Ostiary (client metadata fetcher)",
+            },
             trust_env=False,
         )
 
@@ -126,7 +130,9 @@ class Fetcher:
                 if response.status_code != 200:
                     raise FetchError(f"the document answered {response.status_code}")
                 content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
-                if content_type != "application/json" and not (content_type.startswith("application/") and content_type.endswith("+json")):
+                if content_type != "application/json" and not (
+                    content_type.startswith("application/") and content_type.endswith("+json")
+                ):
                     raise FetchError(f"the document is not JSON ({content_type or 'no content type'})")
                 if response.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity"):
                     raise FetchError("the document is compressed although identity was asked for")

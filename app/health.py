@@ -41,7 +41,9 @@ def readyz(runtime: RuntimeDep):
 def prometheus_metrics(request: Request, runtime: RuntimeDep):
     """Prometheus exposition, to the networks in OSTIARY_METRICS_NETWORKS only."""
     if not runtime.extras["metrics_networks"](client_ip(request)):
-        return JSONResponse({"error": "forbidden", "error_description": "Metrics are not served to this address."}, status_code=403)
+        return JSONResponse(
+            {"error": "forbidden", "error_description": "Metrics are not served to this address."}, status_code=403
+        )
     try:
         activated_at = runtime.keys.snapshot().activated_at
     except Exception:  # noqa: BLE001 - metrics answer even when the keys cannot be read

@@ -44,7 +44,7 @@ def run_once(runtime: Runtime) -> None:
     for job in JOBS:
         try:
             job(runtime)
-        except Exception:  # noqa: BLE001  (a failed job must not stop the others or the loop)
+        except Exception:
             log.exception("job %s failed", job.__name__)
 
 

@@ -69,10 +69,9 @@ def create_app(settings: Settings, *, run_jobs: bool = True, fetch_transport=Non
     )
     app.state.runtime = runtime
 
-    from app import health
+    from app import admin, health
     from app.oauth import routes as oauth_routes
     from app.oauth.setup import build_server
-    from app import admin
     from app.web import account, authorize, login, mfa, setup_password
 
     build_server(runtime, fetch_transport)
@@ -181,6 +180,4 @@ def _install_error_handlers(app: FastAPI) -> None:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         if wants_html(request):
             return render_error(request, 500, "Something went wrong", "The error was logged. Please try again.")
-        return JSONResponse(
-            {"error": "server_error", "error_description": "An unexpected error occurred."}, status_code=500
-        )
+        return JSONResponse({"error": "server_error", "error_description": "An unexpected error occurred."}, status_code=500)

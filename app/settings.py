@@ -13,12 +13,11 @@ import secrets
 import stat
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 log = logging.getLogger("ostiary.settings")
 
@@ -166,7 +165,9 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("cimd_allowed_hosts", "trusted_proxies", "extra_hosts", "metrics_networks", "rate_limit_exempt", mode="before")
+    @field_validator(
+        "cimd_allowed_hosts", "trusted_proxies", "extra_hosts", "metrics_networks", "rate_limit_exempt", mode="before"
+    )
     @classmethod
     def _split_hosts(cls, value):
         if isinstance(value, str):
@@ -247,16 +248,20 @@ class Settings(BaseSettings):
         return value.upper()
 
     @model_validator(mode="after")
-    def _files_and_keys(self) -> "Settings":
+    def _files_and_keys(self) -> Settings:
         if self.database_url_file is not None:
             if "OSTIARY_DATABASE_URL" in os.environ:
                 raise SettingsError("OSTIARY_DATABASE_URL_FILE", "set either it or OSTIARY_DATABASE_URL, not both")
-            object.__setattr__(self, "database_url", SecretStr(_read_secret_file("OSTIARY_DATABASE_URL_FILE", self.database_url_file)))
+            object.__setattr__(
+                self, "database_url", SecretStr(_read_secret_file("OSTIARY_DATABASE_URL_FILE", self.database_url_file))
+            )
         if self.secret_keys_file is not None:
             if self.secret_keys:
                 raise SettingsError("OSTIARY_SECRET_KEYS_FILE", "set either it or OSTIARY_SECRET_KEYS, not both")
             raw = _read_secret_file("OSTIARY_SECRET_KEYS_FILE", self.secret_keys_file)
-            object.__setattr__(self, "secret_keys", [SecretStr(p.strip()) for p in raw.replace("\n", ",").split(",") if p.strip()])
+            object.__setattr__(
+                self, "secret_keys", [SecretStr(p.strip()) for p in raw.replace("\n", ",").split(",") if p.strip()]
+            )
         if self.redis_url_file is not None:
             if "OSTIARY_REDIS_URL" in os.environ:
                 raise SettingsError("OSTIARY_REDIS_URL_FILE", "set either it or OSTIARY_REDIS_URL, not both")
@@ -334,10 +339,15 @@ def ensure_keyring(settings: Settings) -> Settings:
     if settings.secret_keys:
         return settings
     if not settings.issuer_is_loopback:
-        raise SettingsError("OSTIARY_SECRET_KEYS", "is required when the issuer is not a loopback address (set it or OSTIARY_SECRET_KEYS_FILE)")
+        raise SettingsError(
+            "OSTIARY_SECRET_KEYS", "is required when the issuer is not a loopback address (set it or OSTIARY_SECRET_KEYS_FILE)"
+        )
     path = settings.sqlite_path
     if path is None:
-        raise SettingsError("OSTIARY_SECRET_KEYS", "is required unless the database is an SQLite file (it is generated beside that file in development)")
+        raise SettingsError(
+            "OSTIARY_SECRET_KEYS",
+            "is required unless the database is an SQLite file (it is generated beside that file in development)",
+        )
     key_file = path.with_name(path.name + ".secret-keys")
     if not key_file.exists():
         key_file.parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from app import schema
-from app.db import make_engine, make_sessionmaker
+from app.db import make_engine
 from app.main import create_app
 from app.settings import Settings
 
@@ -69,7 +69,7 @@ def database_url(tmp_path_factory) -> Iterator[str]:
     try:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         if os.environ.get("CI") == "true":
             pytest.exit(f"PostgreSQL at {PG_URL} is unreachable in CI: {exc}", returncode=1)
         pytest.skip(f"PostgreSQL unreachable: {exc}")

@@ -10,12 +10,12 @@ import secrets
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+from conftest import csrf_from
 
 from app.models import Resource, ResourceScope, User
 from app.security.passwords import hash_password
 from app.stores import resources as resources_store
 from app.stores import users as users_store
-from conftest import csrf_from
 
 PASSWORD = "correct horse battery staple"
 RESOURCE = "https://mcp.example.com/mcp"
@@ -76,7 +76,9 @@ async def register(client: httpx.AsyncClient, **metadata) -> dict:
     return response.json()
 
 
-async def login(client: httpx.AsyncClient, username: str = "alice", password: str = PASSWORD, next_url: str = "") -> httpx.Response:
+async def login(
+    client: httpx.AsyncClient, username: str = "alice", password: str = PASSWORD, next_url: str = ""
+) -> httpx.Response:
     page = await client.get("/login", params={"next": next_url} if next_url else None)
     return await client.post(
         "/login",
@@ -254,7 +256,9 @@ async def page_csrf(client: httpx.AsyncClient, path: str = "/account") -> str:
     return csrf_from(page.text)
 
 
-async def submit(client: httpx.AsyncClient, path: str, data: dict | None = None, *, confirm: bool = False, csrf_page: str = "/account") -> httpx.Response:
+async def submit(
+    client: httpx.AsyncClient, path: str, data: dict | None = None, *, confirm: bool = False, csrf_page: str = "/account"
+) -> httpx.Response:
     """POST a console or account form with this browser's CSRF token (and confirm=yes for the
     second step of a destructive action)."""
     body = {"csrf_token": await page_csrf(client, csrf_page), **(data or {})}

@@ -10,11 +10,8 @@ once; OSTIARY_ADMIN_MFA=required sends admins to enrol before the console.
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select, text
-
-from app.models import BrowserSession
-from app.settings import Settings
 from conftest import csrf_from
+from sqlalchemy import select, text
 from support import (
     PASSWORD,
     admin_client,
@@ -39,6 +36,9 @@ from support import (
     totp_code,
     user_row,
 )
+
+from app.models import BrowserSession
+from app.settings import Settings
 
 pytestmark = pytest.mark.anyio
 
@@ -79,7 +79,13 @@ async def send_code(browser, page, code: str):
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("GET", "/account"), ("GET", "/account/mfa"), ("POST", "/account/disconnect"), ("POST", "/account/password"), ("POST", "/account/mfa")],
+    [
+        ("GET", "/account"),
+        ("GET", "/account/mfa"),
+        ("POST", "/account/disconnect"),
+        ("POST", "/account/password"),
+        ("POST", "/account/mfa"),
+    ],
 )
 async def test_account_pages_send_anonymous_browsers_to_sign_in(client, method, path):
     response = await client.request(method, path, data={} if method == "POST" else None)
@@ -150,7 +156,9 @@ async def test_a_user_cannot_disconnect_someone_elses_app(alice, client, runtime
     ],
 )
 async def test_change_password_refusals(alice, client, new_client, current, new, repeat, message):
-    response = await submit(client, "/account/password", {"current_password": current, "new_password": new, "repeat_password": repeat})
+    response = await submit(
+        client, "/account/password", {"current_password": current, "new_password": new, "repeat_password": repeat}
+    )
     assert response.status_code == 400 and message in response.text
     assert (await login(new_client())).status_code == 303  # the old password still works
 
@@ -158,7 +166,9 @@ async def test_change_password_refusals(alice, client, new_client, current, new,
 async def test_change_password_signs_out_other_browsers(alice, client, runtime, new_client):
     other = new_client()
     assert (await login(other)).status_code == 303
-    response = await submit(client, "/account/password", {"current_password": PASSWORD, "new_password": NEW_PASSWORD, "repeat_password": NEW_PASSWORD})
+    response = await submit(
+        client, "/account/password", {"current_password": PASSWORD, "new_password": NEW_PASSWORD, "repeat_password": NEW_PASSWORD}
+    )
     assert response.status_code == 303 and response.headers["location"] == "/account?done=password"
     assert (await client.get("/account")).status_code == 200  # this browser stays signed in
     assert (await other.get("/account")).status_code == 303  # the other one is signed out
@@ -182,7 +192,9 @@ async def test_enrolment_shows_a_qr_code_and_needs_a_right_code(alice, client, r
     assert secret_from_page((await client.get("/account/mfa")).text) == secret  # a reload: same key
     assert secret not in database_text(settings.database_url.get_secret_value())  # stored encrypted
 
-    wrong = await client.post("/account/mfa", data={"csrf_token": csrf_from(page.text), "code": "000000" if totp_code(secret) != "000000" else "111111"})
+    wrong = await client.post(
+        "/account/mfa", data={"csrf_token": csrf_from(page.text), "code": "000000" if totp_code(secret) != "000000" else "111111"}
+    )
     assert wrong.status_code == 400 and "not right" in wrong.text
     assert user_row(runtime, "alice").totp_enabled_at is None
 
@@ -243,7 +255,9 @@ async def test_an_authorization_request_continues_after_the_code(alice, client, 
     signed = await login(browser, next_url=consent_path)
     page = await browser.get(signed.headers["location"])
     assert page.status_code == 200 and "Authentication code" in page.text
-    ok = await browser.post("/login/otp", data={"csrf_token": csrf_from(page.text), "code": totp_code(secret, +1), "next": consent_path})
+    ok = await browser.post(
+        "/login/otp", data={"csrf_token": csrf_from(page.text), "code": totp_code(secret, +1), "next": consent_path}
+    )
     assert ok.headers["location"] == consent_path
     # Alice already consented to mcp:read for this client: straight back with a code.
     back = await browser.get(consent_path)
@@ -336,14 +350,18 @@ async def test_required_admin_mfa_sends_an_admin_to_enrol_first(client, runtime,
     page = await client.get("/account/mfa", params={"next": "/admin"})
     assert "Administrators must use two-step verification" in page.text
     secret = secret_from_page(page.text)
-    shown = await client.post("/account/mfa", data={"csrf_token": csrf_from(page.text), "code": totp_code(secret), "next": "/admin"})
+    shown = await client.post(
+        "/account/mfa", data={"csrf_token": csrf_from(page.text), "code": totp_code(secret), "next": "/admin"}
+    )
     assert shown.status_code == 200 and 'href="/admin">Continue</a>' in shown.text
     assert (await client.get("/admin")).status_code == 200
 
     # Next time: password, then code, then the console.
     browser = new_client()
     page = await password_then_code_page(browser, "root", next_url="/admin")
-    ok = await browser.post("/login/otp", data={"csrf_token": csrf_from(page.text), "code": totp_code(secret, +1), "next": "/admin"})
+    ok = await browser.post(
+        "/login/otp", data={"csrf_token": csrf_from(page.text), "code": totp_code(secret, +1), "next": "/admin"}
+    )
     assert ok.headers["location"] == "/admin" and (await browser.get("/admin")).status_code == 200
 
 
@@ -380,7 +398,9 @@ async def test_required_admin_mfa_is_a_property_of_the_session(client, runtime, 
     )
     assert signed.headers["location"].startswith("/login/otp")
     code_page = await client.get(signed.headers["location"])
-    ok = await client.post("/login/otp", data={"csrf_token": csrf_from(code_page.text), "code": totp_code(secret, +1), "next": "/admin"})
+    ok = await client.post(
+        "/login/otp", data={"csrf_token": csrf_from(code_page.text), "code": totp_code(secret, +1), "next": "/admin"}
+    )
     assert ok.headers["location"] == "/admin" and (await client.get("/admin")).status_code == 200
 
 

@@ -19,15 +19,8 @@ from types import SimpleNamespace
 from urllib.parse import quote
 
 import pytest
-from sqlalchemy import select, text
-
-from app import audit as audit_log
-from app.models import AuditEvent, Client, Grant, User
-from app.models.client import KIND_DYNAMIC, KIND_METADATA_DOCUMENT
-from app.stores import clients as clients_store
-from app.stores import grants as grants_store
-from app.stores import users as users_store
 from conftest import ISSUER, ROOT, TEST_SECRET, csrf_from
+from sqlalchemy import select, text
 from support import (
     PASSWORD,
     REDIRECT,
@@ -52,6 +45,13 @@ from support import (
     tokens_for,
     user_row,
 )
+
+from app import audit as audit_log
+from app.models import AuditEvent, Client, Grant, User
+from app.models.client import KIND_DYNAMIC, KIND_METADATA_DOCUMENT
+from app.stores import clients as clients_store
+from app.stores import grants as grants_store
+from app.stores import users as users_store
 
 pytestmark = pytest.mark.anyio
 
@@ -102,7 +102,13 @@ async def token_is_active(w, token: str) -> bool:
 
 
 def ids(w) -> dict[str, str]:
-    return {"alice": w.alice.id, "client": quote(w.client_id, safe=""), "client_id": w.client_id, "resource": str(w.resource_id), "grant": str(w.grant.id)}
+    return {
+        "alice": w.alice.id,
+        "client": quote(w.client_id, safe=""),
+        "client_id": w.client_id,
+        "resource": str(w.resource_id),
+        "grant": str(w.grant.id),
+    }
 
 
 def resource_form(uri: str, name: str, scopes: list[tuple[str, str, bool, str]], ttl: str = "") -> dict:
@@ -263,15 +269,18 @@ async def test_revoking_a_consent_kills_its_refresh_and_access_tokens(world, run
     page = await world.admin.get("/admin/consents", params={"user": "alice"})
     assert f'data-grant-id="{world.grant.id}"' in page.text and ">Revoke</button>" in page.text
 
-    ask = await world.admin.post(
-        "/admin/consents/revoke", data={"csrf_token": csrf_from(page.text), "grant_id": world.grant.id}
-    )
+    ask = await world.admin.post("/admin/consents/revoke", data={"csrf_token": csrf_from(page.text), "grant_id": world.grant.id})
     assert ask.status_code == 200 and "Revoke this consent?" in ask.text and ">Confirm</button>" in ask.text
     assert grant_rows(runtime) and await token_is_active(world, world.tokens["access_token"])  # not yet
 
     done = await world.admin.post(
         "/admin/consents/revoke",
-        data={"csrf_token": csrf_from(ask.text), "grant_id": world.grant.id, "confirm": "yes", "back": "/admin/consents?user=alice"},
+        data={
+            "csrf_token": csrf_from(ask.text),
+            "grant_id": world.grant.id,
+            "confirm": "yes",
+            "back": "/admin/consents?user=alice",
+        },
     )
     assert done.status_code == 303 and done.headers["location"] == "/admin/consents?user=alice&done=1"
     assert grant_rows(runtime) == []
@@ -282,7 +291,12 @@ async def test_revoking_a_consent_kills_its_refresh_and_access_tokens(world, run
     assert not await token_is_active(world, world.tokens["access_token"])
 
     [event] = audit_events(runtime, "consent.revoked")
-    assert (event.actor_id, event.user_id, event.client_id, event.resource) == (world.root.id, world.alice.id, world.client_id, RESOURCE)
+    assert (event.actor_id, event.user_id, event.client_id, event.resource) == (
+        world.root.id,
+        world.alice.id,
+        world.client_id,
+        RESOURCE,
+    )
     assert event.details["via"] == "admin" and event.details["scope"] == "mcp:read"
 
     # The next authorization asks alice again.
@@ -295,7 +309,9 @@ async def test_consents_filter_by_user_client_and_resource_with_pagination(world
     other = create_resource(runtime, uri="https://other.example.com/mcp", name="Other MCP")
     with runtime.sessions() as db:
         for i in range(55):
-            row = clients_store.add(db, Client(id=f"bulk-{i:02d}", kind=KIND_DYNAMIC, name=f"Bulk {i:02d}", redirect_uris=[REDIRECT]))
+            row = clients_store.add(
+                db, Client(id=f"bulk-{i:02d}", kind=KIND_DYNAMIC, name=f"Bulk {i:02d}", redirect_uris=[REDIRECT])
+            )
             grants_store.merge(db, world.root.id, row.id, other.id, {"a"})
         db.commit()
     admin = world.admin
@@ -338,7 +354,9 @@ async def test_bulk_revoke_for_a_user_and_for_a_client(world, runtime, new_clien
         assert not await token_is_active(world, tokens["access_token"])
     assert await token_is_active(world, root_tokens["access_token"])
 
-    done = await submit(world.admin, "/admin/consents/revoke-all", {"client_id": world.client_id}, confirm=True, csrf_page="/admin")
+    done = await submit(
+        world.admin, "/admin/consents/revoke-all", {"client_id": world.client_id}, confirm=True, csrf_page="/admin"
+    )
     assert done.status_code == 303 and done.headers["location"].startswith("/admin/clients/detail?id=")
     assert grant_rows(runtime) == []
     assert not await token_is_active(world, root_tokens["access_token"])
@@ -364,7 +382,10 @@ async def test_users_list_search_and_pagination(world, runtime):
 
 async def test_admin_creates_a_user_with_a_password(world, runtime, new_client):
     response = await submit(
-        world.admin, "/admin/users", {"username": "Bob", "password_mode": "set", "password": PASSWORD, "groups": "readers, writers"}, csrf_page="/admin"
+        world.admin,
+        "/admin/users",
+        {"username": "Bob", "password_mode": "set", "password": PASSWORD, "groups": "readers, writers"},
+        csrf_page="/admin",
     )
     bob = user_row(runtime, "bob")
     assert response.status_code == 303 and response.headers["location"] == f"/admin/users/{bob.id}?done=created"
@@ -373,17 +394,25 @@ async def test_admin_creates_a_user_with_a_password(world, runtime, new_client):
     [event] = audit_events(runtime, "user.created")
     assert event.actor_id == world.root.id and event.details["via"] == "admin"
 
-    again = await submit(world.admin, "/admin/users", {"username": "bob", "password_mode": "set", "password": PASSWORD}, csrf_page="/admin")
+    again = await submit(
+        world.admin, "/admin/users", {"username": "bob", "password_mode": "set", "password": PASSWORD}, csrf_page="/admin"
+    )
     assert again.status_code == 400 and "already exists" in again.text
-    short = await submit(world.admin, "/admin/users", {"username": "carol", "password_mode": "set", "password": "short"}, csrf_page="/admin")
+    short = await submit(
+        world.admin, "/admin/users", {"username": "carol", "password_mode": "set", "password": "short"}, csrf_page="/admin"
+    )
     assert short.status_code == 400 and "at least 8 characters" in short.text
-    bad_group = await submit(world.admin, "/admin/users", {"username": "dave", "password_mode": "link", "groups": "no*pe"}, csrf_page="/admin")
+    bad_group = await submit(
+        world.admin, "/admin/users", {"username": "dave", "password_mode": "link", "groups": "no*pe"}, csrf_page="/admin"
+    )
     assert bad_group.status_code == 400 and "Not a valid group name" in bad_group.text
     assert user_row(runtime, "carol") is None and user_row(runtime, "dave") is None
 
 
 async def test_admin_creates_a_user_with_a_one_time_set_password_link(world, runtime, new_client):
-    created = await submit(world.admin, "/admin/users", {"username": "erin", "password_mode": "link", "is_admin": "on"}, csrf_page="/admin")
+    created = await submit(
+        world.admin, "/admin/users", {"username": "erin", "password_mode": "link", "is_admin": "on"}, csrf_page="/admin"
+    )
     assert created.status_code == 200
     link = re.search(r'id="password-link" type="text" readonly value="([^"]+)"', created.text).group(1)
     assert link.startswith(ISSUER + "/setup-password/")
@@ -395,7 +424,9 @@ async def test_admin_creates_a_user_with_a_one_time_set_password_link(world, run
     path = "/setup-password/" + token
     form = await browser.get(path)
     assert form.status_code == 200 and "erin" in form.text
-    mismatch = await browser.post(path, data={"csrf_token": csrf_from(form.text), "password": PASSWORD, "repeat_password": PASSWORD + "x"})
+    mismatch = await browser.post(
+        path, data={"csrf_token": csrf_from(form.text), "password": PASSWORD, "repeat_password": PASSWORD + "x"}
+    )
     assert mismatch.status_code == 400 and "do not match" in mismatch.text
     no_csrf = await browser.post(path, data={"password": PASSWORD, "repeat_password": PASSWORD})
     assert no_csrf.status_code == 400
@@ -405,7 +436,9 @@ async def test_admin_creates_a_user_with_a_one_time_set_password_link(world, run
 
     # The link worked once.
     assert (await new_client().get(path)).status_code == 404
-    assert (await browser.post(path, data={"csrf_token": csrf_from(form.text), "password": PASSWORD, "repeat_password": PASSWORD})).status_code == 404
+    assert (
+        await browser.post(path, data={"csrf_token": csrf_from(form.text), "password": PASSWORD, "repeat_password": PASSWORD})
+    ).status_code == 404
     assert [e.event for e in audit_events(runtime, "user.password_set")] == ["user.password_set"]
     assert audit_events(runtime, "user.password_link_created")[0].actor_id == world.root.id
 
@@ -447,7 +480,9 @@ async def test_admin_flag_groups_and_user_detail(world, runtime):
     assert made.status_code == 303 and user_row(runtime, "alice").is_admin
     assert (await world.user.get("/admin")).status_code == 200
 
-    groups = await submit(world.admin, f"/admin/users/{world.alice.id}/groups", {"groups": "writers, readers writers"}, csrf_page="/admin")
+    groups = await submit(
+        world.admin, f"/admin/users/{world.alice.id}/groups", {"groups": "writers, readers writers"}, csrf_page="/admin"
+    )
     assert groups.status_code == 303 and user_row(runtime, "alice").groups == ["writers", "readers"]
     event = audit_events(runtime, "user.groups_changed")[-1]
     assert event.actor_id == world.root.id and event.details == {"groups": ["writers", "readers"], "before": []}
@@ -481,14 +516,26 @@ async def test_the_last_admin_cannot_disable_or_demote_themselves(world, runtime
 
 
 async def test_clients_list_kinds_hosts_and_never_used_filter(world, runtime):
-    unused = await register(world.anonymous, client_name="Never Used", redirect_uris=["cursor://anysphere.cursor-retrieval/oauth/callback"])
+    unused = await register(
+        world.anonymous, client_name="Never Used", redirect_uris=["cursor://anysphere.cursor-retrieval/oauth/callback"]
+    )
     with runtime.sessions() as db:
         clients_store.add(
-            db, Client(id="https://app.example.com/client.json", kind=KIND_METADATA_DOCUMENT, name="Doc Client", redirect_uris=["https://app.example.com/cb"])
+            db,
+            Client(
+                id="https://app.example.com/client.json",
+                kind=KIND_METADATA_DOCUMENT,
+                name="Doc Client",
+                redirect_uris=["https://app.example.com/cb"],
+            ),
         )
         db.commit()
     page = (await world.admin.get("/admin/clients")).text
-    for client_id, kind in ((world.client_id, "dynamic"), (world.rs[0], "admin-created"), ("https://app.example.com/client.json", "metadata document")):
+    for client_id, kind in (
+        (world.client_id, "dynamic"),
+        (world.rs[0], "admin-created"),
+        ("https://app.example.com/client.json", "metadata document"),
+    ):
         row = page[page.index(f'data-client-id="{client_id}"') :]
         assert f">{kind}</span>" in row[: row.index("</tr>")]
     assert "127.0.0.1:9876" in page and "anysphere.cursor-retrieval" in page and "app.example.com" in page
@@ -532,7 +579,10 @@ async def test_create_a_resource_canonical_uri_and_snippet(world, runtime):
     form = resource_form(
         "HTTPS://Tools.Example.COM:443/mcp/",
         "Tools",
-        [("tools:read", "Use the read-only tools", True, ""), ("tools:write", "Use the tools that change things", False, "writers, admins")],
+        [
+            ("tools:read", "Use the read-only tools", True, ""),
+            ("tools:write", "Use the tools that change things", False, "writers, admins"),
+        ],
         ttl="300",
     )
     created = await submit(world.admin, "/admin/resources/new", form, csrf_page="/admin")
@@ -557,17 +607,29 @@ async def test_create_a_resource_canonical_uri_and_snippet(world, runtime):
     ("form", "message"),
     [
         pytest.param(resource_form("ftp://x.example.com", "X", [("a", "A", True, "")]), "URI:", id="not https"),
-        pytest.param(resource_form("https://x.example.com/#frag", "X", [("a", "A", True, "")]), "fragment", id="fragment (RFC 8707 §2)"),
+        pytest.param(
+            resource_form("https://x.example.com/#frag", "X", [("a", "A", True, "")]), "fragment", id="fragment (RFC 8707 §2)"
+        ),
         pytest.param(resource_form(RESOURCE, "Dup", [("a", "A", True, "")]), "already has the URI", id="duplicate"),
         pytest.param(resource_form("https://x.example.com", "", [("a", "A", True, "")]), "name", id="no name"),
         pytest.param(resource_form("https://x.example.com", "X", []), "at least one scope", id="no scope"),
         pytest.param(resource_form("https://x.example.com", "X", [("a b", "A", True, "")]), "not a valid scope name", id="space"),
-        pytest.param(resource_form("https://x.example.com", "X", [("*", "All", True, "")]), "not a valid scope name", id="wildcard"),
-        pytest.param(resource_form("https://x.example.com", "X", [("openid", "Me", True, "")]), "protocol scope", id="protocol scope"),
+        pytest.param(
+            resource_form("https://x.example.com", "X", [("*", "All", True, "")]), "not a valid scope name", id="wildcard"
+        ),
+        pytest.param(
+            resource_form("https://x.example.com", "X", [("openid", "Me", True, "")]), "protocol scope", id="protocol scope"
+        ),
         pytest.param(resource_form("https://x.example.com", "X", [("a", "", True, "")]), "describe it", id="no description"),
-        pytest.param(resource_form("https://x.example.com", "X", [("a", "A", True, ""), ("a", "B", False, "")]), "once", id="twice"),
-        pytest.param(resource_form("https://x.example.com", "X", [("a", "A", True, "")], ttl="10"), "30 to 3600", id="ttl too short"),
-        pytest.param(resource_form("https://x.example.com", "X", [("a", "A", True, "")], ttl="3601"), "30 to 3600", id="ttl over 1 h"),
+        pytest.param(
+            resource_form("https://x.example.com", "X", [("a", "A", True, ""), ("a", "B", False, "")]), "once", id="twice"
+        ),
+        pytest.param(
+            resource_form("https://x.example.com", "X", [("a", "A", True, "")], ttl="10"), "30 to 3600", id="ttl too short"
+        ),
+        pytest.param(
+            resource_form("https://x.example.com", "X", [("a", "A", True, "")], ttl="3601"), "30 to 3600", id="ttl over 1 h"
+        ),
         pytest.param(resource_form("https://x.example.com", "X", [("a", "A", True, "bad group!")]), "group name", id="group"),
     ],
 )

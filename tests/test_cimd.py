@@ -15,14 +15,8 @@ from email.utils import formatdate
 
 import httpx
 import pytest
-from sqlalchemy import select, text
-
-from app.main import create_app
-from app.models import Client
-from app.models.client import KIND_METADATA_DOCUMENT
-from app.oauth.cimd import cache_lifetime
-from app.settings import Settings
 from conftest import csrf_from
+from sqlalchemy import select, text
 from support import (
     REDIRECT,
     audit_events,
@@ -35,6 +29,12 @@ from support import (
     signed_in,
     verify_jwt,
 )
+
+from app.main import create_app
+from app.models import Client
+from app.models.client import KIND_METADATA_DOCUMENT
+from app.oauth.cimd import cache_lifetime
+from app.settings import Settings
 
 pytestmark = pytest.mark.anyio
 
@@ -68,7 +68,10 @@ class MetadataHosts:
 
     def serve(self, doc: dict | None = None, *, url: str = CLIENT_ID, headers: dict | None = None) -> None:
         body = json.dumps(document() if doc is None else doc).encode()
-        self.answer(url, lambda request: httpx.Response(200, content=body, headers={"Content-Type": "application/json", **(headers or {})}))
+        self.answer(
+            url,
+            lambda request: httpx.Response(200, content=body, headers={"Content-Type": "application/json", **(headers or {})}),
+        )
 
     def answer(self, url: str, respond: Callable[[httpx.Request], httpx.Response]) -> None:
         self.answers[url] = respond
@@ -97,7 +100,9 @@ def stored(runtime, client_id: str = CLIENT_ID) -> Client | None:
 
 def expire_document(runtime, client_id: str = CLIENT_ID) -> None:
     with runtime.engine.begin() as conn:
-        conn.execute(text("UPDATE clients SET metadata_expires_at = :t WHERE id = :id"), {"t": int(time.time()) - 1, "id": client_id})
+        conn.execute(
+            text("UPDATE clients SET metadata_expires_at = :t WHERE id = :id"), {"t": int(time.time()) - 1, "id": client_id}
+        )
 
 
 async def start(client, client_id: str = CLIENT_ID, **extra) -> httpx.Response:
@@ -217,10 +222,20 @@ def _streamed(size: int) -> Callable[[httpx.Request], httpx.Response]:
 BIG = document(client_uri="https://client.example.com/" + "a" * 6 * 1024)  # about 6 KB
 
 REFUSED = [
-    pytest.param(_json(document(client_id="https://client.example.com/other.json")), "client_id does not match", id="client_id mismatch (CIMD 4.1)"),
-    pytest.param(_json(document(client_id=CLIENT_ID + "/")), "client_id does not match", id="client_id differs by a slash (CIMD 4.1 exact match)"),
     pytest.param(
-        lambda r: httpx.Response(302, headers={"Location": "https://evil.example/doc.json"}), "redirects are not followed", id="302 not followed (CIMD 6)"
+        _json(document(client_id="https://client.example.com/other.json")),
+        "client_id does not match",
+        id="client_id mismatch (CIMD 4.1)",
+    ),
+    pytest.param(
+        _json(document(client_id=CLIENT_ID + "/")),
+        "client_id does not match",
+        id="client_id differs by a slash (CIMD 4.1 exact match)",
+    ),
+    pytest.param(
+        lambda r: httpx.Response(302, headers={"Location": "https://evil.example/doc.json"}),
+        "redirects are not followed",
+        id="302 not followed (CIMD 6)",
     ),
     pytest.param(lambda r: httpx.Response(301, headers={"Location": CLIENT_ID + "?x"}), "301", id="301 not followed"),
     pytest.param(lambda r: httpx.Response(404), "answered 404", id="404"),
@@ -231,21 +246,37 @@ REFUSED = [
         id="non-JSON content type (CIMD 4)",
     ),
     pytest.param(lambda r: httpx.Response(200, content=json.dumps(document()).encode()), "not JSON", id="no content type"),
-    pytest.param(lambda r: httpx.Response(200, content=b"{not json", headers={"Content-Type": "application/json"}), "not valid JSON", id="invalid JSON"),
+    pytest.param(
+        lambda r: httpx.Response(200, content=b"{not json", headers={"Content-Type": "application/json"}),
+        "not valid JSON",
+        id="invalid JSON",
+    ),
     pytest.param(_json([document()]), "not a JSON object", id="JSON array"),  # type: ignore[arg-type]
     pytest.param(_json(BIG), "larger than 5120 bytes", id="6 KB body with Content-Length (5 KB cap)"),
     pytest.param(_streamed(6 * 1024), "larger than 5120 bytes", id="6 KB streamed body (5 KB cap)"),
     pytest.param(
-        lambda r: httpx.Response(200, content=gzip.compress(json.dumps(document()).encode()), headers={"Content-Type": "application/json", "Content-Encoding": "gzip"}),
+        lambda r: httpx.Response(
+            200,
+            content=gzip.compress(json.dumps(document()).encode()),
+            headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+        ),
         "compressed",
         id="gzip although identity was asked (no decompression bomb)",
     ),
     pytest.param(_timeout, "did not answer in time", id="timeout"),
     pytest.param(_connect_error, "could not be fetched", id="connection error"),
-    pytest.param(_json(document(token_endpoint_auth_method="client_secret_basic")), "shared secret", id="client_secret_basic (CIMD 4.1)"),
-    pytest.param(_json(document(token_endpoint_auth_method="client_secret_post")), "shared secret", id="client_secret_post (CIMD 4.1)"),
-    pytest.param(_json(document(token_endpoint_auth_method="client_secret_jwt")), "shared secret", id="client_secret_jwt (CIMD 4.1)"),
-    pytest.param(_json(document(client_secret="s3cr3t-in-public")), "client_secret", id="client_secret in the document (CIMD 4.1)"),
+    pytest.param(
+        _json(document(token_endpoint_auth_method="client_secret_basic")), "shared secret", id="client_secret_basic (CIMD 4.1)"
+    ),
+    pytest.param(
+        _json(document(token_endpoint_auth_method="client_secret_post")), "shared secret", id="client_secret_post (CIMD 4.1)"
+    ),
+    pytest.param(
+        _json(document(token_endpoint_auth_method="client_secret_jwt")), "shared secret", id="client_secret_jwt (CIMD 4.1)"
+    ),
+    pytest.param(
+        _json(document(client_secret="s3cr3t-in-public")), "client_secret", id="client_secret in the document (CIMD 4.1)"
+    ),
     pytest.param(
         _json(document(token_endpoint_auth_method=None, token_endpoint_auth_methods_supported=["client_secret_basic"])),
         "shared secret",
@@ -253,7 +284,9 @@ REFUSED = [
     ),
     pytest.param(_json(document(client_name=None)), "client_name", id="no client_name"),
     pytest.param(_json(document(redirect_uris=None)), "redirect_uris", id="no redirect_uris"),
-    pytest.param(_json(document(redirect_uris=["http://evil.example/cb"])), "invalid redirect URI", id="non-loopback http redirect"),
+    pytest.param(
+        _json(document(redirect_uris=["http://evil.example/cb"])), "invalid redirect URI", id="non-loopback http redirect"
+    ),
     pytest.param(_json(document(grant_types=["client_credentials"])), "authorization_code", id="no authorization_code grant"),
 ]
 
@@ -414,7 +447,9 @@ def http_date(offset: int) -> str:
         pytest.param({"Expires": http_date(-600)}, 300, id="Expires in the past"),
         pytest.param({"Expires": http_date(10**6)}, 7200, id="Expires above the ceiling"),
         pytest.param({"Expires": "not a date"}, 300, id="invalid Expires"),
-        pytest.param({"Cache-Control": "max-age=600", "Expires": http_date(3000)}, 600, id="max-age wins over Expires (RFC 9111 5.3)"),
+        pytest.param(
+            {"Cache-Control": "max-age=600", "Expires": http_date(3000)}, 600, id="max-age wins over Expires (RFC 9111 5.3)"
+        ),
         pytest.param({}, 300, id="no cache headers -> floor"),
     ],
 )
@@ -494,7 +529,9 @@ async def test_vscode_style_loopback_redirect_with_another_port(client, runtime,
 async def test_claude_code_style_localhost_callback(client, runtime, hosts):
     """Claude Code: `http://localhost:<port>/callback` in its document, any port at request time."""
     client_id = "https://claude.ai/oauth/claude-code-client-metadata"
-    hosts.serve(document(client_id=client_id, client_name="Claude Code", redirect_uris=["http://localhost/callback"]), url=client_id)
+    hosts.serve(
+        document(client_id=client_id, client_name="Claude Code", redirect_uris=["http://localhost/callback"]), url=client_id
+    )
     await signed_in(client, runtime)
     await full_flow(client, client_id, redirect_uri="http://localhost:45454/callback")
 
@@ -528,7 +565,13 @@ async def test_token_endpoint_with_an_unseen_document_url_is_invalid_client(clie
     hosts.serve()
     response = await client.post(
         "/token",
-        data={"grant_type": "authorization_code", "code": "x", "code_verifier": "y" * 43, "redirect_uri": REDIRECT, "client_id": CLIENT_ID},
+        data={
+            "grant_type": "authorization_code",
+            "code": "x",
+            "code_verifier": "y" * 43,
+            "redirect_uri": REDIRECT,
+            "client_id": CLIENT_ID,
+        },
     )
     assert response.status_code == 401, response.text
     assert response.json()["error"] == "invalid_client"

@@ -7,6 +7,16 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import func, select, text, update
+from support import (
+    admin_client,
+    authorize_params,
+    introspect,
+    obtain_code,
+    pkce,
+    refresh,
+    signed_in_flow,
+    tokens_for,
+)
 
 from app import cleanup
 from app.db import now
@@ -17,16 +27,6 @@ from app.models import (
     BrowserSession,
     RefreshToken,
     RevokedAccessToken,
-)
-from support import (
-    admin_client,
-    authorize_params,
-    introspect,
-    obtain_code,
-    pkce,
-    refresh,
-    signed_in_flow,
-    tokens_for,
 )
 
 pytestmark = pytest.mark.anyio
@@ -105,13 +105,17 @@ async def test_expired_and_long_revoked_refresh_tokens_and_revoked_jtis_go(clien
     rs = admin_client(runtime)
     kept = await tokens_for(client, reg["client_id"])
     doomed = await tokens_for(client, reg["client_id"])
-    assert (await client.post("/revoke", data={"token": doomed["refresh_token"], "client_id": reg["client_id"]})).status_code == 200
+    assert (
+        await client.post("/revoke", data={"token": doomed["refresh_token"], "client_id": reg["client_id"]})
+    ).status_code == 200
     assert count(runtime, RevokedAccessToken) == 1
 
     assert "refresh_tokens" not in run(runtime)  # revoked a moment ago: kept for a day
     with runtime.sessions() as db:
         db.execute(
-            update(RefreshToken).where(RefreshToken.revoked_at.is_not(None)).values(revoked_at=RefreshToken.revoked_at - cleanup.REVOKED_TOKEN_MEMORY - 1)
+            update(RefreshToken)
+            .where(RefreshToken.revoked_at.is_not(None))
+            .values(revoked_at=RefreshToken.revoked_at - cleanup.REVOKED_TOKEN_MEMORY - 1)
         )
         db.execute(update(RevokedAccessToken).values(expires_at=now() - 1))
         db.commit()
@@ -133,7 +137,11 @@ async def test_audit_rows_older_than_the_retention_go(client, runtime):
     assert total > 0
     with runtime.sessions() as db:
         oldest = db.scalar(select(func.min(AuditEvent.id)))
-        db.execute(update(AuditEvent).where(AuditEvent.id == oldest).values(at=now() - runtime.settings.audit_retention_days * 86400 - 10))
+        db.execute(
+            update(AuditEvent)
+            .where(AuditEvent.id == oldest)
+            .values(at=now() - runtime.settings.audit_retention_days * 86400 - 10)
+        )
         db.commit()
     assert run(runtime)["audit_events"] == 1
     assert count(runtime, AuditEvent) == total - 1

@@ -20,19 +20,20 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import ISSUER, PG_URL, ROOT, TEST_SECRET, empty_database, make_settings
 from sqlalchemy import text
+from support import PASSWORD, database_rows, database_text, login
 
 from app import schema
 from app.db import make_engine
 from app.main import create_app
 from app.security.secrets import Keyring
-from conftest import ISSUER, PG_URL, ROOT, TEST_SECRET, empty_database, make_settings
-from support import PASSWORD, database_rows, database_text, login
 
 pytestmark = pytest.mark.anyio
 
 _SCRIPT = Path(sys.executable).with_name("ostiary")
 OSTIARY = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "app.cli"]
+
 
 def cli_env(url: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OSTIARY_")}
@@ -119,7 +120,9 @@ def test_migrate_from_empty(empty_ostiary):
 
 
 async def test_users_create_list_disable(ostiary):
-    assert "created admin user admin" in ostiary.ok("users", "create", "admin", "--admin", "--password-stdin", stdin="an admin passphrase\n")
+    assert "created admin user admin" in ostiary.ok(
+        "users", "create", "admin", "--admin", "--password-stdin", stdin="an admin passphrase\n"
+    )
     assert "created user alice" in ostiary.ok("users", "create", "Alice", "--password-stdin", stdin=PASSWORD + "\n")
     listing = ostiary.ok("users", "list")
     assert re.search(r"^admin\s+yes\s+active", listing, re.M)
@@ -222,7 +225,9 @@ def test_clients_add_public(ostiary):
     (client_id,) = re.findall(r"^client_id: (\S+)$", result.stdout, re.M)
     assert "client_secret" not in result.stdout
     assert ostiary.rows("SELECT id, token_endpoint_auth_method, secret_hash FROM clients") == [(client_id, "none", None)]
-    assert re.search(rf"^{re.escape(client_id)}\s+Desktop app\s+admin\s+public\s+127\.0\.0\.1:33418", ostiary.ok("clients", "list"), re.M)
+    assert re.search(
+        rf"^{re.escape(client_id)}\s+Desktop app\s+admin\s+public\s+127\.0\.0\.1:33418", ostiary.ok("clients", "list"), re.M
+    )
 
 
 def test_clients_add_confidential_secret_printed_once_hash_stored(ostiary):
@@ -237,7 +242,9 @@ def test_clients_add_confidential_secret_printed_once_hash_stored(ostiary):
     assert "shown once" in result.stderr
     dump = database_text(ostiary.url)
     assert secret not in dump  # DESIGN: no bearer secret stored in clear
-    ((stored_id, method, secret_hash, uris),) = ostiary.rows("SELECT id, token_endpoint_auth_method, secret_hash, redirect_uris FROM clients")
+    ((stored_id, method, secret_hash, uris),) = ostiary.rows(
+        "SELECT id, token_endpoint_auth_method, secret_hash, redirect_uris FROM clients"
+    )
     assert (stored_id, method) == (client_id, "client_secret_basic")
     assert secret_hash == Keyring([TEST_SECRET.encode()]).hash(secret)  # HMAC-SHA256 under the keyring
     assert "app.example.com/other" in str(uris)
@@ -251,7 +258,10 @@ CLIENTS_BAD = [
     pytest.param(["--name", "X", "--redirect-uri", "https://*.example.com/cb"], id="wildcard"),
     pytest.param(["--name", "X", "--redirect-uri", "javascript:alert(1)"], id="javascript"),
     pytest.param(["--name", "X", "--redirect-uri", "/callback"], id="relative"),
-    pytest.param(["--name", "X", "--redirect-uri", "https://ok.example.com/cb", "--redirect-uri", "data:text/html,x"], id="one bad among good"),
+    pytest.param(
+        ["--name", "X", "--redirect-uri", "https://ok.example.com/cb", "--redirect-uri", "data:text/html,x"],
+        id="one bad among good",
+    ),
     pytest.param(["--name", "", "--redirect-uri", "https://app.example.com/cb"], id="empty name"),
     pytest.param(["--name", "X"], id="missing --redirect-uri"),
     pytest.param(["--redirect-uri", "https://app.example.com/cb"], id="missing --name"),
@@ -315,7 +325,11 @@ ARGUMENTS_BAD = [
     pytest.param(["users", "delete", "alice"], "ostiary users", id="unknown users action"),
     pytest.param(["users", "create", "--password-stdin"], "ostiary users create", id="users create without USERNAME"),
     pytest.param(["users", "disable"], "ostiary users disable", id="users disable without USERNAME"),
-    pytest.param(["resources", "add", "https://mcp.example.com", "--scope", "a=b"], "ostiary resources add", id="resources add without --name"),
+    pytest.param(
+        ["resources", "add", "https://mcp.example.com", "--scope", "a=b"],
+        "ostiary resources add",
+        id="resources add without --name",
+    ),
     pytest.param(["resources", "add", "--name", "X", "--scope", "a=b"], "ostiary resources add", id="resources add without URI"),
     pytest.param(["clients"], "ostiary clients", id="clients without action"),
     pytest.param(["keys", "rotate", "--now"], "ostiary", id="unknown option"),

@@ -10,11 +10,6 @@ import time
 
 import pytest
 from sqlalchemy import select, text
-
-from app import jobs
-from app.models import Client
-from app.models.client import KIND_METADATA_DOCUMENT
-from app.oauth.clients import prune
 from support import (
     admin_client,
     audit_events,
@@ -26,6 +21,11 @@ from support import (
     signed_in_flow,
     tokens_for,
 )
+
+from app import jobs
+from app.models import Client
+from app.models.client import KIND_METADATA_DOCUMENT
+from app.oauth.clients import prune
 
 pytestmark = pytest.mark.anyio
 
@@ -83,7 +83,9 @@ async def prune_scenario(client, runtime) -> dict[str, dict]:
     cases: dict[str, dict] = {}
     flow_reg = await signed_in_flow(client, runtime, client_name="idle with live token")
     cases["idle 91 d with a live refresh token"] = {
-        "id": flow_reg["client_id"], "refresh_token": (await tokens_for(client, flow_reg["client_id"]))["refresh_token"], "pruned": False
+        "id": flow_reg["client_id"],
+        "refresh_token": (await tokens_for(client, flow_reg["client_id"]))["refresh_token"],
+        "pruned": False,
     }
 
     async def registered(name: str, pruned: bool, *, with_token: bool = False) -> str:
@@ -120,9 +122,15 @@ async def prune_scenario(client, runtime) -> dict[str, dict]:
     with runtime.sessions() as db:
         db.add(
             Client(
-                id=document_id, kind=KIND_METADATA_DOCUMENT, name="Document client", token_endpoint_auth_method="none",
-                redirect_uris=["http://127.0.0.1:9876/callback"], grant_types=["authorization_code"], response_types=["code"],
-                client_metadata={}, metadata_expires_at=int(time.time()) - DAY,
+                id=document_id,
+                kind=KIND_METADATA_DOCUMENT,
+                name="Document client",
+                token_endpoint_auth_method="none",
+                redirect_uris=["http://127.0.0.1:9876/callback"],
+                grant_types=["authorization_code"],
+                response_types=["code"],
+                client_metadata={},
+                metadata_expires_at=int(time.time()) - DAY,
             )
         )
         db.commit()

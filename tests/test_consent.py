@@ -7,11 +7,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from sqlalchemy import func, select, text
-
-from app.models import AuthorizationCode, Grant
-from app.oauth.clients import create_admin_client
 from conftest import ISSUER, csrf_from
+from sqlalchemy import func, select, text
 from support import (
     PASSWORD,
     REDIRECT,
@@ -28,6 +25,9 @@ from support import (
     tokens_for,
     verify_jwt,
 )
+
+from app.models import AuthorizationCode, Grant
+from app.oauth.clients import create_admin_client
 
 pytestmark = pytest.mark.anyio
 

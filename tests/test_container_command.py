@@ -31,11 +31,11 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import pytest
 import yaml
+from conftest import ROOT, TEST_SECRET
 from sqlalchemy import create_engine, text
 
 from app import schema
 from app.settings import canonical_issuer_problem
-from conftest import ROOT, TEST_SECRET
 
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "docker-compose.yml"
@@ -319,7 +319,7 @@ def pg_database() -> Iterator[str]:
     try:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         admin.dispose()
         if os.environ.get("CI") == "true":
             pytest.fail(f"PostgreSQL at {PG_ADMIN_URL} is unreachable in CI: {exc}")

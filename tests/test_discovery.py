@@ -10,9 +10,9 @@ import httpx
 import pytest
 from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
 from sqlalchemy import text
+from support import create_resource
 
 from app.db import make_engine, make_sessionmaker
-from support import create_resource
 
 pytestmark = pytest.mark.anyio
 
@@ -78,7 +78,14 @@ async def test_metadata_fields_mcp_and_oauth21(client, runtime):
     assert {"authorization_code", "refresh_token"} <= set(doc["grant_types_supported"])
     assert "implicit" not in doc["grant_types_supported"] and "password" not in doc["grant_types_supported"]
     assert "none" in doc["token_endpoint_auth_methods_supported"]  # public clients (MCP)
-    for field in ("authorization_endpoint", "token_endpoint", "jwks_uri", "registration_endpoint", "revocation_endpoint", "introspection_endpoint"):
+    for field in (
+        "authorization_endpoint",
+        "token_endpoint",
+        "jwks_uri",
+        "registration_endpoint",
+        "revocation_endpoint",
+        "introspection_endpoint",
+    ):
         assert field in doc, field
 
 
@@ -132,7 +139,10 @@ async def test_issuer_with_path_metadata_variants_rfc8414_s3_1(app, settings, pa
 # -- CORS: public documents only -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", [pytest.param(OAUTH, id="oauth metadata"), pytest.param(OIDC, id="openid configuration"), pytest.param("/jwks", id="jwks")])
+@pytest.mark.parametrize(
+    "path",
+    [pytest.param(OAUTH, id="oauth metadata"), pytest.param(OIDC, id="openid configuration"), pytest.param("/jwks", id="jwks")],
+)
 async def test_cors_open_on_metadata_and_jwks(client, path):
     response = await client.get(path, headers={"Origin": ORIGIN})
     assert response.status_code == 200
@@ -144,7 +154,9 @@ async def test_cors_open_on_metadata_and_jwks(client, path):
     assert "GET" in preflight.headers["access-control-allow-methods"]
 
 
-@pytest.mark.parametrize("path", [pytest.param("/login", id="login"), pytest.param("/logout", id="logout"), pytest.param("/account", id="account")])
+@pytest.mark.parametrize(
+    "path", [pytest.param("/login", id="login"), pytest.param("/logout", id="logout"), pytest.param("/account", id="account")]
+)
 async def test_cors_never_on_pages(client, path):
     response = await client.get(path, headers={"Origin": ORIGIN})
     assert "access-control-allow-origin" not in response.headers

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import httpx
 import pytest
-
-from app.security.hosts import HostPolicy, ProxyPolicy, split_host
 from conftest import make_settings
 from support import signed_in_flow, tokens_for
+
+from app.security.hosts import HostPolicy, ProxyPolicy, split_host
 
 pytestmark = pytest.mark.anyio
 
@@ -165,7 +165,11 @@ async def test_cors_open_without_credentials_on_browser_client_endpoints(client,
     """Browser-based MCP clients call these cross-origin, sending MCP-Protocol-Version."""
     preflight = await client.options(
         path,
-        headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "mcp-protocol-version"},
+        headers={
+            "Origin": ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "mcp-protocol-version",
+        },
     )
     assert preflight.status_code == 204
     assert preflight.headers["access-control-allow-origin"] == "*"

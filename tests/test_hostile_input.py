@@ -28,12 +28,8 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import httpx
 import pytest
-from sqlalchemy import select
-
-from app.admin import actions
-from app.models import Client, Grant, Resource, SigningKey, User
-from app.stores import users as users_store
 from conftest import ISSUER, csrf_from
+from sqlalchemy import select
 from support import (
     REDIRECT,
     RESOURCE,
@@ -48,10 +44,14 @@ from support import (
     obtain_code,
     pkce,
     query,
-    register,
     refresh,
+    register,
     signed_in_flow,
 )
+
+from app.admin import actions
+from app.models import Client, Grant, Resource, SigningKey, User
+from app.stores import users as users_store
 
 pytestmark = pytest.mark.anyio
 
@@ -64,7 +64,7 @@ HTTPS_ISSUER = {"issuer": "https://auth.example.com", "trusted_proxies": ["10.0.
 PROXY = {"trusted_proxies": ["198.51.100.1"]}
 
 # RFC 6749 §5.2: error_description is limited to %x20-21 / %x23-5B / %x5D-7E.
-DESCRIPTION_CHARS = re.compile(r'^[\x20\x21\x23-\x5b\x5d-\x7e]*$')
+DESCRIPTION_CHARS = re.compile(r"^[\x20\x21\x23-\x5b\x5d-\x7e]*$")
 
 
 # -- the harness -----------------------------------------------------------------------------
@@ -82,7 +82,9 @@ class Harness:
         self._port = 50100
 
     async def _record(self, response: httpx.Response) -> None:
-        self.seen.append((f"{response.request.method} {response.request.url.path}", response.status_code, list(response.headers.raw)))
+        self.seen.append(
+            (f"{response.request.method} {response.request.url.path}", response.status_code, list(response.headers.raw))
+        )
 
     def http(self, *, addr: str = "127.0.0.1", base: str | None = None, html: bool = False, **kwargs) -> httpx.AsyncClient:
         self._port += 1
@@ -142,7 +144,7 @@ class Harness:
 
         try:
             await self.app(scope, receive, send)
-        except Exception:  # noqa: BLE001 - an exception escaping the app is a 500 to report
+        except Exception:
             if not any(m["type"] == "http.response.start" for m in messages):
                 messages.append({"type": "http.response.start", "status": 500, "headers": []})
         start = next(m for m in messages if m["type"] == "http.response.start")
@@ -424,7 +426,9 @@ async def _(h: Harness):
     """RFC 7239 §5.3/§5.4: behind a trusted TLS proxy an internal Host and plain http are
     fine, because the proxy says the client asked for https://auth.example.com."""
     c = h.http(addr="10.0.0.1", base="http://ostiary:8080")
-    r = await c.get("/.well-known/oauth-authorization-server", headers={"X-Forwarded-Host": "auth.example.com", "X-Forwarded-Proto": "https"})
+    r = await c.get(
+        "/.well-known/oauth-authorization-server", headers={"X-Forwarded-Host": "auth.example.com", "X-Forwarded-Proto": "https"}
+    )
     assert r.status_code == 200 and r.json()["issuer"] == "https://auth.example.com", r.text
     # Without the proxy's word the same request is refused.
     r = await c.get("/.well-known/oauth-authorization-server")
@@ -663,7 +667,9 @@ async def _(h: Harness):
 @case("token-content-length-negative-400")
 async def _(h: Harness):
     """RFC 9110 §8.6: a negative Content-Length is not a length."""
-    r = await h.raw("POST", "/token", headers=[(b"content-length", b"-1"), (b"content-type", b"application/x-www-form-urlencoded")])
+    r = await h.raw(
+        "POST", "/token", headers=[(b"content-length", b"-1"), (b"content-type", b"application/x-www-form-urlencoded")]
+    )
     expect_json(r, 400, "invalid_request")
 
 
@@ -750,7 +756,9 @@ async def _(h: Harness):
 @case("register-malformed-json-400-invalid-request")
 async def _(h: Harness):
     """RFC 7591 §3.1: the request is a JSON document; a truncated one is invalid_request."""
-    r = await h.api.post("/register", content=b'{"redirect_uris": ["http://127.0.0.1:9876/callback"]', headers={"Content-Type": "application/json"})
+    r = await h.api.post(
+        "/register", content=b'{"redirect_uris": ["http://127.0.0.1:9876/callback"]', headers={"Content-Type": "application/json"}
+    )
     expect_json(r, 400, "invalid_request")
 
 
@@ -886,7 +894,9 @@ async def _(h: Harness):
     """RFC 7592 §2: one client's registration access token does not open another's."""
     reg = await h.registered()
     other = await register(h.api)
-    r = await h.api.get(f"/register/{reg['client_id']}", headers={"Authorization": f"Bearer {other['registration_access_token']}"})
+    r = await h.api.get(
+        f"/register/{reg['client_id']}", headers={"Authorization": f"Bearer {other['registration_access_token']}"}
+    )
     expect_json(r, 401, "invalid_token")
 
 
@@ -1003,7 +1013,9 @@ async def _(h: Harness):
     pairs = [("token", tokens["refresh_token"]), ("token", "other"), ("client_id", reg["client_id"])]
     expect_json(await h.api.post("/revoke", **form_body(pairs)), 400, "invalid_request")
     client_id, secret = admin_client(h.runtime)
-    r = await h.api.post("/introspect", auth=(client_id, secret), **form_body([("token", tokens["access_token"]), ("token", "x")]))
+    r = await h.api.post(
+        "/introspect", auth=(client_id, secret), **form_body([("token", tokens["access_token"]), ("token", "x")])
+    )
     expect_json(r, 400, "invalid_request")
     # Nothing was revoked: the refresh token still works.
     again = await refresh(h.api, reg["client_id"], tokens["refresh_token"])
@@ -1025,9 +1037,16 @@ async def _(h: Harness):
     reg = await h.alice()
     code, verifier, _ = await obtain_code(h.browser, reg["client_id"])
     tokens = (await exchange(h.api, reg["client_id"], code, verifier)).json()
-    pairs = [("grant_type", "refresh_token"), ("refresh_token", tokens["refresh_token"]), ("refresh_token", "x"), ("client_id", reg["client_id"])]
+    pairs = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", tokens["refresh_token"]),
+        ("refresh_token", "x"),
+        ("client_id", reg["client_id"]),
+    ]
     expect_json(await h.api.post("/token", **form_body(pairs)), 400, "invalid_request")
-    again = await h.api.post("/token", data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"], "client_id": reg["client_id"]})
+    again = await h.api.post(
+        "/token", data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"], "client_id": reg["client_id"]}
+    )
     assert again.status_code == 200, again.text
 
 
@@ -1039,7 +1058,12 @@ async def _(h: Harness):
     """RFC 3986 §2.1: raw 0xFF 0xFE bytes in the query (not even percent-encoded): the client is
     unknown, an error page (RFC 6749 §4.1.2.1)."""
     await h.registered()
-    r = await h.raw("GET", "/authorize", query_string=b"response_type=code&client_id=\xff\xfe&state=\xc3\x28", headers=[(b"accept", b"text/html")])
+    r = await h.raw(
+        "GET",
+        "/authorize",
+        query_string=b"response_type=code&client_id=\xff\xfe&state=\xc3\x28",
+        headers=[(b"accept", b"text/html")],
+    )
     expect_untrusted_page(r, "invalid_client")
 
 
@@ -1055,7 +1079,14 @@ async def _(h: Harness):
 async def _(h: Harness):
     """RFC 6749 §4.1.3: a code of raw 0xFF bytes is simply not a code: invalid_grant."""
     reg = await h.registered()
-    body = b"grant_type=authorization_code&code=\xff\xfe\xfd&code_verifier=" + b"v" * 43 + b"&redirect_uri=" + quote(REDIRECT, safe="").encode() + b"&client_id=" + reg["client_id"].encode()
+    body = (
+        b"grant_type=authorization_code&code=\xff\xfe\xfd&code_verifier="
+        + b"v" * 43
+        + b"&redirect_uri="
+        + quote(REDIRECT, safe="").encode()
+        + b"&client_id="
+        + reg["client_id"].encode()
+    )
     r = await h.api.post("/token", content=body, headers={"Content-Type": "application/x-www-form-urlencoded"})
     expect_json(r, 400, "invalid_grant")
 
@@ -1090,7 +1121,9 @@ async def _(h: Harness):
 @case("token-basic-auth-non-utf8-401-invalid-client")
 async def _(h: Harness):
     """RFC 6749 §2.3.1 / §5.2: the same at the token endpoint."""
-    r = await h.api.post("/token", data={"grant_type": "refresh_token", "refresh_token": "x"}, headers={"Authorization": NOT_UTF8_BASIC})
+    r = await h.api.post(
+        "/token", data={"grant_type": "refresh_token", "refresh_token": "x"}, headers={"Authorization": NOT_UTF8_BASIC}
+    )
     expect_json(r, 401, "invalid_client")
 
 
@@ -1104,7 +1137,9 @@ async def _(h: Harness):
 @case("token-basic-auth-malformed-base64-401-invalid-client")
 async def _(h: Harness):
     """RFC 6749 §2.3.1 / §5.2: broken Basic credentials are invalid_client, 401."""
-    r = await h.api.post("/token", data={"grant_type": "refresh_token", "refresh_token": "x"}, headers={"Authorization": "Basic %%%not-base64"})
+    r = await h.api.post(
+        "/token", data={"grant_type": "refresh_token", "refresh_token": "x"}, headers={"Authorization": "Basic %%%not-base64"}
+    )
     expect_json(r, 401, "invalid_client")
 
 
@@ -1198,7 +1233,13 @@ async def _(h: Harness):
     reg = await h.registered()
     r = await h.api.post(
         "/token",
-        data={"grant_type": "authorization_code", "code": "c" * 10240, "code_verifier": "v" * 43, "redirect_uri": REDIRECT, "client_id": reg["client_id"]},
+        data={
+            "grant_type": "authorization_code",
+            "code": "c" * 10240,
+            "code_verifier": "v" * 43,
+            "redirect_uri": REDIRECT,
+            "client_id": reg["client_id"],
+        },
     )
     expect_json(r, 400, "invalid_grant")
 
@@ -1216,7 +1257,9 @@ async def _(h: Harness):
     with a page before any password hashing, and signs nobody in."""
     h.add_user("alice")
     page = await h.browser.get("/login")
-    r = await h.browser.post("/login", data={"username": "alice", "password": "p" * 500 * 1024, "csrf_token": csrf_from(page.text)})
+    r = await h.browser.post(
+        "/login", data={"username": "alice", "password": "p" * 500 * 1024, "csrf_token": csrf_from(page.text)}
+    )
     expect_page(r, 400, "maximum size")
     assert (await h.browser.get("/account")).status_code == 303
 
@@ -1298,7 +1341,9 @@ async def _(h: Harness):
     reg = await h.registered()
     _, challenge = pkce()
     state = "abc\r\nSet-Cookie: pwned=1\r\n\r\n<script>"
-    r = await h.browser.get("/authorize", params=authorize_params(reg["client_id"], challenge, state=state, resource="https://unknown.example/mcp"))
+    r = await h.browser.get(
+        "/authorize", params=authorize_params(reg["client_id"], challenge, state=state, resource="https://unknown.example/mcp")
+    )
     expect_error_redirect(r, "invalid_target", state=state)
 
 
@@ -1473,7 +1518,9 @@ async def _(h: Harness):
 @case("authorize-unknown-client-400-page-no-redirect")
 async def _(h: Harness):
     """RFC 6749 §4.1.2.1: an unknown client with an attacker's redirect_uri: a page, no redirect."""
-    r = await h.browser.get("/authorize", params={"response_type": "code", "client_id": "nobody", "redirect_uri": "https://evil.example/cb"})
+    r = await h.browser.get(
+        "/authorize", params={"response_type": "code", "client_id": "nobody", "redirect_uri": "https://evil.example/cb"}
+    )
     expect_untrusted_page(r, "invalid_client")
 
 
@@ -1579,7 +1626,9 @@ async def _(h: Harness):
     """RFC 6749 §10.12: a made-up token is refused."""
     h.add_user("alice")
     await h.browser.get("/login")
-    r = await h.browser.post("/login", data={"username": "alice", "password": "correct horse battery staple", "csrf_token": "A" * 43})
+    r = await h.browser.post(
+        "/login", data={"username": "alice", "password": "correct horse battery staple", "csrf_token": "A" * 43}
+    )
     expect_expired_form(r)
 
 
@@ -1589,7 +1638,9 @@ async def _(h: Harness):
     cross-site form post), is refused."""
     h.add_user("alice")
     token = csrf_from((await h.http(html=True).get("/login")).text)
-    r = await h.browser.post("/login", data={"username": "alice", "password": "correct horse battery staple", "csrf_token": token})
+    r = await h.browser.post(
+        "/login", data={"username": "alice", "password": "correct horse battery staple", "csrf_token": token}
+    )
     expect_expired_form(r)
 
 
@@ -1666,7 +1717,12 @@ async def _(h: Harness):
     token = csrf_from((await h.http(html=True).get("/login")).text)
     r = await h.browser.post(
         "/account/password",
-        data={"current_password": "correct horse battery staple", "new_password": "n" * 20, "repeat_password": "n" * 20, "csrf_token": token},
+        data={
+            "current_password": "correct horse battery staple",
+            "new_password": "n" * 20,
+            "repeat_password": "n" * 20,
+            "csrf_token": token,
+        },
     )
     expect_expired_form(r)
     assert h.user("alice").password_hash == before
@@ -1829,7 +1885,9 @@ async def _(h: Harness):
     """RFC 6749 §10.12: re-pointing an MCP server's URI with a made-up token."""
     resource = create_resource(h.runtime)
     c = await h.admin()
-    r = await c.post(f"/admin/resources/{resource.id}", data={"uri": "https://evil.example/mcp", "name": "Evil", "csrf_token": "A" * 43})
+    r = await c.post(
+        f"/admin/resources/{resource.id}", data={"uri": "https://evil.example/mcp", "name": "Evil", "csrf_token": "A" * 43}
+    )
     expect_expired_form(r)
     assert [row.uri for row in h.rows(Resource)] == [RESOURCE]
 
@@ -1869,8 +1927,23 @@ def test_the_table_is_big_and_covers_every_endpoint():
     assert len(ids) == len(set(ids)), "duplicate case ids"
     sources = "\n".join(inspect.getsource(p.values[0]) for p in CASES) + inspect.getsource(Harness)
     for endpoint in (
-        "/.well-known/oauth-authorization-server", "/.well-known/openid-configuration", "/jwks", '"/authorize"', "/login",
-        "/logout", "/consent/", '"/token"', '"/register"', "/register/{", '"/revoke"', '"/introspect"', '"/userinfo"',
-        "/account", "/admin/", "/healthz", "/readyz", "/metrics",
+        "/.well-known/oauth-authorization-server",
+        "/.well-known/openid-configuration",
+        "/jwks",
+        '"/authorize"',
+        "/login",
+        "/logout",
+        "/consent/",
+        '"/token"',
+        '"/register"',
+        "/register/{",
+        '"/revoke"',
+        '"/introspect"',
+        '"/userinfo"',
+        "/account",
+        "/admin/",
+        "/healthz",
+        "/readyz",
+        "/metrics",
     ):
         assert endpoint in sources, f"no hostile case for {endpoint}"

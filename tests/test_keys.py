@@ -9,18 +9,18 @@ import sys
 import time
 
 import pytest
+from conftest import PG_URL, ROOT, TEST_SECRET, make_settings
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from sqlalchemy import text
+from support import create_resource, create_user, database_text, exchange, login, obtain_code, register
 
 from app import jobs, keys
 from app.db import make_engine, now, transaction
 from app.main import create_app
 from app.security.secrets import DecryptError, Keyring
 from app.stores import keys as keys_store
-from conftest import PG_URL, ROOT, TEST_SECRET, make_settings
-from support import create_resource, create_user, database_text, exchange, login, obtain_code, register
 
 pytestmark = pytest.mark.anyio
 
@@ -174,7 +174,11 @@ async def test_rotate_refused_while_next_key_younger_than_jwks_max_age(fresh_key
     with pytest.raises(keys.RotationRefused):
         rotate(runtime, force=False)
     assert sorted(states(runtime).values()) == ["active", "next"]  # nothing changed
-    sql(settings, "UPDATE signing_keys SET created_at = created_at - :d WHERE state = 'next'", d=settings.jwks_max_age + keys.reload_interval(settings) + 1)
+    sql(
+        settings,
+        "UPDATE signing_keys SET created_at = created_at - :d WHERE state = 'next'",
+        d=settings.jwks_max_age + keys.reload_interval(settings) + 1,
+    )
     rotate(runtime, force=False)
     assert sorted(states(runtime).values()) == ["active", "next", "retired"]
 
@@ -262,7 +266,12 @@ async def test_retired_key_deleted_only_after_max_token_lifetime_plus_jwks_max_a
     rotate(runtime)
 
     t = now()
-    sql(settings, "UPDATE signing_keys SET retired_at = :t WHERE kid = :kid", t=t - settings.max_token_lifetime - settings.jwks_max_age + 5, kid=old)
+    sql(
+        settings,
+        "UPDATE signing_keys SET retired_at = :t WHERE kid = :kid",
+        t=t - settings.max_token_lifetime - settings.jwks_max_age + 5,
+        kid=old,
+    )
     with transaction(runtime.sessions) as db:
         assert keys.delete_expired(db, settings) == []
     assert states(runtime)[old] == "retired"

@@ -7,12 +7,12 @@ import re
 
 import pytest
 from argon2 import PasswordHasher
+from conftest import csrf_from
 from sqlalchemy import text
+from support import PASSWORD, create_user, database_text, login
 
 from app.db import now
 from app.settings import Settings
-from conftest import csrf_from
-from support import PASSWORD, create_user, database_text, login
 
 # Marked here too: anyio re-creates items unmarked at collection time and drops their parameters.
 pytestmark = pytest.mark.anyio
@@ -112,9 +112,7 @@ async def test_new_session_id_on_every_sign_in(client, runtime, settings):
     create_user(runtime)
     first = (await login(client)).cookies["ostiary-session"]
     page = await client.get("/login", params={"prompt": "login"})
-    second = await client.post(
-        "/login", data={"username": "alice", "password": PASSWORD, "csrf_token": csrf_from(page.text)}
-    )
+    second = await client.post("/login", data={"username": "alice", "password": PASSWORD, "csrf_token": csrf_from(page.text)})
     assert second.status_code == 303
     assert second.cookies["ostiary-session"] != first  # no session fixation
     assert len(sql(settings, "SELECT id_hash FROM browser_sessions")) == 1
@@ -158,7 +156,9 @@ async def test_an_unknown_user_costs_the_same_password_work(client, runtime):
         for _ in range(5):
             page = await client.get("/login")
             started = time.perf_counter()
-            await client.post("/login", data={"username": username, "password": "wrong password!", "csrf_token": csrf_from(page.text)})
+            await client.post(
+                "/login", data={"username": username, "password": "wrong password!", "csrf_token": csrf_from(page.text)}
+            )
             times.append(time.perf_counter() - started)
         return sorted(times)[2]
 
@@ -310,7 +310,9 @@ async def test_next_open_redirect_lands_on_local_page_rfc9700_s4_11(client, runt
     assert again.status_code == 303 and again.headers["location"] == "/account"
 
 
-@pytest.mark.parametrize("settings_overrides", [pytest.param({"issuer": "https://auth.example.com/tenant"}, id="issuer with a path")])
+@pytest.mark.parametrize(
+    "settings_overrides", [pytest.param({"issuer": "https://auth.example.com/tenant"}, id="issuer with a path")]
+)
 async def test_next_under_issuer_path_stays_under_it(client, runtime):
     create_user(runtime)
     page = await client.get("/login")

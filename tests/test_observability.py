@@ -9,9 +9,9 @@ import json
 import logging
 
 import pytest
+from support import PASSWORD, admin_client, introspect, refresh, signed_in_flow, tokens_for
 
 from app.logs import JsonFormatter
-from support import PASSWORD, admin_client, introspect, refresh, signed_in_flow, tokens_for
 
 pytestmark = pytest.mark.anyio
 
@@ -29,14 +29,28 @@ async def test_security_events_are_json_lines_with_context_and_no_secrets(client
     await client.post("/revoke", data={"token": second["refresh_token"], "client_id": reg["client_id"]})
     lines = json_lines(caplog, "ostiary.audit")
     events = [line["event"] for line in lines]
-    for expected in ["login.succeeded", "client.registered", "consent.granted", "code.issued", "token.issued", "token.refreshed", "token.revoked"]:
+    for expected in [
+        "login.succeeded",
+        "client.registered",
+        "consent.granted",
+        "code.issued",
+        "token.issued",
+        "token.refreshed",
+        "token.revoked",
+    ]:
         assert expected in events, (expected, events)
     issued = next(line for line in lines if line["event"] == "token.issued")
     assert issued["client_id"] == reg["client_id"] and issued["resource"] == "https://mcp.example.com/mcp"
     assert issued["ip"] == "127.0.0.1" and len(issued["request_id"]) >= 16 and issued["time"].endswith("Z")
     assert issued["user_id"]
     text = caplog.text + json.dumps(lines)
-    for secret in [first["access_token"], first["refresh_token"], second["refresh_token"], PASSWORD, reg.get("registration_access_token", "-")]:
+    for secret in [
+        first["access_token"],
+        first["refresh_token"],
+        second["refresh_token"],
+        PASSWORD,
+        reg.get("registration_access_token", "-"),
+    ]:
         assert secret not in text
 
 

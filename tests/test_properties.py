@@ -154,10 +154,17 @@ def mutated(draw, uri: str, kinds: tuple[str, ...] = ALL_KINDS) -> str:
         return uri[:end] + draw(st.sampled_from(["x", ".evil.example", ";x", "%00", "evil"])) + uri[end:]
     if kind == "scheme":
         other = draw(st.sampled_from(["https", "http", "ftp", "javascript", "cursor", "wss"]).filter(lambda s: s != parts.scheme))
-        return other + uri[len(parts.scheme):]
+        return other + uri[len(parts.scheme) :]
     if kind == "host" and parts.netloc:
         host = components(uri)[1]
-        other = draw(st.one_of(dns_host, st.sampled_from(LOOPBACK + ["evil.example", host + ".evil.example", host.upper() if host.upper() != host else host + "x"])))
+        other = draw(
+            st.one_of(
+                dns_host,
+                st.sampled_from(
+                    LOOPBACK + ["evil.example", host + ".evil.example", host.upper() if host.upper() != host else host + "x"]
+                ),
+            )
+        )
         assume(other != host)
         return uri.replace(host, other, 1)
     if kind == "path":
@@ -176,8 +183,8 @@ def mutated(draw, uri: str, kinds: tuple[str, ...] = ALL_KINDS) -> str:
         i = draw(st.integers(min_value=1, max_value=len(parts.path) - 1))
         ch = parts.path[i]
         assume(ch not in "%/")
-        encoded = parts.path[:i] + "%{:02X}".format(ord(ch)) if ord(ch) < 128 else parts.path[:i] + quote(ch)
-        return uri.replace(parts.path, encoded + parts.path[i + 1:], 1)
+        encoded = parts.path[:i] + f"%{ord(ch):02X}" if ord(ch) < 128 else parts.path[:i] + quote(ch)
+        return uri.replace(parts.path, encoded + parts.path[i + 1 :], 1)
     return uri + draw(st.sampled_from(["x", "/", "%00", "%0d%0a", "&", ".evil"]))
 
 
@@ -223,7 +230,10 @@ def test_never_matches_another_scheme_path_or_query(pair):
     uri, requested = pair
     assume(not any(c in requested for c in CONTROL))
     if matches([uri], requested):
-        assert components(requested)[0] == components(uri)[0] and components(requested)[2:] == components(uri)[2:], (uri, requested)
+        assert components(requested)[0] == components(uri)[0] and components(requested)[2:] == components(uri)[2:], (
+            uri,
+            requested,
+        )
 
 
 @BOUNDED

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import select
-
-from app.models import Client
 from support import (
     REDIRECT,
     authorize,
@@ -21,6 +19,8 @@ from support import (
     signed_in_flow,
     verify_jwt,
 )
+
+from app.models import Client
 
 pytestmark = pytest.mark.anyio
 
@@ -106,7 +106,9 @@ async def test_unknown_registration_fields_are_kept_and_ignored(client, runtime)
     with runtime.sessions() as db:
         row = db.scalar(select(Client).where(Client.id == reg["client_id"]))
         assert all(row.client_metadata[k] == v for k, v in extra.items())
-    read = await client.get(reg["registration_client_uri"], headers={"Authorization": f"Bearer {reg['registration_access_token']}"})
+    read = await client.get(
+        reg["registration_client_uri"], headers={"Authorization": f"Bearer {reg['registration_access_token']}"}
+    )
     assert read.json()["x_vendor_setting"] == {"nested": [1, 2]}
 
 

@@ -10,8 +10,6 @@ import secrets
 import time
 
 import pytest
-
-from app.main import create_app
 from conftest import make_settings
 from support import (
     PASSWORD,
@@ -22,6 +20,8 @@ from support import (
     pkce,
     registered_flow,
 )
+
+from app.main import create_app
 
 pytestmark = pytest.mark.anyio
 
@@ -47,7 +47,9 @@ def token_request(client, client_id: str):
     return client.post("/token", data={"grant_type": "refresh_token", "refresh_token": "ostrt_nope", "client_id": client_id})
 
 
-@pytest.mark.parametrize("settings_overrides", [{"rate_limit_exempt": [], "token_rate_per_ip": "3/minute", "token_rate_per_client": "100/minute"}])
+@pytest.mark.parametrize(
+    "settings_overrides", [{"rate_limit_exempt": [], "token_rate_per_ip": "3/minute", "token_rate_per_client": "100/minute"}]
+)
 async def test_token_endpoint_per_ip(client, new_client, runtime):
     reg = await registered_flow(client, runtime)
     for _ in range(3):
@@ -57,7 +59,9 @@ async def test_token_endpoint_per_ip(client, new_client, runtime):
     assert (await token_request(other, reg["client_id"])).status_code == 400
 
 
-@pytest.mark.parametrize("settings_overrides", [{"rate_limit_exempt": [], "token_rate_per_ip": "100/minute", "token_rate_per_client": "2/minute"}])
+@pytest.mark.parametrize(
+    "settings_overrides", [{"rate_limit_exempt": [], "token_rate_per_ip": "100/minute", "token_rate_per_client": "2/minute"}]
+)
 async def test_token_endpoint_per_client_and_address(client, new_client, runtime):
     """Per client_id and address: a metadata-document client_id shared by many users' installs
     must not let one of them throttle the others."""
@@ -92,7 +96,9 @@ async def test_login_per_ip(client, runtime):
     assert_429_page(await login(client, "bob", PASSWORD))
 
 
-@pytest.mark.parametrize("settings_overrides", [{"login_failures_per_user": "2/second;3/minute", "login_rate_per_ip": "1000/minute"}])
+@pytest.mark.parametrize(
+    "settings_overrides", [{"login_failures_per_user": "2/second;3/minute", "login_rate_per_ip": "1000/minute"}]
+)
 async def test_sign_in_failures_per_username_wait_longer_in_tiers_then_lock(client, new_client, runtime):
     """Progressive delay: two failures cost a second's wait, a third within the minute locks the
     account for up to a minute. Even the right password is refused while locked; another account
@@ -176,7 +182,9 @@ async def test_limits_are_shared_by_replicas_through_redis(redis_url, settings, 
     import httpx
 
     overrides = dict(redis_url=redis_url, registration_rate_per_ip="3/minute")
-    replicas = [create_app(make_settings(settings.database_url.get_secret_value(), **overrides), run_jobs=False) for _ in range(2)]
+    replicas = [
+        create_app(make_settings(settings.database_url.get_secret_value(), **overrides), run_jobs=False) for _ in range(2)
+    ]
     address = f"198.18.{secrets.randbelow(250)}.{secrets.randbelow(250) + 1}"  # fresh counters per run
     try:
         clients = [
@@ -199,7 +207,10 @@ async def test_a_limiter_outage_lets_requests_through(settings, caplog):
     import httpx
 
     broken = make_settings(
-        settings.database_url.get_secret_value(), redis_url="redis://127.0.0.1:1/0", registration_rate_per_ip="1/minute", rate_limit_exempt=[]
+        settings.database_url.get_secret_value(),
+        redis_url="redis://127.0.0.1:1/0",
+        registration_rate_per_ip="1/minute",
+        rate_limit_exempt=[],
     )
     app = create_app(broken, run_jobs=False)
     try:

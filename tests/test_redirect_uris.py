@@ -6,10 +6,10 @@ never a redirect: RFC 6749 4.1.2.1)."""
 from __future__ import annotations
 
 import pytest
-
-from app.oauth.redirect_uris import InvalidRedirectUri, matches, validate_registered
 from conftest import ISSUER
 from support import REDIRECT, authorize, authorize_params, exchange, pkce, query, register, registered_flow, signed_in_flow
+
+from app.oauth.redirect_uris import InvalidRedirectUri, matches, validate_registered
 
 pytestmark = pytest.mark.anyio
 
@@ -82,7 +82,9 @@ def test_registration_refuses(uri):
     [
         # OAuth 2.1 4.1.1 / RFC 9700 4.1.3: exact string comparison
         pytest.param(["https://app.example.com/cb"], "https://app.example.com/cb", True, id="exact"),
-        pytest.param(["https://a.example/cb", "https://app.example.com/cb"], "https://app.example.com/cb", True, id="exact, second of two"),
+        pytest.param(
+            ["https://a.example/cb", "https://app.example.com/cb"], "https://app.example.com/cb", True, id="exact, second of two"
+        ),
         pytest.param([CURSOR], CURSOR, True, id="private-use scheme, exact"),
         pytest.param(["https://app.example.com/cb?x=1"], "https://app.example.com/cb?x=1", True, id="registered query, exact"),
         # OAuth 2.1 8.4.2 / RFC 8252 7.3: loopback, any port
@@ -90,7 +92,9 @@ def test_registration_refuses(uri):
         pytest.param(["http://127.0.0.1/cb"], "http://127.0.0.1:51234/cb", True, id="loopback registered without port"),
         pytest.param(["http://127.0.0.1:3000/cb"], "http://127.0.0.1/cb", True, id="loopback requested without port"),
         pytest.param(["http://[::1]:3000/cb"], "http://[::1]:40000/cb", True, id="loopback [::1] other port"),
-        pytest.param(["http://localhost:6274/oauth/callback"], "http://localhost:9999/oauth/callback", True, id="localhost other port"),
+        pytest.param(
+            ["http://localhost:6274/oauth/callback"], "http://localhost:9999/oauth/callback", True, id="localhost other port"
+        ),
         # ... but only the port
         pytest.param(["http://localhost:3000/cb"], "http://127.0.0.1:3000/cb", False, id="localhost is not 127.0.0.1"),
         pytest.param(["http://127.0.0.1:3000/cb"], "http://localhost:3000/cb", False, id="127.0.0.1 is not localhost"),
@@ -133,7 +137,9 @@ def test_registration_refuses(uri):
         pytest.param(["https://app.example.com/cb"], "https://evil@app.example.com/cb", False, id="userinfo"),
         pytest.param(["http://127.0.0.1:3000/cb"], "http://evil@127.0.0.1:4000/cb", False, id="loopback userinfo"),
         pytest.param(["http://127.0.0.1:3000/cb"], "http://a:b@127.0.0.1:3000/cb", False, id="loopback userinfo same port"),
-        pytest.param(["http://127.0.0.1:3000/cb"], "http://127.0.0.1:4000@evil.example/cb", False, id="loopback-looking userinfo"),
+        pytest.param(
+            ["http://127.0.0.1:3000/cb"], "http://127.0.0.1:4000@evil.example/cb", False, id="loopback-looking userinfo"
+        ),
         # dangerous schemes, wildcards, http non-loopback
         pytest.param(["https://app.example.com/cb"], "javascript:alert(1)", False, id="javascript:"),
         pytest.param(["https://app.example.com/cb"], "data:text/html,x", False, id="data:"),
@@ -141,7 +147,9 @@ def test_registration_refuses(uri):
         pytest.param(["https://*.example.com/cb"], "https://app.example.com/cb", False, id="no wildcard expansion (host)"),
         pytest.param(["https://app.example.com/*"], "https://app.example.com/cb", False, id="no wildcard expansion (path)"),
         pytest.param(["https://app.example.com/cb"], "http://app.example.com/cb", False, id="http non-loopback vs https"),
-        pytest.param(["http://app.example.com/cb"], "http://app.example.com:8080/cb", False, id="http non-loopback: no port freedom"),
+        pytest.param(
+            ["http://app.example.com/cb"], "http://app.example.com:8080/cb", False, id="http non-loopback: no port freedom"
+        ),
         pytest.param(["http://127.0.0.1:3000/cb"], "http://127.0.0.1:notaport/cb", False, id="loopback bad port"),
         pytest.param([], "https://app.example.com/cb", False, id="nothing registered"),
         pytest.param([CURSOR], "cursor://anysphere.cursor-mcp/oauth/callback2", False, id="private-use other path"),

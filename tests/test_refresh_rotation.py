@@ -13,9 +13,6 @@ import time
 import httpx
 import pytest
 from sqlalchemy import select, text
-
-from app.main import create_app
-from app.models import RefreshToken
 from support import (
     admin_client,
     audit_events,
@@ -27,6 +24,9 @@ from support import (
     tokens_for,
     verify_jwt,
 )
+
+from app.main import create_app
+from app.models import RefreshToken
 
 pytestmark = pytest.mark.anyio
 

@@ -11,9 +11,9 @@ import time
 import httpx
 import pytest
 from sqlalchemy import text
+from support import REDIRECT, audit_events, database_text, run_ostiary
 
 from app.main import create_app
-from support import REDIRECT, audit_events, database_text, run_ostiary
 
 pytestmark = pytest.mark.anyio
 
@@ -115,7 +115,9 @@ async def test_refused_registration_does_not_spend_the_token(client, clean_db):
     """A registration refused for its metadata (400) does not use up the initial access token:
     the client can fix its request and retry with the same one-use token (the CLI default)."""
     token = initial_token(clean_db)
-    bad = await client.post("/register", json={**BODY, "redirect_uris": ["http://evil.example/cb"]}, headers={"Authorization": f"Bearer {token}"})
+    bad = await client.post(
+        "/register", json={**BODY, "redirect_uris": ["http://evil.example/cb"]}, headers={"Authorization": f"Bearer {token}"}
+    )
     assert bad.status_code == 400, bad.text
     good = await register_with(client, token)
     assert good.status_code == 201, good.text
@@ -172,7 +174,10 @@ def assert_rate_limited(response) -> None:
     assert body["error"] == "temporarily_unavailable" and body["error_description"]
 
 
-@pytest.mark.parametrize("settings_overrides", [pytest.param({"registration_rate_per_ip": "3/minute", "rate_limit_exempt": []}, id="3 per minute per IP")])
+@pytest.mark.parametrize(
+    "settings_overrides",
+    [pytest.param({"registration_rate_per_ip": "3/minute", "rate_limit_exempt": []}, id="3 per minute per IP")],
+)
 async def test_per_ip_registration_rate_limit(client, new_client, runtime):
     """Per-IP limit: the fourth registration within the minute from one address gets 429 with
     Retry-After and an OAuth error body; another address is unaffected; X-Forwarded-For from an

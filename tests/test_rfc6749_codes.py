@@ -6,10 +6,8 @@ authorization redirect, and client authentication at /token."""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import text
-
-from app.db import Base
 from conftest import ISSUER
+from sqlalchemy import text
 from support import (
     REDIRECT,
     admin_client,
@@ -27,6 +25,8 @@ from support import (
     signed_in_flow,
     tokens_for,
 )
+
+from app.db import Base
 
 pytestmark = pytest.mark.anyio
 
@@ -173,13 +173,9 @@ async def test_codes_and_tokens_are_stored_only_as_hashes(client, runtime):
     reg = await signed_in_flow(client, runtime, token_endpoint_auth_method="client_secret_post")
     code, verifier, _ = await obtain_code(client, reg["client_id"])
     assert len(code.removeprefix("ostac_")) >= 43  # 256 bits, base64url
-    response = await exchange(
-        client, reg["client_id"], code, verifier, client_secret=reg["client_secret"]
-    )
+    response = await exchange(client, reg["client_id"], code, verifier, client_secret=reg["client_secret"])
     tokens = response.json()
-    rotated = (
-        await refresh(client, reg["client_id"], tokens["refresh_token"], client_secret=reg["client_secret"])
-    ).json()
+    rotated = (await refresh(client, reg["client_id"], tokens["refresh_token"], client_secret=reg["client_secret"])).json()
     secrets = {
         "code": code,
         "refresh token": tokens["refresh_token"],

@@ -8,12 +8,10 @@ registered one only its own (RFC 7662 4)."""
 from __future__ import annotations
 
 import pytest
+from conftest import ISSUER
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 from sqlalchemy import text
-
-from app.db import now
-from conftest import ISSUER
 from support import (
     RESOURCE,
     admin_client,
@@ -25,6 +23,8 @@ from support import (
     tokens_for,
     verify_jwt,
 )
+
+from app.db import now
 
 pytestmark = pytest.mark.anyio
 
@@ -39,7 +39,9 @@ async def revoke(client, token: str, client_id: str, secret: str | None = None, 
 # -- revocation (RFC 7009) ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("hint", [None, "refresh_token", "access_token"], ids=["no hint", "right hint", "wrong hint (RFC 7009 2.1)"])
+@pytest.mark.parametrize(
+    "hint", [None, "refresh_token", "access_token"], ids=["no hint", "right hint", "wrong hint (RFC 7009 2.1)"]
+)
 async def test_revoking_a_refresh_token_revokes_the_family(client, runtime, hint):
     """RFC 7009 2.1 / 2.2: the refresh token, its family (OAuth 2.1 4.3.1) and the access tokens
     issued with it are revoked; the response is 200."""

@@ -6,10 +6,8 @@ any other token gets 401 with a Bearer challenge (RFC 7592 §2, RFC 6750 §3.1).
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select
-
-from app.models import Client
 from conftest import ISSUER
+from sqlalchemy import select
 from support import (
     REDIRECT,
     audit_events,
@@ -22,6 +20,8 @@ from support import (
     signed_in_flow,
     tokens_for,
 )
+
+from app.models import Client
 
 pytestmark = pytest.mark.anyio
 
@@ -81,7 +81,15 @@ async def test_read_returns_the_registered_metadata(client):
     assert response.status_code == 200, response.text
     assert response.headers["cache-control"] == "no-store"
     body = response.json()
-    for field in ("client_id", "client_name", "redirect_uris", "grant_types", "token_endpoint_auth_method", "software_id", "logo_uri"):
+    for field in (
+        "client_id",
+        "client_name",
+        "redirect_uris",
+        "grant_types",
+        "token_endpoint_auth_method",
+        "software_id",
+        "logo_uri",
+    ):
         assert body[field] == reg[field], field
     assert body["client_id_issued_at"] == reg["client_id_issued_at"]
     assert body["registration_client_uri"] == reg["registration_client_uri"]
@@ -96,7 +104,9 @@ async def test_update_replaces_redirect_uris(client, runtime):
     reg = await signed_in_flow(client, runtime)
     new_redirect = "http://127.0.0.1:7777/new-callback"
     response = await client.put(
-        reg["registration_client_uri"], json=update_body(reg, redirect_uris=[new_redirect], client_name="Renamed"), headers=auth(reg)
+        reg["registration_client_uri"],
+        json=update_body(reg, redirect_uris=[new_redirect], client_name="Renamed"),
+        headers=auth(reg),
     )
     assert response.status_code == 200, response.text
     body = response.json()
@@ -117,14 +127,22 @@ async def test_update_replaces_redirect_uris(client, runtime):
 @pytest.mark.parametrize(
     ("changes", "error"),
     [
-        pytest.param({"redirect_uris": ["http://app.example.com/cb"]}, "invalid_redirect_uri", id="http non-loopback redirect (RFC 7591 3.2.2)"),
+        pytest.param(
+            {"redirect_uris": ["http://app.example.com/cb"]},
+            "invalid_redirect_uri",
+            id="http non-loopback redirect (RFC 7591 3.2.2)",
+        ),
         pytest.param({"redirect_uris": ["https://app.example.com/cb#x"]}, "invalid_redirect_uri", id="fragment"),
         pytest.param({"redirect_uris": []}, "invalid_redirect_uri", id="no redirect URIs"),
         pytest.param({"grant_types": ["client_credentials"]}, "invalid_client_metadata", id="no authorization_code grant"),
-        pytest.param({"token_endpoint_auth_method": "client_secret_basic"}, "invalid_client_metadata", id="auth method cannot change"),
+        pytest.param(
+            {"token_endpoint_auth_method": "client_secret_basic"}, "invalid_client_metadata", id="auth method cannot change"
+        ),
         pytest.param({"client_id": None}, "invalid_request", id="missing client_id (RFC 7592 2.2)"),
         pytest.param({"client_id": "someone-else"}, "invalid_request", id="other client_id (RFC 7592 2.2)"),
-        pytest.param({"registration_access_token": "x"}, "invalid_request", id="registration_access_token in body (RFC 7592 2.2)"),
+        pytest.param(
+            {"registration_access_token": "x"}, "invalid_request", id="registration_access_token in body (RFC 7592 2.2)"
+        ),
         pytest.param({"registration_client_uri": "x"}, "invalid_request", id="registration_client_uri in body (RFC 7592 2.2)"),
         pytest.param({"client_id_issued_at": 1}, "invalid_request", id="client_id_issued_at in body (RFC 7592 2.2)"),
     ],

@@ -8,7 +8,6 @@ client by redirect with `error`, `state` and `iss` (RFC 6749 4.1.2.1, RFC 9207 2
 from __future__ import annotations
 
 import pytest
-
 from conftest import ISSUER
 from support import (
     REDIRECT,

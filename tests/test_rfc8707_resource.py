@@ -5,9 +5,6 @@ of the RFC 9068 access token."""
 from __future__ import annotations
 
 import pytest
-
-from app.oauth.resource_indicators import InvalidResource, canonical_resource
-from app.stores import users as users_store
 from conftest import ISSUER
 from support import (
     RESOURCE,
@@ -26,6 +23,9 @@ from support import (
     tokens_for,
     verify_jwt,
 )
+
+from app.oauth.resource_indicators import InvalidResource, canonical_resource
+from app.stores import users as users_store
 
 pytestmark = pytest.mark.anyio
 

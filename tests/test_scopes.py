@@ -6,9 +6,6 @@ subset (id_token with `openid`, /userinfo)."""
 from __future__ import annotations
 
 import pytest
-
-from app.oauth.scopes import InvalidScope, resolve
-from app.stores import users as users_store
 from conftest import ISSUER
 from support import (
     authorize_params,
@@ -20,6 +17,9 @@ from support import (
     tokens_for,
     verify_jwt,
 )
+
+from app.oauth.scopes import InvalidScope, resolve
+from app.stores import users as users_store
 
 pytestmark = pytest.mark.anyio
 

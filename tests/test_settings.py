@@ -10,9 +10,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT, TEST_SECRET
 
 from app.settings import MAX_ACCESS_TOKEN_TTL, SettingsError, load_settings
-from conftest import ROOT, TEST_SECRET
 
 OTHER_SECRET = "another-secret-key-fedcba9876543210fedcba9876543210"
 
@@ -163,7 +163,10 @@ def test_keyring_order_first_encrypts_all_decrypt(monkeypatch):
 
 @pytest.mark.parametrize(
     "content",
-    [pytest.param(f"{OTHER_SECRET}\n{TEST_SECRET}\n", id="one per line"), pytest.param(f"{OTHER_SECRET},{TEST_SECRET}", id="comma separated")],
+    [
+        pytest.param(f"{OTHER_SECRET}\n{TEST_SECRET}\n", id="one per line"),
+        pytest.param(f"{OTHER_SECRET},{TEST_SECRET}", id="comma separated"),
+    ],
 )
 def test_secret_keys_file_read(monkeypatch, tmp_path, content):
     path = tmp_path / "keys"

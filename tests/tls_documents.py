@@ -34,7 +34,7 @@ def make_test_ca(directory: Path) -> CertificateAuthority:
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Ostiary test CA")])
     ca_cert = (
@@ -48,8 +48,15 @@ def make_test_ca(directory: Path) -> CertificateAuthority:
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )  # fmt: skip
@@ -126,7 +133,7 @@ class DocumentServer(ThreadingHTTPServer):
 class _DocumentHandler(BaseHTTPRequestHandler):
     server: DocumentServer
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         self.server.requests.append(self.path)
         doc = self.server.documents.get(self.path)
         body = json.dumps(doc).encode() if doc is not None else b'{"error": "not found"}'

@@ -87,7 +87,11 @@ def new_password_link(db: Session, runtime: Runtime, user: User, *, actor: User)
     password_links.replace(
         db,
         PasswordSetupToken(
-            token_hash=runtime.keyring.hash(token), user_id=user.id, created_by=actor.id, created_at=t, expires_at=t + PASSWORD_LINK_TTL
+            token_hash=runtime.keyring.hash(token),
+            user_id=user.id,
+            created_by=actor.id,
+            created_at=t,
+            expires_at=t + PASSWORD_LINK_TTL,
         ),
     )
     audit.record(db, "user.password_link_created", user_id=user.id, username=user.username, actor_id=actor.id)
@@ -121,7 +125,9 @@ def set_admin(db: Session, user: User, is_admin: bool, *, actor: User) -> None:
     if not is_admin:
         _keeps_an_admin(db, user)
     store.set_admin(db, user.id, is_admin)
-    audit.record(db, "user.admin_granted" if is_admin else "user.admin_removed", user_id=user.id, username=user.username, actor_id=actor.id)
+    audit.record(
+        db, "user.admin_granted" if is_admin else "user.admin_removed", user_id=user.id, username=user.username, actor_id=actor.id
+    )
 
 
 def set_groups(db: Session, user: User, groups: list[str], *, actor: User) -> None:
@@ -130,4 +136,6 @@ def set_groups(db: Session, user: User, groups: list[str], *, actor: User) -> No
     if groups == before:
         return
     store.set_groups(db, user.id, groups)
-    audit.record(db, "user.groups_changed", user_id=user.id, username=user.username, actor_id=actor.id, groups=groups, before=before)
+    audit.record(
+        db, "user.groups_changed", user_id=user.id, username=user.username, actor_id=actor.id, groups=groups, before=before
+    )

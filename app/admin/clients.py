@@ -22,7 +22,9 @@ KINDS = {KIND_DYNAMIC: "dynamic", KIND_METADATA_DOCUMENT: "metadata document", K
 
 
 @router.get("/admin/clients")
-def clients_page(browser: AdminDep, db: DbDep, kind: str = "", unused: str = "", q: str = "", page: str | None = None, done: str = ""):
+def clients_page(
+    browser: AdminDep, db: DbDep, kind: str = "", unused: str = "", q: str = "", page: str | None = None, done: str = ""
+):
     kind = kind if kind in KINDS else ""
     # "dynamic, never used": what registration hygiene would prune next.
     never_used = unused == "1"
@@ -70,7 +72,11 @@ def delete(browser: AdminDep, db: DbDep, form: FormDep):
             title=f"Delete client {client.name}?",
             message="Its consents, codes and refresh tokens are deleted and its access tokens are reported inactive. "
             + ("It can register again. " if client.kind == KIND_DYNAMIC else "")
-            + ("Its metadata document would be fetched again if it is used again." if client.kind == KIND_METADATA_DOCUMENT else ""),
+            + (
+                "Its metadata document would be fetched again if it is used again."
+                if client.kind == KIND_METADATA_DOCUMENT
+                else ""
+            ),
             action="/admin/clients/delete",
             fields={"client_id": client.id},
             back="/admin/clients/detail?id=" + quote(client.id, safe=""),

@@ -37,7 +37,7 @@ class ResourceForm:
     token_ttl: str = ""
     rows: list[ScopeRow] = field(default_factory=list)
 
-    def with_empty_rows(self) -> "ResourceForm":
+    def with_empty_rows(self) -> ResourceForm:
         filled = [r for r in self.rows if r.name or r.description]
         self.rows = filled + [ScopeRow() for _ in range(max(0, min(EMPTY_ROWS, MAX_ROWS - len(filled))))]
         return self
@@ -77,7 +77,9 @@ def validate(f: ResourceForm) -> dict:
     ttl = None
     if f.token_ttl:
         if not f.token_ttl.isdigit() or not MIN_TTL <= int(f.token_ttl) <= MAX_ACCESS_TOKEN_TTL:
-            raise Refused(f"Token lifetime: a number of seconds from {MIN_TTL} to {MAX_ACCESS_TOKEN_TTL}, or empty for the default.")
+            raise Refused(
+                f"Token lifetime: a number of seconds from {MIN_TTL} to {MAX_ACCESS_TOKEN_TTL}, or empty for the default."
+            )
         ttl = int(f.token_ttl)
     scopes = []
     for row in f.rows:

@@ -55,7 +55,14 @@ def create(browser: AdminDep, db: DbDep, runtime: RuntimeDep, form: FormDep):
         db.rollback()
         values.pop("password")
         return browser.render(
-            "admin/users.html", 400, section="users", users=store.all_users(db, limit=50), q="", pager=None, form=values, error=str(exc)
+            "admin/users.html",
+            400,
+            section="users",
+            users=store.all_users(db, limit=50),
+            q="",
+            pager=None,
+            form=values,
+            error=str(exc),
         )
     db.commit()
     if link:  # shown once: only its HMAC is stored

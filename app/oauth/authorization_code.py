@@ -249,7 +249,13 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             body["refresh_token"] = raw
         touch_usage(db, client.row, code.grant_id)
         audit.record(
-            db, "token.issued", user_id=user.id, client_id=client.client_id, resource=resource.uri, grant_type="authorization_code", jti=jti
+            db,
+            "token.issued",
+            user_id=user.id,
+            client_id=client.client_id,
+            resource=resource.uri,
+            grant_type="authorization_code",
+            jti=jti,
         )
         return 200, body, self.TOKEN_RESPONSE_HEADER
 

@@ -63,7 +63,9 @@ class Catalogue:
     def _info(self, row) -> ResourceInfo:
         ttl = min(row.token_ttl or self._settings.access_token_ttl, 3600)
         scopes = {
-            s.name: ScopeInfo(s.name, s.description, s.is_default, tuple(s.allowed_groups) if s.allowed_groups is not None else None)
+            s.name: ScopeInfo(
+                s.name, s.description, s.is_default, tuple(s.allowed_groups) if s.allowed_groups is not None else None
+            )
             for s in row.scopes
         }
         return ResourceInfo(row.id, row.uri, row.name, ttl, scopes)

@@ -131,7 +131,13 @@ def validate_document(client_id: str, body: bytes) -> dict:
     grant_types = [g for g in PUBLIC_GRANT_TYPES if g in grant_types]
     if "authorization_code" not in grant_types:
         raise InvalidDocument("the document must allow the authorization_code grant")
-    return {**doc, "redirect_uris": uris, "token_endpoint_auth_method": "none", "grant_types": grant_types, "client_name": name.strip()}
+    return {
+        **doc,
+        "redirect_uris": uris,
+        "token_endpoint_auth_method": "none",
+        "grant_types": grant_types,
+        "client_name": name.strip(),
+    }
 
 
 class MetadataDocuments:
@@ -164,7 +170,9 @@ class MetadataDocuments:
             log.info("client metadata document %s refused: %s", client_id, exc)
             audit.record(db, "client.metadata_refused", client_id=client_id, reason=str(exc)[:200])
             db.commit()
-            raise InvalidClientError(description=safe_description(f"The app's metadata document could not be used: {exc}.")) from None
+            raise InvalidClientError(
+                description=safe_description(f"The app's metadata document could not be used: {exc}.")
+            ) from None
         expires = now() + cache_lifetime(fetched.headers, self._settings)
         fields = dict(
             kind=KIND_METADATA_DOCUMENT,
@@ -195,4 +203,3 @@ class MetadataDocuments:
             audit.record(db, "client.metadata_fetched", client_id=client_id, client_name=row.name, first=False)
         db.commit()
         return row
-

@@ -6,10 +6,11 @@ authlib's CodeChallenge(required=True) still accepts a missing challenge at /aut
 
 from __future__ import annotations
 
+import re
+
 from authlib.oauth2.rfc6749 import InvalidGrantError, InvalidRequestError
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oauth2.rfc7636.challenge import CODE_VERIFIER_PATTERN, compare_s256_code_challenge
-import re
 
 # RFC 7636 §4.2: BASE64URL(SHA256(verifier)) is always 43 characters.
 S256_CHALLENGE = re.compile(r"^[A-Za-z0-9_-]{43}$")

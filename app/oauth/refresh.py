@@ -117,9 +117,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
             if store.claim_refresh(db, row.id, t, tokens.seal_response(runtime, body, exp, row.id)):
                 store.add_refresh(db, successor)
                 touch_usage(db, client.row, row.grant_id)
-                audit.record(
-                    db, "token.refreshed", user_id=user.id, client_id=client.client_id, resource=resource.uri, jti=jti
-                )
+                audit.record(db, "token.refreshed", user_id=user.id, client_id=client.client_id, resource=resource.uri, jti=jti)
                 return 200, body, self.TOKEN_RESPONSE_HEADER
             row = store.get_refresh(db, row.id)  # another request won the race: read what it did
 
@@ -159,9 +157,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
     def _permitted(self, user, resource: ResourceInfo, scope: list[str]) -> list[str]:
         """Access policy: never return a scope the user may no longer have (groups change) or
         that the MCP server no longer declares."""
-        allowed = [
-            s for s in scope if s in PROTOCOL_SCOPES or (s in resource.scopes and resource.scopes[s].permits(user.groups))
-        ]
+        allowed = [s for s in scope if s in PROTOCOL_SCOPES or (s in resource.scopes and resource.scopes[s].permits(user.groups))]
         if scope and not [s for s in allowed if s not in PROTOCOL_SCOPES] and [s for s in scope if s not in PROTOCOL_SCOPES]:
             raise InvalidGrantError("The user may no longer use any scope of this grant.")
         return allowed

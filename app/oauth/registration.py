@@ -11,15 +11,15 @@ from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit
 
 from authlib.oauth2.rfc6749 import AccessDeniedError
+from authlib.oauth2.rfc6750 import InvalidTokenError
 from authlib.oauth2.rfc7591 import ClientRegistrationEndpoint, InvalidClientMetadataError
 from authlib.oauth2.rfc7591.errors import InvalidRedirectURIError
 from authlib.oauth2.rfc7592 import ClientConfigurationEndpoint as _ClientConfigurationEndpoint
-from authlib.oauth2.rfc6750 import InvalidTokenError
 
 from app import audit
+from app.db import now
 from app.models import Client
 from app.models.client import KIND_DYNAMIC
-from app.db import now
 from app.oauth.clients import SECRET_PREFIX, OAuthClient, delete_client, new_client_id
 from app.oauth.redirect_uris import InvalidRedirectUri, is_loopback_redirect, validate_registered
 from app.oauth.scopes import InvalidScope, parse
@@ -101,7 +101,9 @@ def client_metadata(data: dict) -> dict:
     app_type = meta.get("application_type")
     if app_type is None:
         # Quirk: MCP SDKs often omit it; a client whose redirects are all loopback is a native app.
-        app_type = "native" if all(is_loopback_redirect(u) or not u.startswith("https://") for u in meta["redirect_uris"]) else "web"
+        app_type = (
+            "native" if all(is_loopback_redirect(u) or not u.startswith("https://") for u in meta["redirect_uris"]) else "web"
+        )
     elif app_type not in ("web", "native"):
         raise _bad("'application_type' must be 'web' or 'native'.")
     elif app_type == "web" and any(not u.startswith(("https://", "http://")) for u in meta["redirect_uris"]):
@@ -109,7 +111,6 @@ def client_metadata(data: dict) -> dict:
         raise InvalidRedirectURIError("A web client's redirect URIs must be https (private-use schemes are for native apps).")
     meta["application_type"] = app_type
     return meta
-
 
 
 REGISTRATION_TOKEN_PREFIX = "ostrat_"

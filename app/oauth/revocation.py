@@ -74,7 +74,22 @@ class RevocationEndpoint(_RevocationEndpoint):
         db = current_db()
         if isinstance(token, RefreshHandle):
             count = tokens.revoke_family(db, token.row.family_id, "revoked")
-            audit.record(db, "token.revoked", client_id=token.row.client_id, user_id=token.row.user_id, kind="refresh_token", family=token.row.family_id, access_tokens=count)
+            audit.record(
+                db,
+                "token.revoked",
+                client_id=token.row.client_id,
+                user_id=token.row.user_id,
+                kind="refresh_token",
+                family=token.row.family_id,
+                access_tokens=count,
+            )
         else:
             store.revoke_access_tokens(db, [(token.claims["jti"], token.claims["exp"])], now(), "revoked")
-            audit.record(db, "token.revoked", client_id=token.claims.get("client_id"), user_id=token.claims.get("sub"), kind="access_token", jti=token.claims["jti"])
+            audit.record(
+                db,
+                "token.revoked",
+                client_id=token.claims.get("client_id"),
+                user_id=token.claims.get("sub"),
+                kind="access_token",
+                jti=token.claims["jti"],
+            )

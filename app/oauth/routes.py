@@ -29,8 +29,11 @@ def is_public_path(prefix: str):
     exact = {prefix + p for p in PUBLIC_PATHS}
 
     def check(path: str) -> bool:
-        return path.startswith("/.well-known/") or path in exact or path.startswith(prefix + "/register/") or (
-            bool(prefix) and path.startswith(prefix + "/.well-known/")
+        return (
+            path.startswith("/.well-known/")
+            or path in exact
+            or path.startswith(prefix + "/register/")
+            or (bool(prefix) and path.startswith(prefix + "/.well-known/"))
         )
 
     return check
@@ -39,8 +42,6 @@ def is_public_path(prefix: str):
 def _metadata(request: Request) -> Response:
     body = request.app.state.runtime.extras["metadata"].body()
     return Response(body, media_type="application/json", headers={"Cache-Control": "public, max-age=300"})
-
-
 
 
 @well_known_router.get("/.well-known/oauth-authorization-server{path:path}", include_in_schema=False)
@@ -106,7 +107,11 @@ def token(request: Request, runtime: RuntimeDep, db: DbDep, form: FormDep):
     limited = rate_limited(runtime, request, settings.token_rate_per_ip, "token-ip") or rate_limited(
         # Per client_id *and* address: a metadata-document client_id (VS Code's) is shared by
         # every user of that client, who must not throttle each other.
-        runtime, request, settings.token_rate_per_client, "token-client", f"{_token_client_id(request, form)} {client_ip(request)}"
+        runtime,
+        request,
+        settings.token_rate_per_client,
+        "token-client",
+        f"{_token_client_id(request, form)} {client_ip(request)}",
     )
     if limited is not None:
         return limited
@@ -228,9 +233,7 @@ def userinfo(request: Request, runtime: RuntimeDep, db: DbDep):
     user = users_store.get(db, claims["sub"])
     if user is None or user.disabled:
         return _bearer_error(401, "invalid_token", "The user of this token cannot sign in.")
-    return Response(
-        dumps({"sub": user.id, "preferred_username": user.username}), media_type="application/json", headers=NO_STORE
-    )
+    return Response(dumps({"sub": user.id, "preferred_username": user.username}), media_type="application/json", headers=NO_STORE)
 
 
 def _bearer_error(status: int, error: str, description: str) -> Response:

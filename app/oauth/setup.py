@@ -5,7 +5,6 @@ from __future__ import annotations
 import httpx
 
 from app import audit
-
 from app.fetch import Fetcher, guarded_transport
 from app.oauth.authorization_code import AuthorizationCodeGrant
 from app.oauth.catalogue import Catalogue

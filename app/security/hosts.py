@@ -124,4 +124,4 @@ def network_check(networks: list[str]):
     return lambda address: bool(address) and _in_networks(address, parsed)
 
 
-__all__ = ["HostPolicy", "ProxyPolicy", "network_check", "is_loopback_host", "split_host"]
+__all__ = ["HostPolicy", "ProxyPolicy", "is_loopback_host", "network_check", "split_host"]

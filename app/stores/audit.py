@@ -75,9 +75,5 @@ def count_since(db: Session, events: tuple[str, ...], since: int, *, user_id: st
 def daily_counts(db: Session, events: tuple[str, ...], since: int) -> dict[int, int]:
     """{day number (epoch seconds // 86400): count} of these events since `since`."""
     day = (AuditEvent.at // literal_column(str(DAY))).label("day")  # integer division on both databases
-    query = (
-        select(day, func.count())
-        .where(AuditEvent.event.in_(events), AuditEvent.at >= since)
-        .group_by(day)
-    )
+    query = select(day, func.count()).where(AuditEvent.event.in_(events), AuditEvent.at >= since).group_by(day)
     return {int(d): n for d, n in db.execute(query)}

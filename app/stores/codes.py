@@ -10,7 +10,9 @@ def add(db: Session, code: AuthorizationCode) -> None:
     db.add(code)
 
 
-def consume(db: Session, hashes: list[str], client_id: str, at: int, access_jti: str, access_expires_at: int) -> AuthorizationCode | None:
+def consume(
+    db: Session, hashes: list[str], client_id: str, at: int, access_jti: str, access_expires_at: int
+) -> AuthorizationCode | None:
     """Mark the code used and return it, in one conditional UPDATE: of two concurrent
     redemptions exactly one gets the row (RFC 6749 §4.1.2: "MUST NOT be used more than once")."""
     result = db.execute(

@@ -54,7 +54,9 @@ def touch(db: Session, grant_id: int, at: int, every: int = 300) -> None:
     statement: it runs on every token request)."""
     c = Grant.__table__.c
     db.execute(
-        update(Grant.__table__).where(c.id == grant_id, or_(c.last_used_at.is_(None), c.last_used_at < at - every)).values(last_used_at=at)
+        update(Grant.__table__)
+        .where(c.id == grant_id, or_(c.last_used_at.is_(None), c.last_used_at < at - every))
+        .values(last_used_at=at)
     )
 
 

@@ -31,8 +31,6 @@ def claim(db: Session, name: str, interval: int) -> bool:
     _ensure_row(db, name)
     t = now()
     result = db.execute(
-        update(JobRun)
-        .where(JobRun.name == name, JobRun.last_run_at <= t - interval)
-        .values(last_run_at=t, last_run_by=WHO)
+        update(JobRun).where(JobRun.name == name, JobRun.last_run_at <= t - interval).values(last_run_at=t, last_run_by=WHO)
     )
     return result.rowcount == 1

@@ -5,7 +5,6 @@ from sqlalchemy.orm import Session
 
 from app.models.key import ACTIVE, NEXT, RETIRED, SigningKey
 
-
 # Rotation reads again after taking the lock: populate_existing makes those reads see what
 # another replica committed meanwhile instead of this session's cached objects.
 _FRESH = {"populate_existing": True}
@@ -22,9 +21,7 @@ def by_state(db: Session, state: str) -> list[SigningKey]:
 
 def published(db: Session) -> list[SigningKey]:
     return list(
-        db.scalars(
-            select(SigningKey).where(SigningKey.state.in_((NEXT, ACTIVE, RETIRED))).order_by(SigningKey.created_at)
-        )
+        db.scalars(select(SigningKey).where(SigningKey.state.in_((NEXT, ACTIVE, RETIRED))).order_by(SigningKey.created_at))
     )
 
 
@@ -35,9 +32,7 @@ def add(db: Session, key: SigningKey) -> SigningKey:
 
 
 def delete_retired_before(db: Session, retired_before: int) -> list[str]:
-    doomed = list(
-        db.scalars(select(SigningKey.kid).where(SigningKey.state == RETIRED, SigningKey.retired_at < retired_before))
-    )
+    doomed = list(db.scalars(select(SigningKey.kid).where(SigningKey.state == RETIRED, SigningKey.retired_at < retired_before)))
     if doomed:
         db.execute(delete(SigningKey).where(SigningKey.kid.in_(doomed)))
     return doomed

@@ -24,9 +24,7 @@ def find(db: Session, hashes: list[str], at: int) -> PasswordSetupToken | None:
 
 def take(db: Session, row: PasswordSetupToken, at: int) -> bool:
     result = db.execute(
-        delete(PasswordSetupToken).where(
-            PasswordSetupToken.token_hash == row.token_hash, PasswordSetupToken.expires_at > at
-        )
+        delete(PasswordSetupToken).where(PasswordSetupToken.token_hash == row.token_hash, PasswordSetupToken.expires_at > at)
     )
     return result.rowcount == 1
 

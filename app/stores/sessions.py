@@ -27,9 +27,7 @@ def remove_for_user(db: Session, user_id: str) -> int:
 
 
 def promote(db: Session, id_hash: str, amr: list[str], at: int) -> None:
-    db.execute(
-        update(BrowserSession).where(BrowserSession.id_hash == id_hash).values(status="active", amr=amr, auth_time=at)
-    )
+    db.execute(update(BrowserSession).where(BrowserSession.id_hash == id_hash).values(status="active", amr=amr, auth_time=at))
 
 
 def remove_others(db: Session, user_id: str, keep_id_hash: str) -> int:

@@ -31,7 +31,9 @@ def claim_refresh(db: Session, token_id: int, at: int, successor_enc: str) -> bo
     token exactly one wins (on PostgreSQL the others wait for its row lock, then match nothing)."""
     c = _REFRESH.c
     result = db.execute(
-        update(_REFRESH).where(c.id == token_id, c.used_at.is_(None), c.revoked_at.is_(None)).values(used_at=at, successor_enc=successor_enc)
+        update(_REFRESH)
+        .where(c.id == token_id, c.used_at.is_(None), c.revoked_at.is_(None))
+        .values(used_at=at, successor_enc=successor_enc)
     )
     return result.rowcount == 1
 

@@ -49,7 +49,9 @@ def _start(request: Request, browser: Browser, db, runtime, params: list[tuple[s
     if limited is not None:
         return limited
     server = runtime.extras["server"]
-    req = oauth_request(request.method, runtime.settings.issuer + "/authorize", request.headers, params, form=request.method == "POST")
+    req = oauth_request(
+        request.method, runtime.settings.issuer + "/authorize", request.headers, params, form=request.method == "POST"
+    )
     result = flow.validate(server, db, req)
     if isinstance(result, flow.Untrusted):
         return _error_page(browser, result.error)
@@ -126,7 +128,9 @@ def _resume(request: Request, browser: Browser, db, runtime, handle: str):
         return _login(browser, handle, force=force_login)
     resource = runtime.extras["catalogue"].by_id(row.resource_id)
     if resource is None:
-        return browser.render("error.html", 400, title="Resource removed", message="The MCP server of this request no longer exists.")
+        return browser.render(
+            "error.html", 400, title="Resource removed", message="The MCP server of this request no longer exists."
+        )
     params = flow.replay_params(row, resource.uri)
     req = oauth_request("GET", runtime.settings.issuer + "/authorize", request.headers, params, form=False)
     result = flow.validate(runtime.extras["server"], db, req)
@@ -163,7 +167,10 @@ def _render_consent(browser: Browser, db, grant, handle: str, status: int = 200,
     def describe(name: str) -> str:
         if name in resource.scopes:
             return resource.scopes[name].description
-        return {"openid": "Know who you are (your user id and username)", "offline_access": "Stay connected when you are not using the app"}.get(name, "")
+        return {
+            "openid": "Know who you are (your user id and username)",
+            "offline_access": "Stay connected when you are not using the app",
+        }.get(name, "")
 
     redirect_host = urlsplit(grant.redirect_uri).netloc or urlsplit(grant.redirect_uri).scheme + ":"
     client_host = urlsplit(client.id).netloc if client.kind == KIND_METADATA_DOCUMENT else None

@@ -70,9 +70,7 @@ class Browser:
 
     def csrf_ok(self, form) -> bool:
         submitted = form.get(csrf.FIELD) if form is not None else None
-        return not self.new_csrf_cookie and csrf.is_valid(
-            self.runtime.keyring, self.csrf_cookie, self.session_hash, submitted
-        )
+        return not self.new_csrf_cookie and csrf.is_valid(self.runtime.keyring, self.csrf_cookie, self.session_hash, submitted)
 
     # -- sign-in / sign-out ---------------------------------------------------------------
 
@@ -119,9 +117,7 @@ class Browser:
             if max_age == 0:
                 response.delete_cookie(name, path="/", secure=secure, httponly=True, samesite="lax")
             else:
-                response.set_cookie(
-                    name, value, max_age=max_age, path="/", secure=secure, httponly=True, samesite="lax"
-                )
+                response.set_cookie(name, value, max_age=max_age, path="/", secure=secure, httponly=True, samesite="lax")
         self.cookies_to_set.clear()
         return response
 

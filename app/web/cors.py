@@ -11,7 +11,7 @@ EXPOSE_HEADERS = b"WWW-Authenticate, Retry-After"
 
 
 class PublicCORSMiddleware:
-    def __init__(self, app, is_public: "callable"):
+    def __init__(self, app, is_public: callable):
         self.app = app
         self.is_public = is_public
 

@@ -57,7 +57,7 @@ def redis_problem() -> str | None:
         probe = redis.Redis.from_url(REDIS_SERVER + "/0", socket_timeout=2)
         probe.ping()
         probe.close()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return f"Redis at {REDIS_SERVER} is unreachable: {exc}"
     return None
 
@@ -195,9 +195,7 @@ def wait_ready(process: Process, port: int, timeout: float = 40.0) -> None:
 
 
 @contextmanager
-def replica_stack(
-    tmp_path: Path, *, together: bool = False, shared_limits: bool = False, **settings: str
-) -> Iterator[Replicas]:
+def replica_stack(tmp_path: Path, *, together: bool = False, shared_limits: bool = False, **settings: str) -> Iterator[Replicas]:
     """A throwaway PostgreSQL database, a Redis database of its own, replicas A and B, a user
     and a resource made with the real CLI. A migrates and creates the keys, then B starts on
     that; or, `together`, both start at the same moment on the empty database (`serve
@@ -275,7 +273,9 @@ async def register(http: httpx.AsyncClient, base: str, name: str = "Replica test
     return response.json()
 
 
-async def obtain_code(http: httpx.AsyncClient, client_id: str, *, authorize_at: str, sign_in_at: str | None = None) -> tuple[str, str]:
+async def obtain_code(
+    http: httpx.AsyncClient, client_id: str, *, authorize_at: str, sign_in_at: str | None = None
+) -> tuple[str, str]:
     """Run /authorize at one replica and, when asked to, sign in (CSRF form) and Allow on the
     consent page, following the pages at `sign_in_at` (default: the same replica). Returns
     (code, PKCE verifier)."""
@@ -375,18 +375,18 @@ __all__ = [
     "USERNAME",
     "Replica",
     "Replicas",
-    "exchange",
-    "obtain_code",
     "csrf_from",
+    "exchange",
+    "jwt_header",
+    "obtain_code",
     "pkce",
     "private_redis_db",
-    "redis_problem",
     "query",
+    "redis_problem",
     "refresh",
     "register",
     "replica_stack",
     "tokens_for",
     "verify_jwt",
-    "jwt_header",
     "wait_ready",
 ]

@@ -52,11 +52,13 @@ def throwaway_database(tmp_path: Path) -> Iterator[str]:
     from sqlalchemy.pool import NullPool
 
     name = f"ostiary_e2e_{os.getpid()}_{secrets.token_hex(3)}"
-    admin = create_engine("postgresql+psycopg://" + admin_url.split("://", 1)[1], isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    admin = create_engine(
+        "postgresql+psycopg://" + admin_url.split("://", 1)[1], isolation_level="AUTOCOMMIT", poolclass=NullPool
+    )
     try:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         admin.dispose()
         if os.environ.get("CI") == "true":
             pytest.fail(f"PostgreSQL at {admin_url} is unreachable in CI: {exc}")
@@ -71,7 +73,7 @@ def throwaway_database(tmp_path: Path) -> Iterator[str]:
                 with admin.connect() as conn:
                     conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
                 break
-            except Exception:  # noqa: BLE001
+            except Exception:
                 if attempt == 49:
                     raise
                 time.sleep(0.2)
@@ -89,7 +91,7 @@ class Process:
     log: Path
     proc: subprocess.Popen | None = field(default=None, repr=False)
 
-    def start(self) -> "Process":
+    def start(self) -> Process:
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
                 self.argv, env=self.env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT

@@ -170,9 +170,7 @@ async def sign_in_and_allow(browser, url: str, callback_url: str) -> dict[str, l
             await sign_in.click()
         allow = page.get_by_role("button", name="Allow")
         await allow.wait_for(timeout=10_000)
-        items = await page.locator("[data-scope]").evaluate_all(
-            "els => els.map(e => [e.dataset.scope, e.dataset.scopeStatus])"
-        )
+        items = await page.locator("[data-scope]").evaluate_all("els => els.map(e => [e.dataset.scope, e.dataset.scopeStatus])")
         await allow.click()
         await page.wait_for_url(lambda u: u.startswith(callback_url), timeout=10_000)
     finally:
@@ -222,6 +220,7 @@ async def test_sdk_client_discovers_registers_steps_up_refreshes_and_reuse_kills
                     redirect_handler=redirect_handler,
                     callback_handler=callback.next_result,
                 )
+
                 async def record(response: httpx2.Response) -> None:
                     if str(response.request.url) == stack.mcp_url and response.status_code in (401, 403):
                         challenges.append((response.status_code, response.headers.get("www-authenticate", "")))

@@ -175,7 +175,7 @@ def test_ts_sdk_mcp_2025_11_25_client_id_metadata_document(node, chromium, stack
     assert summary["access_token_claims"]["client_id"] == metadata_url
     assert not [e for e in summary["trace"] if e.get("url", "").endswith("/register")], "registered despite CIMD"
     # Ostiary fetched the document (once: cached for the consent step and /token).
-    assert stack.documents.requests[len(fetched_before):] == ["/ts-sdk-cimd/client.json"]
+    assert stack.documents.requests[len(fetched_before) :] == ["/ts-sdk-cimd/client.json"]
 
     # The consent page shows the client_id's host prominently, and warns that every redirect
     # URI is on this computer.

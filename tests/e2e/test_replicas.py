@@ -240,9 +240,7 @@ def test_scheduled_jobs_run_once_not_once_per_replica(pair: Replicas):
     for round_ in range(3):
         before = last_audit_id(pair)
         active = pair.scalar("SELECT kid FROM signing_keys WHERE state = 'active'")
-        pair.sql(
-            "UPDATE signing_keys SET activated_at = activated_at - :s WHERE state = 'active'", s=31 * 24 * 3600
-        )
+        pair.sql("UPDATE signing_keys SET activated_at = activated_at - :s WHERE state = 'active'", s=31 * 24 * 3600)
         assert poll(lambda: audit_count(pair, "key.activated", before) >= 1, timeout=10), f"no rotation in round {round_}"
         time.sleep(3.0)  # three more ticks of both loops
         assert audit_count(pair, "key.activated", before) == 1, f"round {round_}: rotated more than once"
@@ -255,7 +253,9 @@ def test_scheduled_jobs_run_once_not_once_per_replica(pair: Replicas):
     # Pruning: dynamically registered clients never used, registered long ago.
     async def make_clients() -> list[str]:
         async with pair.http() as http:
-            return [(await register(http, replica.url, f"never used {i}"))["client_id"] for i, replica in enumerate(pair.both * 3)]
+            return [
+                (await register(http, replica.url, f"never used {i}"))["client_id"] for i, replica in enumerate(pair.both * 3)
+            ]
 
     doomed = asyncio.run(make_clients())
     keep = asyncio.run(make_clients())  # new ones: not prunable
@@ -398,7 +398,9 @@ async def test_rate_limits_are_shared_by_both_replicas(tmp_path):
             assert z[0] != 429 and z[1] == 429, z
 
             # /authorize, per IP: 5 a minute (counted before any validation).
-            auth = [(await http.get(f"{replicas[i % 2]}/authorize", params={"client_id": "nobody"})).status_code for i in range(6)]
+            auth = [
+                (await http.get(f"{replicas[i % 2]}/authorize", params={"client_id": "nobody"})).status_code for i in range(6)
+            ]
             assert 429 not in auth[:5] and auth[5] == 429, auth
 
             # /login: failures per username (3 a minute), then per IP (8 a minute). The form is
@@ -527,7 +529,11 @@ def _pg_cluster() -> str | None:
         versions = sorted(os.listdir("/etc/postgresql"))
     except OSError:
         return None
-    return versions[0] if len(versions) == 1 and subprocess.run(["which", "pg_ctlcluster"], capture_output=True).returncode == 0 else None
+    return (
+        versions[0]
+        if len(versions) == 1 and subprocess.run(["which", "pg_ctlcluster"], capture_output=True).returncode == 0
+        else None
+    )
 
 
 def _pg_ready() -> bool:
@@ -605,7 +611,9 @@ async def _load_through_a_postgres_restart(stack: Replicas, version: str, a: str
             while not stop.is_set() and time.monotonic() < deadline and n < 2000:
                 n += 1
                 base = (a, b)[n % 2]
-                await record("register", base, lambda: http.post(f"{base}/register", json={"redirect_uris": ["http://127.0.0.1:9876/cb"]}))
+                await record(
+                    "register", base, lambda: http.post(f"{base}/register", json={"redirect_uris": ["http://127.0.0.1:9876/cb"]})
+                )
                 await record("jwks", base, lambda: http.get(f"{base}/jwks"))
                 await record("readyz", base, lambda: http.get(f"{base}/readyz"))
                 await record("login page", base, lambda: http.get(f"{base}/login", headers={"Accept": "text/html"}))
@@ -692,6 +700,7 @@ def test_sigterm_lets_the_in_flight_request_finish_and_refuses_new_connections(t
     from urllib.parse import urlencode
 
     with replica_stack(tmp_path) as stack:
+
         async def setup() -> tuple[str, str]:
             async with stack.http() as http:
                 reg = await register(http, stack.a.url)
@@ -699,9 +708,7 @@ def test_sigterm_lets_the_in_flight_request_finish_and_refuses_new_connections(t
                 return reg["client_id"], tokens["refresh_token"]
 
         cid, token = asyncio.run(setup())
-        body = urlencode(
-            {"grant_type": "refresh_token", "refresh_token": token, "client_id": cid, "resource": RESOURCE}
-        ).encode()
+        body = urlencode({"grant_type": "refresh_token", "refresh_token": token, "client_id": cid, "resource": RESOURCE}).encode()
         head = (
             f"POST /token HTTP/1.1\r\nHost: {stack.host}\r\nAccept: application/json\r\n"
             f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(body)}\r\n\r\n"

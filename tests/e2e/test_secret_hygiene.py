@@ -20,9 +20,9 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pyotp
 import pytest
+from support import database_rows
 
 from e2e.servers import free_port, ostiary_cli, ostiary_env, ostiary_server, throwaway_database
-from support import database_rows
 
 pytestmark = pytest.mark.slow
 
@@ -106,25 +106,51 @@ def test_no_secret_reaches_the_database_or_the_logs(tmp_path):
         seen.add("keyring secret", env["OSTIARY_SECRET_KEYS"])
         ostiary_cli(env, "migrate")
         ostiary_cli(env, "users", "create", "alice", "--password-stdin", stdin=seen.add("password", PASSWORD) + "\n")
-        ostiary_cli(env, "users", "create", "root", "--admin", "--password-stdin", stdin=seen.add("password", ADMIN_PASSWORD) + "\n")
-        ostiary_cli(env, "resources", "add", RESOURCE, "--name", "Notes", "--scope", "mcp:read=Read", "--scope", "mcp:write=Write", "--default-scope", "mcp:read")
-        printed = ostiary_cli(env, "clients", "add", "--name", "Resource server", "--redirect-uri", "https://rs.example/cb", "--confidential")
+        ostiary_cli(
+            env, "users", "create", "root", "--admin", "--password-stdin", stdin=seen.add("password", ADMIN_PASSWORD) + "\n"
+        )
+        ostiary_cli(
+            env,
+            "resources",
+            "add",
+            RESOURCE,
+            "--name",
+            "Notes",
+            "--scope",
+            "mcp:read=Read",
+            "--scope",
+            "mcp:write=Write",
+            "--default-scope",
+            "mcp:read",
+        )
+        printed = ostiary_cli(
+            env, "clients", "add", "--name", "Resource server", "--redirect-uri", "https://rs.example/cb", "--confidential"
+        )
         rs_id = re.search(r"client_id:?\s+(\S+)", printed).group(1)
         rs_secret = seen.add("client secret", re.search(r"client_secret:?\s+(\S+)", printed).group(1))
         initial = seen.add("initial access token", ostiary_cli(env, "clients", "initial-token", "--uses", "2").split()[-1])
 
-        with ostiary_server(env, port, log), httpx.Client(base_url=issuer, follow_redirects=False, timeout=10) as alice, httpx.Client(
-            base_url=issuer, follow_redirects=False, timeout=10
-        ) as root:
+        with (
+            ostiary_server(env, port, log),
+            httpx.Client(base_url=issuer, follow_redirects=False, timeout=10) as alice,
+            httpx.Client(base_url=issuer, follow_redirects=False, timeout=10) as root,
+        ):
             # Dynamic registration: a public client and a confidential one (secret + RFC 7592 token).
             public = alice.post("/register", json={"redirect_uris": [REDIRECT], "client_name": "Public"}).json()
             seen.add("registration access token", public["registration_access_token"])
             confidential = alice.post(
-                "/register", json={"redirect_uris": [REDIRECT], "client_name": "Confidential", "token_endpoint_auth_method": "client_secret_post"}
+                "/register",
+                json={
+                    "redirect_uris": [REDIRECT],
+                    "client_name": "Confidential",
+                    "token_endpoint_auth_method": "client_secret_post",
+                },
             ).json()
             seen.add("client secret", confidential["client_secret"])
             seen.add("registration access token", confidential["registration_access_token"])
-            managed = alice.get(f"/register/{public['client_id']}", headers={"Authorization": f"Bearer {public['registration_access_token']}"})
+            managed = alice.get(
+                f"/register/{public['client_id']}", headers={"Authorization": f"Bearer {public['registration_access_token']}"}
+            )
             assert managed.status_code == 200
 
             # The user: sign in, TOTP enrolment, a recovery code.
@@ -140,15 +166,79 @@ def test_no_secret_reaches_the_database_or_the_logs(tmp_path):
 
             # Codes and tokens: exchange, rotation, a replayed code, a reused refresh token.
             code, verifier = authorize(alice, public["client_id"], seen)
-            first = tokens(alice.post("/token", data={"grant_type": "authorization_code", "code": code, "code_verifier": verifier, "redirect_uri": REDIRECT, "client_id": public["client_id"]}), seen)
-            assert alice.post("/token", data={"grant_type": "authorization_code", "code": code, "code_verifier": verifier, "redirect_uri": REDIRECT, "client_id": public["client_id"]}).status_code == 400
+            first = tokens(
+                alice.post(
+                    "/token",
+                    data={
+                        "grant_type": "authorization_code",
+                        "code": code,
+                        "code_verifier": verifier,
+                        "redirect_uri": REDIRECT,
+                        "client_id": public["client_id"],
+                    },
+                ),
+                seen,
+            )
+            assert (
+                alice.post(
+                    "/token",
+                    data={
+                        "grant_type": "authorization_code",
+                        "code": code,
+                        "code_verifier": verifier,
+                        "redirect_uri": REDIRECT,
+                        "client_id": public["client_id"],
+                    },
+                ).status_code
+                == 400
+            )
             code, verifier = authorize(alice, public["client_id"], seen)
-            second = tokens(alice.post("/token", data={"grant_type": "authorization_code", "code": code, "code_verifier": verifier, "redirect_uri": REDIRECT, "client_id": public["client_id"]}), seen)
-            rotated = tokens(alice.post("/token", data={"grant_type": "refresh_token", "refresh_token": second["refresh_token"], "client_id": public["client_id"]}), seen)
+            second = tokens(
+                alice.post(
+                    "/token",
+                    data={
+                        "grant_type": "authorization_code",
+                        "code": code,
+                        "code_verifier": verifier,
+                        "redirect_uri": REDIRECT,
+                        "client_id": public["client_id"],
+                    },
+                ),
+                seen,
+            )
+            rotated = tokens(
+                alice.post(
+                    "/token",
+                    data={
+                        "grant_type": "refresh_token",
+                        "refresh_token": second["refresh_token"],
+                        "client_id": public["client_id"],
+                    },
+                ),
+                seen,
+            )
             code, verifier = authorize(alice, confidential["client_id"], seen)
-            tokens(alice.post("/token", data={"grant_type": "authorization_code", "code": code, "code_verifier": verifier, "redirect_uri": REDIRECT, "client_id": confidential["client_id"], "client_secret": confidential["client_secret"]}), seen)
-            assert alice.post("/introspect", data={"token": rotated["access_token"]}, auth=(rs_id, rs_secret)).json()["active"] is True
-            assert alice.post("/revoke", data={"token": first["refresh_token"], "client_id": public["client_id"]}).status_code == 200
+            tokens(
+                alice.post(
+                    "/token",
+                    data={
+                        "grant_type": "authorization_code",
+                        "code": code,
+                        "code_verifier": verifier,
+                        "redirect_uri": REDIRECT,
+                        "client_id": confidential["client_id"],
+                        "client_secret": confidential["client_secret"],
+                    },
+                ),
+                seen,
+            )
+            assert (
+                alice.post("/introspect", data={"token": rotated["access_token"]}, auth=(rs_id, rs_secret)).json()["active"]
+                is True
+            )
+            assert (
+                alice.post("/revoke", data={"token": first["refresh_token"], "client_id": public["client_id"]}).status_code == 200
+            )
             assert alice.post("/userinfo", headers={"Authorization": f"Bearer {rotated['access_token']}"}).status_code == 200
 
             # An admin: sign-in (enrolling TOTP first is required only off loopback), a one-time
@@ -160,9 +250,18 @@ def test_no_secret_reaches_the_database_or_the_logs(tmp_path):
             seen.add("password link", link.rsplit("/", 1)[1])
             with httpx.Client(base_url=issuer, follow_redirects=False, timeout=10) as erin:
                 form = erin.get(link)
-                done = erin.post(link, data={"password": seen.add("password", LINK_PASSWORD), "repeat_password": LINK_PASSWORD, "csrf_token": csrf(form.text)})
+                done = erin.post(
+                    link,
+                    data={
+                        "password": seen.add("password", LINK_PASSWORD),
+                        "repeat_password": LINK_PASSWORD,
+                        "csrf_token": csrf(form.text),
+                    },
+                )
                 assert done.status_code in (200, 303), done.text[:300]
-            with_token = alice.post("/register", json={"redirect_uris": [REDIRECT]}, headers={"Authorization": f"Bearer {initial}"})
+            with_token = alice.post(
+                "/register", json={"redirect_uris": [REDIRECT]}, headers={"Authorization": f"Bearer {initial}"}
+            )
             assert with_token.status_code == 201
             seen.add("registration access token", with_token.json()["registration_access_token"])
 
@@ -175,7 +274,12 @@ def test_no_secret_reaches_the_database_or_the_logs(tmp_path):
             with httpx.Client(base_url=issuer, follow_redirects=False, timeout=10) as stranger:
                 page = stranger.get("/login")
                 wrong = seen.add("wrong password", "an attempted but wrong password")
-                assert stranger.post("/login", data={"username": "alice", "password": wrong, "csrf_token": csrf(page.text)}).status_code == 401
+                assert (
+                    stranger.post(
+                        "/login", data={"username": "alice", "password": wrong, "csrf_token": csrf(page.text)}
+                    ).status_code
+                    == 401
+                )
 
         rows = database_rows(database_url)
     database = "\n".join(f"{table}: {row!r}" for table, table_rows in rows.items() for row in table_rows)
