@@ -56,8 +56,8 @@ def _open(settings, *, migrate: bool):
     SQLite (one process, no operator) migrates by itself; PostgreSQL is shared by replicas and
     upgraded on purpose, with `ostiary migrate` or `serve --migrate`.
     """
-    from app import schema
-    from app.db import make_engine, make_sessionmaker
+    from app.infra import schema
+    from app.infra.db import make_engine, make_sessionmaker
 
     engine = make_engine(settings.database_url.get_secret_value())
     if not schema.is_current(engine):
@@ -96,7 +96,7 @@ def cmd_serve(args) -> int:
         os.environ["OSTIARY_ISSUER"] = f"http://{host}:{args.port}"
     settings = _settings()
     engine, factory = _open(settings, migrate=args.migrate)
-    from app import keys
+    from app.services import keys
 
     keys.ensure_keys(factory, settings, _keyring(settings))
     engine.dispose()
@@ -130,8 +130,8 @@ def cmd_serve(args) -> int:
 
 
 def cmd_migrate(args) -> int:
-    from app import schema
-    from app.db import make_engine
+    from app.infra import schema
+    from app.infra.db import make_engine
 
     settings = _settings()
     engine = make_engine(settings.database_url.get_secret_value())
@@ -143,9 +143,9 @@ def cmd_migrate(args) -> int:
 
 
 def cmd_users_create(args) -> int:
-    from app import audit
     from app.models import User
     from app.security.passwords import hash_password, password_problem
+    from app.services import audit
     from app.stores import users
 
     username = args.username.strip()
@@ -199,8 +199,8 @@ def cmd_users_list(args) -> int:
 
 
 def cmd_users_disable(args) -> int:
-    from app import audit
-    from app.db import now
+    from app.infra.db import now
+    from app.services import audit
     from app.stores import sessions, users
 
     settings = _settings(keyring=False)  # disabling needs no secret: generate none
@@ -233,10 +233,10 @@ def _parse_scope_arg(value: str) -> tuple[str, str]:
 
 
 def cmd_resources_add(args) -> int:
-    from app import audit
     from app.models import Resource, ResourceScope
     from app.oauth.resource_indicators import InvalidResource, canonical_resource
     from app.oauth.scopes import PROTOCOL_SCOPES, is_scope_token
+    from app.services import audit
     from app.settings import MAX_ACCESS_TOKEN_TTL
     from app.stores import resources
 
@@ -361,11 +361,11 @@ def cmd_clients_prune(args) -> int:
 
 
 def cmd_clients_initial_token(args) -> int:
-    from app import audit
-    from app.db import now
+    from app.infra.db import now
     from app.models import InitialAccessToken
     from app.oauth.registration import INITIAL_TOKEN_PREFIX
     from app.security.secrets import new_token
+    from app.services import audit
     from app.stores import clients
 
     if args.expires_in < 60 or args.expires_in > 365 * 24 * 3600:
@@ -396,7 +396,7 @@ def cmd_clients_initial_token(args) -> int:
 
 
 def cmd_keys_list(args) -> int:
-    from app import keys
+    from app.services import keys
     from app.stores import keys as keys_store
 
     settings = _settings()
@@ -417,8 +417,8 @@ def cmd_keys_list(args) -> int:
 
 
 def cmd_keys_rotate(args) -> int:
-    from app import keys
-    from app.db import transaction
+    from app.infra.db import transaction
+    from app.services import keys
 
     settings = _settings()
     _, factory = _open(settings, migrate=False)

@@ -13,17 +13,18 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DataError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app import jobs, keys, logs
-from app.db import is_unavailable, make_engine, make_sessionmaker
-from app.keys import KeyCache
-from app.paths import TEMPLATES
+from app.http import cors
+from app.http.edge import EdgeMiddleware
+from app.http.middleware import RequestMiddleware
+from app.infra import logs
+from app.infra.db import is_unavailable, make_engine, make_sessionmaker
+from app.infra.paths import TEMPLATES
 from app.runtime import Runtime
 from app.security.secrets import Keyring
+from app.services import jobs, keys
+from app.services.keys import KeyCache
 from app.settings import Settings, load_settings
-from app.web import cors
 from app.web.browser import make_templates
-from app.web.edge import EdgeMiddleware
-from app.web.middleware import RequestMiddleware
 
 log = logging.getLogger("ostiary")
 
@@ -69,7 +70,8 @@ def create_app(settings: Settings, *, run_jobs: bool = True, fetch_transport=Non
     )
     app.state.runtime = runtime
 
-    from app import admin, health
+    from app import admin
+    from app.http import health
     from app.oauth import routes as oauth_routes
     from app.oauth.setup import build_server
     from app.web import account, authorize, login, mfa, setup_password

@@ -9,8 +9,8 @@ from jinja2 import Environment
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.keys import KeyCache
 from app.security.secrets import Keyring
+from app.services.keys import KeyCache
 from app.settings import Settings
 
 

@@ -4,7 +4,7 @@ the `alembic` command line falls back to the OSTIARY_DATABASE_URL setting."""
 from alembic import context
 
 import app.models  # noqa: F401  (registers every table on Base.metadata)
-from app.db import Base, make_engine
+from app.infra.db import Base, make_engine
 
 config = context.config
 target_metadata = Base.metadata

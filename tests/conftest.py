@@ -21,8 +21,8 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from app import schema
-from app.db import make_engine
+from app.infra import schema
+from app.infra.db import make_engine
 from app.main import create_app
 from app.settings import Settings
 
@@ -98,7 +98,7 @@ def clean_db(migrated) -> str:
     """Every test starts from empty tables (signing keys are kept: generating RSA keys is slow;
     tests about keys use `fresh_keys`)."""
     engine = make_engine(migrated)
-    from app.db import Base
+    from app.infra.db import Base
 
     tables = [t.name for t in reversed(Base.metadata.sorted_tables) if t.name not in KEEP_TABLES]
     with engine.begin() as conn:

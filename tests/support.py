@@ -228,7 +228,7 @@ def database_rows(url: str) -> dict[str, list[tuple]]:
     """Every row of every table (alembic_version included), by table name."""
     from sqlalchemy import inspect, text
 
-    from app.db import make_engine
+    from app.infra.db import make_engine
 
     engine = make_engine(url)
     try:

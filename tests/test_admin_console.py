@@ -46,9 +46,9 @@ from support import (
     user_row,
 )
 
-from app import audit as audit_log
 from app.models import AuditEvent, Client, Grant, User
 from app.models.client import KIND_DYNAMIC, KIND_METADATA_DOCUMENT
+from app.services import audit as audit_log
 from app.stores import clients as clients_store
 from app.stores import grants as grants_store
 from app.stores import users as users_store

@@ -18,8 +18,7 @@ from support import (
     tokens_for,
 )
 
-from app import cleanup
-from app.db import now
+from app.infra.db import now
 from app.models import (
     AuditEvent,
     AuthorizationCode,
@@ -28,6 +27,7 @@ from app.models import (
     RefreshToken,
     RevokedAccessToken,
 )
+from app.services import cleanup
 
 pytestmark = pytest.mark.anyio
 

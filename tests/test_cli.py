@@ -24,8 +24,8 @@ from conftest import ISSUER, PG_URL, ROOT, TEST_SECRET, empty_database, make_set
 from sqlalchemy import text
 from support import PASSWORD, database_rows, database_text, login
 
-from app import schema
-from app.db import make_engine
+from app.infra import schema
+from app.infra.db import make_engine
 from app.main import create_app
 from app.security.secrets import Keyring
 

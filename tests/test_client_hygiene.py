@@ -22,10 +22,10 @@ from support import (
     tokens_for,
 )
 
-from app import jobs
 from app.models import Client
 from app.models.client import KIND_METADATA_DOCUMENT
 from app.oauth.clients import prune
+from app.services import jobs
 
 pytestmark = pytest.mark.anyio
 

@@ -34,7 +34,7 @@ import yaml
 from conftest import ROOT, TEST_SECRET
 from sqlalchemy import create_engine, text
 
-from app import schema
+from app.infra import schema
 from app.settings import canonical_issuer_problem
 
 DOCKERFILE = ROOT / "Dockerfile"

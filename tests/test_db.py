@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import text
 
-from app.db import WriterGate, make_engine
+from app.infra.db import WriterGate, make_engine
 
 
 def test_the_gate_admits_one_writer_at_a_time_and_is_reentrant():

@@ -12,7 +12,7 @@ from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
 from sqlalchemy import text
 from support import create_resource
 
-from app.db import make_engine, make_sessionmaker
+from app.infra.db import make_engine, make_sessionmaker
 
 pytestmark = pytest.mark.anyio
 

@@ -33,7 +33,7 @@ from tls_documents import (
     make_test_ca,
 )
 
-from app.fetch import Fetcher, FetchError, guarded_transport, is_public_address
+from app.infra.fetch import Fetcher, FetchError, guarded_transport, is_public_address
 
 pytestmark = pytest.mark.anyio
 

@@ -16,10 +16,10 @@ from joserfc.jwk import KeySet
 from sqlalchemy import text
 from support import create_resource, create_user, database_text, exchange, login, obtain_code, register
 
-from app import jobs, keys
-from app.db import make_engine, now, transaction
+from app.infra.db import make_engine, now, transaction
 from app.main import create_app
 from app.security.secrets import DecryptError, Keyring
+from app.services import jobs, keys
 from app.stores import keys as keys_store
 
 pytestmark = pytest.mark.anyio
@@ -305,8 +305,8 @@ async def test_scheduled_rotation_rotate_if_due(fresh_keys, client, runtime, set
 ROTATE_SCRIPT = """
 import sys, time
 from sqlalchemy import text
-from app import keys
-from app.db import make_engine, make_sessionmaker
+from app.services import keys
+from app.infra.db import make_engine, make_sessionmaker
 from app.security.secrets import Keyring
 from app.settings import Settings
 

@@ -11,7 +11,7 @@ from conftest import csrf_from
 from sqlalchemy import text
 from support import PASSWORD, create_user, database_text, login
 
-from app.db import now
+from app.infra.db import now
 from app.settings import Settings
 
 # Marked here too: anyio re-creates items unmarked at collection time and drops their parameters.
@@ -41,7 +41,7 @@ async def signed_in(client) -> bool:
 
 
 def sql(settings: Settings, statement: str, **params):
-    from app.db import make_engine
+    from app.infra.db import make_engine
 
     engine = make_engine(settings.database_url.get_secret_value())
     try:

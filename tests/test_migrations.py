@@ -9,8 +9,8 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
 import app.models  # noqa: F401  (registers every table on Base.metadata)
-from app import schema
-from app.db import Base, make_engine
+from app.infra import schema
+from app.infra.db import Base, make_engine
 
 # DESIGN.md "Data": one table each.
 DESIGN_TABLES = {

@@ -11,7 +11,7 @@ import logging
 import pytest
 from support import PASSWORD, admin_client, introspect, refresh, signed_in_flow, tokens_for
 
-from app.logs import JsonFormatter
+from app.infra.logs import JsonFormatter
 
 pytestmark = pytest.mark.anyio
 

@@ -26,7 +26,7 @@ from support import (
     tokens_for,
 )
 
-from app.db import Base
+from app.infra.db import Base
 
 pytestmark = pytest.mark.anyio
 

@@ -24,7 +24,7 @@ from support import (
     verify_jwt,
 )
 
-from app.db import now
+from app.infra.db import now
 
 pytestmark = pytest.mark.anyio
 

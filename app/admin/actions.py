@@ -12,12 +12,12 @@ import re
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app import audit
-from app.db import now
+from app.infra.db import now
 from app.models import PasswordSetupToken, User
 from app.runtime import Runtime
 from app.security.passwords import hash_password, password_problem
 from app.security.secrets import new_token
+from app.services import audit
 from app.stores import jobs as locks
 from app.stores import password_links
 from app.stores import sessions as sessions_store

@@ -8,7 +8,7 @@ import time
 from fastapi import APIRouter
 
 from app.admin.pages import AdminDep, Pager, page_number
-from app.deps import DbDep
+from app.http.deps import DbDep
 from app.stores import audit as store
 from app.stores import users as users_store
 

@@ -9,12 +9,12 @@ from urllib.parse import quote
 from fastapi import APIRouter
 
 from app.admin.pages import AdminDep, Pager, confirm, confirmed, done_notice, not_found, page_number, require_csrf
-from app.deps import DbDep
+from app.http.body import FormDep
+from app.http.deps import DbDep
 from app.models.client import KIND_ADMIN, KIND_DYNAMIC, KIND_METADATA_DOCUMENT
 from app.oauth.clients import delete_client
 from app.stores import clients as store
 from app.stores import grants as grants_store
-from app.web.forms import FormDep
 
 router = APIRouter()
 

@@ -6,15 +6,15 @@ from urllib.parse import quote
 
 from fastapi import APIRouter
 
-from app import consents
 from app.admin.pages import AdminDep, Pager, confirm, confirmed, done_notice, not_found, page_number, require_csrf
-from app.deps import DbDep
+from app.http.body import FormDep
+from app.http.deps import DbDep
+from app.services import consents
 from app.stores import clients as clients_store
 from app.stores import grants as grants_store
 from app.stores import resources as resources_store
 from app.stores import users as users_store
 from app.web.browser import safe_next
-from app.web.forms import FormDep
 
 router = APIRouter()
 

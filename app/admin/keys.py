@@ -11,12 +11,12 @@ import re
 
 from fastapi import APIRouter
 
-from app import keys
 from app.admin.pages import AdminDep, confirm, confirmed, require_csrf
-from app.deps import DbDep, RuntimeDep
+from app.http.body import FormDep
+from app.http.deps import DbDep, RuntimeDep
 from app.models.key import ACTIVE, RETIRED
+from app.services import keys
 from app.stores import keys as store
-from app.web.forms import FormDep
 
 router = APIRouter()
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from app.admin import stats
 from app.admin.pages import AdminDep
-from app.deps import DbDep
+from app.http.deps import DbDep
 
 router = APIRouter()
 

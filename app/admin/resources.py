@@ -7,16 +7,16 @@ from collections import Counter
 
 from fastapi import APIRouter
 
-from app import audit
 from app.admin import resource_form
 from app.admin.actions import Refused
 from app.admin.pages import AdminDep, done_notice, not_found, require_csrf
-from app.deps import DbDep, RuntimeDep
+from app.http.body import FormDep
+from app.http.deps import DbDep, RuntimeDep
 from app.models import Resource
+from app.services import audit
 from app.stores import grants as grants_store
 from app.stores import resources as store
 from app.web.browser import Browser
-from app.web.forms import FormDep
 
 router = APIRouter()
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from app.db import now
+from app.infra.db import now
 from app.models import Resource
 from app.oauth.scopes import PROTOCOL_SCOPES
 from app.stores import audit as audit_store

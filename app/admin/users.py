@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app import mfa
 from app.admin import actions
 from app.admin.actions import Refused
 from app.admin.pages import AdminDep, Pager, confirm, confirmed, done_notice, not_found, page_number, require_csrf
-from app.deps import DbDep, RuntimeDep
+from app.http.body import FormDep
+from app.http.deps import DbDep, RuntimeDep
+from app.services import mfa
 from app.stores import grants as grants_store
 from app.stores import users as store
 from app.web.browser import Browser
-from app.web.forms import FormDep
 
 router = APIRouter()
 

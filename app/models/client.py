@@ -3,7 +3,7 @@ from __future__ import annotations
 from sqlalchemy import JSON, BigInteger, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base, now
+from app.infra.db import Base, now
 
 KIND_DYNAMIC = "dynamic"  # RFC 7591 dynamic registration
 KIND_METADATA_DOCUMENT = "metadata_document"  # Client ID Metadata Document (client_id is a URL)

@@ -3,7 +3,7 @@ from __future__ import annotations
 from sqlalchemy import BigInteger, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base
+from app.infra.db import Base
 
 
 class JobRun(Base):

@@ -3,7 +3,7 @@ from __future__ import annotations
 from sqlalchemy import JSON, BigInteger, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base, now
+from app.infra.db import Base, now
 
 NEXT, ACTIVE, RETIRED = "next", "active", "retired"
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from app.db import Base, now
+from app.infra.db import Base, now
 
 
 class Resource(Base):

@@ -5,7 +5,7 @@ import uuid
 from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base, now
+from app.infra.db import Base, now
 
 
 class User(Base):

@@ -15,8 +15,7 @@ from authlib.oauth2.rfc6749 import (
     grants,
 )
 
-from app import audit
-from app.db import now
+from app.infra.db import now
 from app.models import AuthorizationCode
 from app.oauth import scopes as scope_policy
 from app.oauth import tokens
@@ -24,6 +23,7 @@ from app.oauth.catalogue import ResourceInfo
 from app.oauth.resource_indicators import InvalidResource, canonical_resource
 from app.oauth.server import add_query, current_db, repeated_parameter, safe_description
 from app.security.secrets import new_token
+from app.services import audit
 from app.stores import clients as clients_store
 from app.stores import codes as codes_store
 from app.stores import grants as grants_store

@@ -15,13 +15,13 @@ from authlib.oauth2.rfc6749 import AccessDeniedError, OAuth2Error
 from fastapi.responses import RedirectResponse
 from sqlalchemy.orm import Session
 
-from app import audit
-from app.db import now
+from app.infra.db import now
 from app.models import AuthorizationRequest, User
 from app.oauth.catalogue import ResourceInfo
 from app.oauth.scopes import PROTOCOL_SCOPES
 from app.oauth.server import OstiaryServer, Request, error_redirect_url, using
 from app.security.secrets import new_token
+from app.services import audit
 from app.stores import grants as grants_store
 from app.stores import requests as requests_store
 

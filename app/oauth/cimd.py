@@ -18,13 +18,13 @@ from urllib.parse import unquote, urlsplit
 from authlib.oauth2.rfc6749 import InvalidClientError
 from sqlalchemy.orm import Session
 
-from app import audit
-from app.db import now
-from app.fetch import Fetcher, FetchError
+from app.infra.db import now
+from app.infra.fetch import Fetcher, FetchError
 from app.models import Client
 from app.models.client import KIND_METADATA_DOCUMENT
 from app.oauth.redirect_uris import InvalidRedirectUri, validate_registered
 from app.oauth.server import safe_description
+from app.services import audit
 from app.settings import Settings
 from app.stores import clients as store
 

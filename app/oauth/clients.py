@@ -11,12 +11,12 @@ import secrets as _secrets
 from authlib.oauth2.rfc6749 import ClientMixin
 from sqlalchemy.orm import Session
 
-from app import audit
-from app.db import now
+from app.infra.db import now
 from app.models import Client
 from app.models.client import KIND_ADMIN
 from app.oauth.redirect_uris import matches
 from app.security.secrets import Keyring, new_token
+from app.services import audit
 from app.stores import clients as store
 
 SECRET_PREFIX = "ostcs_"

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint as _IntrospectionEndpoint
 
-from app.db import now
+from app.infra.db import now
 from app.models.client import KIND_ADMIN
 from app.oauth.revocation import AccessHandle, RefreshHandle, find_token
 from app.oauth.server import current_db

@@ -5,7 +5,7 @@ from __future__ import annotations
 from joserfc import jwt
 from joserfc.errors import JoseError
 
-from app.db import now
+from app.infra.db import now
 from app.runtime import Runtime
 
 

@@ -13,8 +13,7 @@ import logging
 
 from authlib.oauth2.rfc6749 import InvalidGrantError, InvalidRequestError, InvalidScopeError, grants
 
-from app import audit
-from app.db import now
+from app.infra.db import now
 from app.models import RefreshToken
 from app.oauth import tokens
 from app.oauth.authorization_code import InvalidTargetError, touch_usage
@@ -23,6 +22,7 @@ from app.oauth.resource_indicators import InvalidResource, canonical_resource
 from app.oauth.scopes import PROTOCOL_SCOPES, InvalidScope, join, parse
 from app.oauth.server import current_db, safe_description
 from app.security.secrets import DecryptError
+from app.services import audit
 from app.stores import tokens as store
 from app.stores import users as users_store
 

@@ -16,8 +16,7 @@ from authlib.oauth2.rfc7591 import ClientRegistrationEndpoint, InvalidClientMeta
 from authlib.oauth2.rfc7591.errors import InvalidRedirectURIError
 from authlib.oauth2.rfc7592 import ClientConfigurationEndpoint as _ClientConfigurationEndpoint
 
-from app import audit
-from app.db import now
+from app.infra.db import now
 from app.models import Client
 from app.models.client import KIND_DYNAMIC
 from app.oauth.clients import SECRET_PREFIX, OAuthClient, delete_client, new_client_id
@@ -25,6 +24,7 @@ from app.oauth.redirect_uris import InvalidRedirectUri, is_loopback_redirect, va
 from app.oauth.scopes import InvalidScope, parse
 from app.oauth.server import current_db, safe_description
 from app.security.secrets import new_token
+from app.services import audit
 from app.stores import clients as store
 
 AUTH_METHODS = ("none", "client_secret_basic", "client_secret_post")

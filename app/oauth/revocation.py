@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 from authlib.oauth2.rfc7009 import RevocationEndpoint as _RevocationEndpoint
 
-from app import audit
-from app.db import now
+from app.infra.db import now
 from app.oauth import jwt_access, tokens
 from app.oauth.server import current_db
+from app.services import audit
 from app.stores import tokens as store
 
 

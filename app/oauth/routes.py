@@ -7,15 +7,14 @@ from urllib.parse import unquote
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from app.deps import DbDep, RuntimeDep
+from app.http.body import FormDep, read_json
+from app.http.deps import DbDep, RuntimeDep
 from app.oauth import jwt_access
-from app.oauth.body import read_json
 from app.oauth.metadata import MetadataCache  # noqa: F401  (re-exported for app.main)
 from app.oauth.server import NO_STORE, dumps, json_request, oauth_request, repeated_parameter, safe_description, using
 from app.security.hosts import client_ip
 from app.stores import tokens as tokens_store
 from app.stores import users as users_store
-from app.web.forms import FormDep
 
 router = APIRouter()
 registration_router = APIRouter()  # POST /register: not served when registration is closed

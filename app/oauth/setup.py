@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from app import audit
-from app.fetch import Fetcher, guarded_transport
+from app.infra.fetch import Fetcher, guarded_transport
 from app.oauth.authorization_code import AuthorizationCodeGrant
 from app.oauth.catalogue import Catalogue
 from app.oauth.cimd import MetadataDocuments
@@ -18,6 +17,7 @@ from app.oauth.server import OstiaryServer
 from app.runtime import Runtime
 from app.security.hosts import network_check
 from app.security.ratelimit import RateLimiter
+from app.services import audit
 
 
 def build_server(runtime: Runtime, fetch_transport: httpx.BaseTransport | None = None) -> OstiaryServer:

@@ -9,7 +9,7 @@ import uuid
 from sqlalchemy import and_
 from sqlalchemy.orm import Session
 
-from app.db import now
+from app.infra.db import now
 from app.models import AuthorizationCode, RefreshToken, User
 from app.oauth.catalogue import ResourceInfo
 from app.oauth.scopes import OPENID, join

@@ -17,7 +17,7 @@ from limits import parse_many
 from limits.storage import MemoryStorage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
-from app import metrics
+from app.infra import metrics
 
 log = logging.getLogger("ostiary.ratelimit")
 

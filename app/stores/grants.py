@@ -4,7 +4,7 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.db import now
+from app.infra.db import now
 from app.models import Grant
 
 FRESH = {"populate_existing": True}

@@ -9,7 +9,7 @@ from sqlalchemy import update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from app.db import now
+from app.infra.db import now
 from app.models import JobRun
 
 WHO = f"{socket.gethostname()}:{os.getpid()}"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.db import now
+from app.infra.db import now
 from app.models import RecoveryCode, User
 
 

@@ -5,7 +5,7 @@ import unicodedata
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from app.db import now
+from app.infra.db import now
 from app.models import User
 
 

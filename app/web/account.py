@@ -5,16 +5,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app import audit, consents, mfa
-from app.deps import DbDep
+from app.http.body import FormDep
+from app.http.deps import DbDep
 from app.security.passwords import hash_password, password_problem, verify_password
+from app.services import audit, consents, mfa
 from app.stores import clients as clients_store
 from app.stores import grants as grants_store
 from app.stores import resources as resources_store
 from app.stores import sessions as sessions_store
 from app.stores import users as users_store
 from app.web.browser import Browser, BrowserDep
-from app.web.forms import FormDep
 
 router = APIRouter()
 

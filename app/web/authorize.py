@@ -7,17 +7,17 @@ from urllib.parse import quote, urlsplit
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse
 
-from app import audit
-from app.deps import DbDep, RuntimeDep
+from app.http.body import FormDep
+from app.http.deps import DbDep, RuntimeDep
 from app.models.client import KIND_DYNAMIC, KIND_METADATA_DOCUMENT
 from app.oauth import authorize as flow
 from app.oauth.redirect_uris import is_loopback_redirect
 from app.oauth.server import oauth_request
 from app.security.hosts import client_ip
+from app.services import audit
 from app.stores import grants as grants_store
 from app.stores import requests as requests_store
 from app.web.browser import Browser, BrowserDep
-from app.web.forms import FormDep
 
 router = APIRouter()
 
@@ -118,7 +118,7 @@ def _resume(request: Request, browser: Browser, db, runtime, handle: str):
     """(grant, row) for a stored request, or a response to return instead."""
     if len(handle) > 100:
         return browser.render("error.html", 404, title="Request not found", message=GONE)
-    from app.db import now
+    from app.infra.db import now
 
     row = requests_store.find(db, runtime.keyring.hashes(handle), now())
     if row is None:

@@ -16,10 +16,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy.orm import Session
 
-from app.db import now
-from app.deps import DbDep, RuntimeDep
+from app.http.deps import DbDep, RuntimeDep
+from app.infra.db import now
+from app.infra.paths import TEMPLATES
 from app.models import BrowserSession, User
-from app.paths import TEMPLATES
 from app.runtime import Runtime
 from app.security import csrf
 from app.security.secrets import new_token

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from app import audit
-from app.deps import DbDep
+from app.http.body import FormDep
+from app.http.deps import DbDep
 from app.security.hosts import client_ip
 from app.security.passwords import verify_password
+from app.services import audit
 from app.stores import users as users_store
 from app.web.browser import BrowserDep, safe_next
-from app.web.forms import FormDep
 
 router = APIRouter()
 

@@ -7,12 +7,12 @@ from urllib.parse import quote
 
 from fastapi import APIRouter
 
-from app import audit, mfa
-from app.db import now
-from app.deps import DbDep, RuntimeDep
+from app.http.body import FormDep
+from app.http.deps import DbDep, RuntimeDep
+from app.infra.db import now
+from app.services import audit, mfa
 from app.stores import sessions as sessions_store
 from app.web.browser import Browser, BrowserDep, safe_next
-from app.web.forms import FormDep
 
 router = APIRouter()
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app import audit
-from app.db import now
-from app.deps import DbDep, RuntimeDep
+from app.http.body import FormDep
+from app.http.deps import DbDep, RuntimeDep
+from app.infra.db import now
 from app.security.passwords import hash_password, password_problem
+from app.services import audit
 from app.stores import password_links
 from app.stores import sessions as sessions_store
 from app.stores import users as users_store
 from app.web.browser import Browser, BrowserDep
-from app.web.forms import FormDep
 
 router = APIRouter()
 

@@ -154,7 +154,7 @@ class Replicas:
 
     def sql(self, statement: str, **params):
         """Run one statement on the shared database; all rows for a SELECT."""
-        from app.db import make_engine
+        from app.infra.db import make_engine
 
         engine = make_engine(self.database_url)
         try:

@@ -32,7 +32,7 @@ from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull,
 from playwright.async_api import async_playwright
 from sqlalchemy import text
 
-from app.db import make_engine
+from app.infra.db import make_engine
 from e2e.servers import example_mcp_server, free_port, ostiary_cli, ostiary_env, ostiary_server, throwaway_database
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, text
 
-from app.paths import MIGRATIONS
+from app.infra.paths import MIGRATIONS
 
 _PG_MIGRATION_LOCK = 0x05714279  # pg_advisory_lock key: replicas starting together migrate one at a time
 

@@ -7,8 +7,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
-from app import metrics
-from app.deps import RuntimeDep
+from app.http.deps import RuntimeDep
+from app.infra import metrics
 from app.models.key import ACTIVE
 from app.security.hosts import client_ip
 from app.stores import keys as keys_store

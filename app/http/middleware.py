@@ -8,8 +8,8 @@ import re
 import secrets
 import time
 
-from app import metrics
-from app.audit import RequestContext, request_context
+from app.infra import metrics
+from app.services.audit import RequestContext, request_context
 
 access_log = logging.getLogger("ostiary.access")
 

@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 from starlette.exceptions import HTTPException
 
-from app.audit import RequestContext, request_context
 from app.security.hosts import HostPolicy, ProxyPolicy
+from app.services.audit import RequestContext, request_context
 from app.settings import Settings
 
 MAX_HEADER_BYTES = 16 * 1024  # all header names and values together

@@ -3,7 +3,7 @@ top of the repository in a checkout (and in an editable install)."""
 
 from pathlib import Path
 
-_PACKAGE = Path(__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parent.parent  # app/
 
 
 def _find(name: str) -> Path:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db import now, transaction
+from app.infra.db import now, transaction
 from app.settings import Settings
 from app.stores import cleanup as store
 from app.stores import jobs as job_locks

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from app import audit
-from app.db import now
+from app.infra.db import now
 from app.models import Grant
 from app.oauth import tokens
+from app.services import audit
 from app.stores import codes as codes_store
 from app.stores import grants as store
 from app.stores import resources as resources_store

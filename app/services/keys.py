@@ -25,10 +25,10 @@ from joserfc.jwk import ECKey, KeySet, RSAKey
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import audit
-from app.db import now, transaction
+from app.infra.db import now, transaction
 from app.models.key import ACTIVE, NEXT, RETIRED, SigningKey
 from app.security.secrets import Keyring
+from app.services import audit
 from app.settings import Settings
 from app.stores import jobs
 from app.stores import keys as store

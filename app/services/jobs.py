@@ -9,9 +9,9 @@ from collections.abc import Callable
 
 from starlette.concurrency import run_in_threadpool
 
-from app import cleanup, keys
-from app.db import transaction
+from app.infra.db import transaction
 from app.runtime import Runtime
+from app.services import cleanup, keys
 from app.stores import jobs as job_locks
 
 log = logging.getLogger("ostiary.jobs")

@@ -10,12 +10,12 @@ from urllib.parse import urlsplit
 
 from sqlalchemy.orm import Session
 
-from app import audit
-from app.db import now
+from app.infra.db import now
 from app.models import User
 from app.runtime import Runtime
 from app.security import totp
 from app.security.secrets import DecryptError
+from app.services import audit
 from app.stores import audit as audit_store
 from app.stores import mfa as store
 from app.stores import sessions as sessions_store
