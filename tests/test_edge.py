@@ -4,6 +4,8 @@ on the public protocol endpoints."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 from conftest import make_settings
@@ -151,6 +153,31 @@ async def test_body_caps_413(client, path, size, expected, chunked):
     assert response.status_code in expected, response.text[:200]
     assert response.json()["error"] == "invalid_request"
     assert (await client.get("/healthz")).status_code == 200
+
+
+@pytest.mark.parametrize("settings_overrides", [{"max_body_protocol": 256 * 1024}])
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_protocol_body_cap_is_the_setting(client, chunked):
+    """OSTIARY_MAX_BODY_PROTOCOL is the cap of the protocol endpoints: a 100 KiB registration is
+    under a 256 KiB setting (refused for its content, never with 413), 300 KiB is over it."""
+    filler = {
+        "redirect_uris": ["http://127.0.0.1:9876/callback"],
+        "client_name": "Big",
+        "software_statement_note": "x" * 100 * 1024,
+    }
+    body = json.dumps(filler).encode()
+
+    async def stream(data: bytes):
+        for i in range(0, len(data), 16384):
+            yield data[i : i + 16384]
+
+    headers = {"Content-Type": "application/json"}
+    response = await client.post("/register", content=stream(body) if chunked else body, headers=headers)
+    assert response.status_code == 201, response.text[:200]
+    big = json.dumps({**filler, "software_statement_note": "x" * 300 * 1024}).encode()
+    response = await client.post("/register", content=stream(big) if chunked else big, headers=headers)
+    assert response.status_code == 413
+    assert "262144 bytes" in response.json()["error_description"]
 
 
 async def test_header_and_uri_caps(client):
