@@ -57,8 +57,7 @@ def create_resource(
             ),
         )
         db.commit()
-    runtime.extras["catalogue"].invalidate()
-    runtime.extras["metadata"].invalidate()
+    runtime.invalidate_catalogue()
     return resource
 
 

@@ -599,7 +599,7 @@ async def test_create_a_resource_canonical_uri_and_snippet(world, runtime):
     event = audit_events(runtime, "resource.created")[-1]
     assert event.actor_id == world.root.id and event.resource == "https://tools.example.com/mcp"
     # The protocol side sees it at once (the catalogue was refreshed).
-    resource = runtime.extras["catalogue"].by_uri("https://tools.example.com/mcp")
+    resource = runtime.catalogue.by_uri("https://tools.example.com/mcp")
     assert resource.token_ttl == 300 and resource.scopes["tools:write"].allowed_groups == ("writers", "admins")
 
 
@@ -636,7 +636,7 @@ async def test_create_a_resource_canonical_uri_and_snippet(world, runtime):
 async def test_resource_form_refuses_invalid_values(world, runtime, form, message):
     response = await submit(world.admin, "/admin/resources/new", form, csrf_page="/admin")
     assert response.status_code == 400 and message in response.text
-    assert [r.uri for r in runtime.extras["catalogue"].all()] == [RESOURCE]
+    assert [r.uri for r in runtime.catalogue.all()] == [RESOURCE]
 
 
 async def test_edit_a_resource_scopes_groups_and_token_lifetime(world, runtime):
@@ -649,7 +649,7 @@ async def test_edit_a_resource_scopes_groups_and_token_lifetime(world, runtime):
     )
     saved = await submit(world.admin, path, form, csrf_page="/admin")
     assert saved.status_code == 303 and saved.headers["location"] == path + "?done=saved"
-    resource = runtime.extras["catalogue"].by_id(world.resource_id)
+    resource = runtime.catalogue.by_id(world.resource_id)
     assert resource.name == "Notes" and resource.token_ttl == 120
     assert list(resource.scopes) == ["mcp:read", "mcp:admin"]  # mcp:write removed
     assert resource.scopes["mcp:admin"].allowed_groups == ("admins",)

@@ -12,7 +12,7 @@ from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
 from sqlalchemy import text
 from support import create_resource
 
-from app.infra.db import make_engine, make_sessionmaker
+from app.infra.db import make_engine
 
 pytestmark = pytest.mark.anyio
 
@@ -172,7 +172,7 @@ DEAD_DB = "sqlite:////nonexistent-ostiary-dir/dead.db"
 def kill_database(runtime) -> None:
     """Point the request sessions at a database that cannot be opened."""
     runtime.engine.dispose()
-    runtime.sessions = make_sessionmaker(make_engine(DEAD_DB))
+    runtime.sessions.configure(bind=make_engine(DEAD_DB))  # every holder of the factory sees it
 
 
 @pytest.mark.parametrize("path", [pytest.param(OAUTH, id="oauth metadata"), pytest.param(OIDC, id="openid configuration")])
@@ -180,7 +180,7 @@ async def test_metadata_never_5xx_when_database_down(client, runtime, path):
     create_resource(runtime)
     before = await client.get(path)
     kill_database(runtime)
-    runtime.extras["metadata"].invalidate()  # force a rebuild against the dead database
+    runtime.metadata.invalidate()  # force a rebuild against the dead database
     after = await client.get(path)
     assert after.status_code == 200
     assert after.content == before.content  # the last good document, scopes included

@@ -8,13 +8,13 @@ admins demoting each other at once cannot both succeed.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.infra.db import now
 from app.models import PasswordSetupToken, User
-from app.runtime import Runtime
 from app.security.passwords import hash_password, password_problem
 from app.security.secrets import new_token
 from app.services import audit
@@ -27,6 +27,9 @@ PASSWORD_LINK_TTL = 3 * 24 * 3600
 GROUP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 MAX_GROUPS = 50
 ADMINS_LOCK = "admins"
+
+if TYPE_CHECKING:
+    from app.runtime import Runtime
 
 
 class Refused(Exception):

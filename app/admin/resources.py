@@ -95,6 +95,6 @@ def _save(browser: Browser, db, runtime, resource: Resource | None, form):
     )
     db.commit()
     # Every replica re-reads the catalogue within seconds; this one at once.
-    runtime.extras["catalogue"].invalidate()
-    runtime.extras["metadata"].invalidate()
+    runtime.catalogue.invalidate()
+    runtime.metadata.invalidate()
     return browser.redirect(f"/admin/resources/{saved.id}?done={'created' if before is None else 'saved'}")

@@ -6,17 +6,19 @@ from another origin. HTML pages and the admin console never get CORS headers.
 
 from __future__ import annotations
 
+from app.http.endpoints import endpoint_for
+
 ALLOW_HEADERS = b"Authorization, Content-Type, MCP-Protocol-Version"
 EXPOSE_HEADERS = b"WWW-Authenticate, Retry-After"
 
 
 class PublicCORSMiddleware:
-    def __init__(self, app, is_public: callable):
+    def __init__(self, app, prefix: str):
         self.app = app
-        self.is_public = is_public
+        self.prefix = prefix  # the issuer's path; the well-known documents are also at the root
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not self.is_public(scope["path"]):
+        if scope["type"] != "http" or not endpoint_for(scope["path"].removeprefix(self.prefix)).cors:
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
         origin = headers.get(b"origin")

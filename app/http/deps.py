@@ -1,4 +1,4 @@
-"""FastAPI dependency aliases: `DbDep`, `RuntimeDep`, `SettingsDep`.
+"""FastAPI dependency aliases: `DbDep`, `RuntimeDep`.
 
 They are `async def` on purpose: FastAPI runs a sync dependency in the thread pool, and a sync
 generator dependency costs two hops (enter and exit), which on the token endpoint cost more
@@ -15,7 +15,6 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.runtime import Runtime
-from app.settings import Settings
 
 
 async def get_runtime(request: Request) -> Runtime:
@@ -37,10 +36,5 @@ async def get_db(request: Request) -> AsyncIterator[Session]:
             session.close()
 
 
-async def get_settings(request: Request) -> Settings:
-    return request.app.state.runtime.settings
-
-
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 DbDep = Annotated[Session, Depends(get_db)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]

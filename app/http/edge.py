@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from starlette.exceptions import HTTPException
 
+from app.http.endpoints import endpoint_for
 from app.security.hosts import HostPolicy, ProxyPolicy
 from app.services.audit import RequestContext, request_context
 from app.settings import Settings
@@ -19,11 +20,6 @@ from app.settings import Settings
 MAX_HEADER_BYTES = 16 * 1024  # all header names and values together
 MAX_HEADERS = 100
 MAX_TARGET_BYTES = 8 * 1024  # path + query string
-
-# Probes from the orchestrator come straight to the container, over plain http, with whatever
-# Host it uses: liveness, readiness and metrics answer them (metrics has its own allow-list).
-UNCHECKED = ("/healthz", "/readyz", "/metrics")
-PROTOCOL = ("/token", "/register", "/revoke", "/introspect")
 
 
 class BodyTooLarge(HTTPException):
@@ -58,7 +54,8 @@ class EdgeMiddleware:
 
         self._apply_proxy_headers(scope)
         headers = scope["headers"]  # the Host a trusted proxy forwarded (X-Forwarded-Host) counts
-        if path not in UNCHECKED:
+        endpoint = endpoint_for(path)
+        if not endpoint.probe:
             if not self.hosts.allows(_header(headers, b"host")):
                 # RFC 9110 §15.5.20: this server is not configured to answer for that host.
                 return await self._refuse(scope, send, 421, "invalid_request", "This server does not answer for that host name.")
@@ -66,7 +63,7 @@ class EdgeMiddleware:
                 # OAuth 2.1 §1.5: every endpoint requires TLS (unless the issuer is loopback).
                 return await self._refuse(scope, send, 400, "invalid_request", "HTTPS is required.")
 
-        limit = self.max_body_protocol if path in PROTOCOL or path.startswith("/register/") else self.max_body
+        limit = self.max_body_protocol if endpoint.protocol_body else self.max_body
         length = _header(headers, b"content-length")
         if length is not None:
             if not length.isdigit():

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
+from app.http import endpoints
 from app.http.deps import RuntimeDep
 from app.infra import metrics
 from app.models.key import ACTIVE
@@ -19,12 +20,12 @@ router = APIRouter()
 NOT_READY = {"Retry-After": "5", "Cache-Control": "no-store"}
 
 
-@router.get("/healthz")
+@router.get(endpoints.HEALTHZ.path)
 async def healthz():
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(endpoints.READYZ.path)
 def readyz(runtime: RuntimeDep):
     try:
         with runtime.sessions() as db:
@@ -37,10 +38,10 @@ def readyz(runtime: RuntimeDep):
     return {"status": "ok", "database": "ok", "signing_key": active[0].kid}
 
 
-@router.get("/metrics")
+@router.get(endpoints.METRICS.path)
 def prometheus_metrics(request: Request, runtime: RuntimeDep):
     """Prometheus exposition, to the networks in OSTIARY_METRICS_NETWORKS only."""
-    if not runtime.extras["metrics_networks"](client_ip(request)):
+    if not runtime.metrics_networks(client_ip(request)):
         return JSONResponse(
             {"error": "forbidden", "error_description": "Metrics are not served to this address."}, status_code=403
         )

@@ -111,7 +111,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         # type and PKCE (S256CodeChallenge); then come the MCP rules, reported by redirect.
         redirect_uri = super().validate_authorization_request()
         request = self.request
-        runtime = self.server.runtime
+        runtime = self.server
         try:
             # RFC 6749 §3.1: authlib refused its five repeated parameters before the redirect URI
             # was trusted; any other one (code_challenge, nonce, prompt ...) is refused here.
@@ -119,9 +119,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             if repeated is not None:
                 raise InvalidRequestError(safe_description(f"Parameter '{repeated}' is repeated."))
             check_lengths(request.payload.data)
-            request.resource = resolve_resource(
-                request.payload.datalist, runtime.extras["catalogue"], runtime.settings.default_resource
-            )
+            request.resource = resolve_resource(request.payload.datalist, runtime.catalogue, runtime.settings.default_resource)
             request.scopes = resolve_scopes(request.payload.scope, request.resource)
             request.prompts = parse_prompt(request.payload.data.get("prompt"))
         except OAuth2Error as error:
@@ -140,7 +138,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         return new_token(CODE_PREFIX)  # 256 bits
 
     def save_authorization_code(self, code, request):
-        runtime = self.server.runtime
+        runtime = self.server
         t = now()
         # The scopes the user granted (access policy, consent) — not request.scopes, which
         # authlib's second validate_authorization_request() resolved afresh from the request.
@@ -177,7 +175,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
     def validate_token_request(self):
         super().validate_token_request()  # client auth, code, redirect_uri, PKCE verifier
         code: AuthorizationCode = self.request.authorization_code
-        resource = self.server.runtime.extras["catalogue"].by_id(code.resource_id)
+        resource = self.server.catalogue.by_id(code.resource_id)
         if resource is None:
             raise InvalidGrantError("The resource of this code no longer exists.")
         sent = self.request.payload.datalist.get("resource", [])
@@ -195,7 +193,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         if not isinstance(code, str) or len(code) > 200:
             return None
         db = current_db()
-        runtime = self.server.runtime
+        runtime = self.server
         hashes = runtime.keyring.hashes(code)
         t = now()
         self.request.access_jti = tokens.new_jti()
@@ -213,7 +211,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
 
     def create_token_response(self):
         db = current_db()
-        runtime = self.server.runtime
+        runtime = self.server
         code: AuthorizationCode = self.request.authorization_code
         client = self.request.client
         user = users_store.get(db, code.user_id)

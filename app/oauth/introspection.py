@@ -34,7 +34,7 @@ class IntrospectionEndpoint(_IntrospectionEndpoint):
     CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
 
     def query_token(self, token_string, token_type_hint):
-        handle = find_token(self.server.runtime, token_string, token_type_hint)
+        handle = find_token(self.server, token_string, token_type_hint)
         if handle is None:
             return None
         db = current_db()

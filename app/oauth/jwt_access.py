@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from joserfc import jwt
 from joserfc.errors import JoseError
 
 from app.infra.db import now
-from app.runtime import Runtime
+
+if TYPE_CHECKING:
+    from app.runtime import Runtime
 
 
 def decode(runtime: Runtime, token: str) -> dict | None:

@@ -1,8 +1,9 @@
 """RFC 8414 authorization server metadata (also served as OIDC Discovery).
 
-Derived from what the app serves: each endpoint URL from its route, the grant and response types
-and client authentication methods from the authlib server's registered grants and endpoints, the
-scopes from the resource catalogue. Nothing here is a hand-kept list that could drift.
+Derived from what the app serves: each endpoint URL from the endpoint table (app/http/
+endpoints.py), the grant and response types and client authentication methods from the authlib
+server's registered grants and endpoints, the scopes from the resource catalogue. Nothing here is
+a hand-kept list that could drift.
 """
 
 from __future__ import annotations
@@ -11,46 +12,35 @@ import json
 import logging
 import threading
 import time
+from typing import Any
 
-from fastapi import FastAPI
-from starlette.routing import NoMatchFound
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 
-from app.runtime import Runtime
+from app.http.endpoints import ENDPOINTS, REGISTER
+from app.oauth.scopes import PROTOCOL_SCOPES
+from app.oauth.server import OstiaryServer
+from app.settings import Settings
 from app.stores import resources as resources_store
 
 log = logging.getLogger("ostiary.metadata")
 
-# Route names (see app/oauth/routes.py) and the metadata field each one fills.
-ENDPOINT_FIELDS = {
-    "authorization_endpoint": "authorize",
-    "token_endpoint": "token",
-    "jwks_uri": "jwks",
-    "registration_endpoint": "register",
-    "revocation_endpoint": "revoke",
-    "introspection_endpoint": "introspect",
-    "userinfo_endpoint": "userinfo",
-}
 REFRESH_INTERVAL = 10.0  # seconds: new resources and scopes show up this quickly
 
 
-def endpoint_urls(app: FastAPI, issuer: str, issuer_path: str) -> dict[str, str]:
-    origin = issuer[: len(issuer) - len(issuer_path)] if issuer_path else issuer
-    urls = {}
-    for field, route_name in ENDPOINT_FIELDS.items():
-        try:
-            urls[field] = origin + app.url_path_for(route_name)
-        except NoMatchFound:
-            continue
-    return urls
+def endpoint_urls(settings: Settings) -> dict[str, str]:
+    """RFC 8414 §2: the URL of every endpoint we serve (a closed registration is not served)."""
+    return {
+        e.metadata_field: settings.issuer + e.path
+        for e in ENDPOINTS
+        if e.metadata_field and not (e is REGISTER and settings.registration == "closed")
+    }
 
 
-def build(app: FastAPI, runtime: Runtime, scopes: list[str] | None) -> dict:
-    settings = runtime.settings
-    server = runtime.extras.get("server")
-    doc: dict = {"issuer": settings.issuer}
-    doc.update(endpoint_urls(app, settings.issuer, settings.issuer_path))
-    if server is not None:
-        doc.update(server.capabilities())
+def build(settings: Settings, server: OstiaryServer, scopes: list[str] | None) -> dict[str, Any]:
+    doc: dict[str, Any] = {"issuer": settings.issuer}
+    doc.update(endpoint_urls(settings))
+    doc.update(server.capabilities())
     if scopes is not None:
         doc["scopes_supported"] = scopes
     return doc
@@ -60,35 +50,33 @@ class MetadataCache:
     """The serialized document, rebuilt every few seconds. If the database is down the last good
     document is served (metadata URLs never answer 5xx: MCP clients stop discovery on one)."""
 
-    def __init__(self, app: FastAPI, runtime: Runtime):
-        self._app = app
-        self._runtime = runtime
+    def __init__(self, settings: Settings, server: OstiaryServer, sessions: sessionmaker[Session]):
+        self._settings = settings
+        self._server = server
+        self._sessions = sessions
         self._lock = threading.Lock()
         self._body: bytes | None = None
         self._scopes: list[str] | None = None
         self._built_at = 0.0
 
     def body(self) -> bytes:
-        if self._body is not None and time.monotonic() - self._built_at < REFRESH_INTERVAL:
-            return self._body
+        body = self._body
+        if body is not None and time.monotonic() - self._built_at < REFRESH_INTERVAL:
+            return body
         with self._lock:
             if self._body is None or time.monotonic() - self._built_at >= REFRESH_INTERVAL:
                 try:
-                    with self._runtime.sessions() as db:
+                    with self._sessions() as db:
                         self._scopes = resources_store.all_scope_names(db)
-                except Exception:  # noqa: BLE001 - keep serving the last known scopes
+                except SQLAlchemyError:
                     log.warning("metadata: could not read the scope catalogue; serving the last known one")
-                doc = build(self._app, self._runtime, self._scope_list())
+                doc = build(self._settings, self._server, self._scope_list())
                 self._body = json.dumps(doc, separators=(",", ":")).encode()
                 self._built_at = time.monotonic()
             return self._body
 
-    def _scope_list(self) -> list[str] | None:
-        server = self._runtime.extras.get("server")
-        extra = server.protocol_scopes() if server is not None else []
-        if self._scopes is None:
-            return extra or None
-        return sorted(set(self._scopes) | set(extra))
+    def _scope_list(self) -> list[str]:
+        return sorted(set(self._scopes or []) | set(PROTOCOL_SCOPES))
 
     def invalidate(self) -> None:
         self._built_at = 0.0

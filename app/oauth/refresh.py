@@ -59,7 +59,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         if not raw:
             raise InvalidRequestError("Missing 'refresh_token' in request.")
         db = current_db()
-        runtime = self.server.runtime
+        runtime = self.server
         row = store.find_refresh(db, runtime.keyring.hashes(raw)) if len(raw) <= 200 else None
         t = now()
         if row is None or row.client_id != client.client_id:
@@ -68,7 +68,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
             raise InvalidGrantError("The refresh token was revoked.")
         if row.expires_at <= t:
             raise InvalidGrantError("The refresh token has expired.")
-        resource = runtime.extras["catalogue"].by_id(row.resource_id)
+        resource = runtime.catalogue.by_id(row.resource_id)
         if resource is None:
             raise InvalidGrantError("The resource of this refresh token no longer exists.")
         sent = self.request.payload.datalist.get("resource", [])
@@ -86,7 +86,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
 
     def create_token_response(self):
         db = current_db()
-        runtime = self.server.runtime
+        runtime = self.server
         row: RefreshToken = self.request.refresh_token
         resource: ResourceInfo = self.request.resource
         client = self.request.client
@@ -141,7 +141,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
 
     def _replay(self, row: RefreshToken | None, t: int) -> dict | None:
         """The same successor for a retry inside the grace window, if it is still unused."""
-        runtime = self.server.runtime
+        runtime = self.server
         if row is None or row.revoked_at is not None or row.used_at is None or not row.successor_enc:
             return None
         if t > row.used_at + runtime.settings.refresh_grace_period:

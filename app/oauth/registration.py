@@ -125,7 +125,7 @@ def bearer(request) -> str | None:
 
 class RegistrationEndpoint(ClientRegistrationEndpoint):
     def authenticate_token(self, request):
-        runtime = self.server.runtime
+        runtime = self.server
         if runtime.settings.registration == "open":
             return True  # MCP clients need open registration
         token = bearer(request)
@@ -156,7 +156,7 @@ class RegistrationEndpoint(ClientRegistrationEndpoint):
     def generate_client_registration_info(self, client, request):
         # RFC 7592 §3: where and with what the client manages its registration.
         token = new_token(REGISTRATION_TOKEN_PREFIX)
-        client.registration_token_hash = self.server.runtime.keyring.hash(token)
+        client.registration_token_hash = self.server.keyring.hash(token)
         return {
             "registration_client_uri": f"{self.server.issuer}/register/{quote(client.id, safe='')}",
             "registration_access_token": token,
@@ -164,7 +164,7 @@ class RegistrationEndpoint(ClientRegistrationEndpoint):
 
     def save_client(self, client_info, client_metadata, request):
         db = current_db()
-        keyring = self.server.runtime.keyring
+        keyring = self.server.keyring
         secret = client_info.get("client_secret")
         row = Client(
             id=client_info["client_id"],
@@ -215,7 +215,7 @@ class ClientConfigurationEndpoint(_ClientConfigurationEndpoint):
 
     def authenticate_token(self, request):
         token = bearer(request)
-        row = store.by_registration_token(current_db(), self.server.runtime.keyring.hashes(token)) if token else None
+        row = store.by_registration_token(current_db(), self.server.keyring.hashes(token)) if token else None
         # RFC 7592 §2: an invalid registration access token gets 401 (RFC 6750 §3.1); another
         # client's token is not valid for this client's URI either.
         if row is None or row.id != _path_client_id(request):
@@ -226,7 +226,7 @@ class ClientConfigurationEndpoint(_ClientConfigurationEndpoint):
         row = store.get(current_db(), _path_client_id(request))
         if row is None or row.kind != KIND_DYNAMIC:
             return None
-        return OAuthClient(row, self.server.runtime.keyring)
+        return OAuthClient(row, self.server.keyring)
 
     def revoke_access_token(self, request, token):
         pass  # the token belongs to no existing client: nothing to revoke

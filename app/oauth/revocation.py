@@ -62,7 +62,7 @@ class RevocationEndpoint(_RevocationEndpoint):
     CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
 
     def query_token(self, token_string, token_type_hint):
-        return find_token(self.server.runtime, token_string, token_type_hint)
+        return find_token(self.server, token_string, token_type_hint)
 
     def authenticate_token(self, request, client):
         self.check_params(request, client)

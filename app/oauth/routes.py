@@ -7,10 +7,10 @@ from urllib.parse import unquote
 
 from fastapi import APIRouter, Depends, Request, Response
 
+from app.http import endpoints
 from app.http.body import FormDep, read_json
 from app.http.deps import DbDep, RuntimeDep
 from app.oauth import jwt_access
-from app.oauth.metadata import MetadataCache  # noqa: F401  (re-exported for app.main)
 from app.oauth.server import NO_STORE, dumps, json_request, oauth_request, repeated_parameter, safe_description, using
 from app.security.hosts import client_ip
 from app.stores import tokens as tokens_store
@@ -20,26 +20,9 @@ router = APIRouter()
 registration_router = APIRouter()  # POST /register: not served when registration is closed
 well_known_router = APIRouter()
 
-PUBLIC_PATHS = ("/jwks", "/token", "/register", "/revoke", "/userinfo")
-
-
-def is_public_path(prefix: str):
-    """CORS is open on metadata, JWKS and the endpoints browser-based clients call."""
-    exact = {prefix + p for p in PUBLIC_PATHS}
-
-    def check(path: str) -> bool:
-        return (
-            path.startswith("/.well-known/")
-            or path in exact
-            or path.startswith(prefix + "/register/")
-            or (bool(prefix) and path.startswith(prefix + "/.well-known/"))
-        )
-
-    return check
-
 
 def _metadata(request: Request) -> Response:
-    body = request.app.state.runtime.extras["metadata"].body()
+    body = request.app.state.runtime.metadata.body()
     return Response(body, media_type="application/json", headers={"Cache-Control": "public, max-age=300"})
 
 
@@ -63,7 +46,7 @@ def metadata_appended(request: Request):
     return _metadata(request)
 
 
-@router.get("/jwks", name="jwks")
+@router.get(endpoints.JWKS.path, name="jwks")
 def jwks(runtime: RuntimeDep):
     snap = runtime.keys.snapshot()
     return Response(
@@ -100,7 +83,7 @@ def _endpoint_url(runtime, request: Request) -> str:
     return runtime.settings.issuer + request.url.path.removeprefix(runtime.settings.issuer_path)
 
 
-@router.post("/token", name="token")
+@router.post(endpoints.TOKEN.path, name="token")
 def token(request: Request, runtime: RuntimeDep, db: DbDep, form: FormDep):
     settings = runtime.settings
     limited = rate_limited(runtime, request, settings.token_rate_per_ip, "token-ip") or rate_limited(
@@ -118,30 +101,30 @@ def token(request: Request, runtime: RuntimeDep, db: DbDep, form: FormDep):
     if isinstance(req, Response):
         return req
     with using(db):
-        response = runtime.extras["server"].create_token_response(req)
+        response = runtime.server.create_token_response(req)
     db.commit()  # also on errors: a consumed code or a revoked family must stay so
     response.headers.update(NO_STORE)  # RFC 6749 §5.1
     return response
 
 
-@router.post("/revoke", name="revoke")
+@router.post(endpoints.REVOKE.path, name="revoke")
 def revoke(request: Request, runtime: RuntimeDep, db: DbDep, form: FormDep):
     req = _protocol_request(runtime, request, form)
     if isinstance(req, Response):
         return req
     with using(db):
-        response = runtime.extras["server"].create_endpoint_response("revocation", req)
+        response = runtime.server.create_endpoint_response("revocation", req)
     db.commit()
     return response
 
 
-@router.post("/introspect", name="introspect")
+@router.post(endpoints.INTROSPECT.path, name="introspect")
 def introspect(request: Request, runtime: RuntimeDep, db: DbDep, form: FormDep):
     req = _protocol_request(runtime, request, form)
     if isinstance(req, Response):
         return req
     with using(db):
-        response = runtime.extras["server"].create_endpoint_response("introspection", req)
+        response = runtime.server.create_endpoint_response("introspection", req)
     response.headers.update(NO_STORE)
     return response
 
@@ -149,7 +132,7 @@ def introspect(request: Request, runtime: RuntimeDep, db: DbDep, form: FormDep):
 def rate_limited(runtime, request: Request, rate: str, name: str, subject: str | None = None) -> Response | None:
     """429 with Retry-After and an RFC 6749 error body when `subject` (default: the caller's
     address) is over `rate`. Callers from OSTIARY_RATE_LIMIT_EXEMPT are not counted."""
-    wait = runtime.extras["limiter"].hit_from(client_ip(request), rate, name, subject)
+    wait = runtime.limiter.hit_from(client_ip(request), rate, name, subject)
     if wait is None:
         return None
     return too_many_requests(wait)
@@ -179,7 +162,7 @@ def _token_client_id(request: Request, form) -> str:
     return "-"
 
 
-@registration_router.post("/register", name="register")
+@registration_router.post(endpoints.REGISTER.path, name="register")
 def register(request: Request, runtime: RuntimeDep, db: DbDep, body=Depends(read_json)):
     settings = runtime.settings
     limited = rate_limited(runtime, request, settings.registration_rate_per_ip, "register-ip") or rate_limited(
@@ -189,7 +172,7 @@ def register(request: Request, runtime: RuntimeDep, db: DbDep, body=Depends(read
         return limited
     req = json_request("POST", _endpoint_url(runtime, request), request.headers, body)
     with using(db):
-        response = runtime.extras["server"].create_endpoint_response("client_registration", req)
+        response = runtime.server.create_endpoint_response("client_registration", req)
     if response.status_code < 400:
         db.commit()
     else:
@@ -200,13 +183,13 @@ def register(request: Request, runtime: RuntimeDep, db: DbDep, body=Depends(read
 # RFC 7592 management stays served when registration is closed: a client registered before keeps
 # its registration access token, and may still read, update or delete itself. Our client ids
 # have no "/", and a plain segment keeps "/register" from redirecting to "/register/".
-@router.get("/register/{client_id}", name="client_configuration")
-@router.delete("/register/{client_id}")
+@router.get(endpoints.CLIENT_CONFIGURATION.path + "{client_id}", name="client_configuration")
+@router.delete(endpoints.CLIENT_CONFIGURATION.path + "{client_id}")
 def client_configuration(client_id: str, request: Request, runtime: RuntimeDep, db: DbDep):
     return _configure(request, runtime, db, None)
 
 
-@router.put("/register/{client_id}")
+@router.put(endpoints.CLIENT_CONFIGURATION.path + "{client_id}")
 def client_configuration_update(client_id: str, request: Request, runtime: RuntimeDep, db: DbDep, body=Depends(read_json)):
     return _configure(request, runtime, db, body)
 
@@ -215,12 +198,12 @@ def _configure(request: Request, runtime, db, body):
     # RFC 7592 §2: the registration access token authenticates every call.
     req = json_request(request.method, _endpoint_url(runtime, request), request.headers, body)
     with using(db):
-        response = runtime.extras["server"].create_endpoint_response("client_configuration", req)
+        response = runtime.server.create_endpoint_response("client_configuration", req)
     db.commit()
     return response
 
 
-@router.api_route("/userinfo", methods=["GET", "POST"], name="userinfo")
+@router.api_route(endpoints.USERINFO.path, methods=["GET", "POST"], name="userinfo")
 def userinfo(request: Request, runtime: RuntimeDep, db: DbDep):
     auth = request.headers.get("authorization", "")
     scheme, _, value = auth.partition(" ")

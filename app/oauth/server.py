@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 from authlib.oauth2 import AuthorizationServer
@@ -28,15 +29,19 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import Headers
 
 from app.oauth.clients import OAuthClient
-from app.oauth.scopes import PROTOCOL_SCOPES
-from app.runtime import Runtime
-from app.stores import clients as clients_store
 
 _db: ContextVar[Session] = ContextVar("oauth_db")
 # Only the authorization endpoint may fetch a client's metadata document; /token uses the copy.
 _fetch_documents: ContextVar[bool] = ContextVar("fetch_documents", default=False)
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+if TYPE_CHECKING:
+    from app.oauth.catalogue import Catalogue
+    from app.oauth.cimd import MetadataDocuments
+    from app.security.secrets import Keyring
+    from app.services.keys import KeyCache
+    from app.settings import Settings
 
 
 def current_db() -> Session:
@@ -113,24 +118,27 @@ class MissingGrantType(UnsupportedGrantTypeError):
 
 
 class OstiaryServer(AuthorizationServer):
-    def __init__(self, runtime: Runtime):
+    """The protocol core: what the grants and endpoints need, and nothing else."""
+
+    def __init__(
+        self, *, settings: Settings, keyring: Keyring, keys: KeyCache, catalogue: Catalogue, documents: MetadataDocuments
+    ):
         super().__init__(scopes_supported=None)
-        self.runtime = runtime
-        self.issuer = runtime.settings.issuer
+        self.settings = settings
+        self.issuer = settings.issuer
+        self.keyring = keyring
+        self.keys = keys
+        self.catalogue = catalogue
+        self.documents = documents
 
     # -- authlib's framework hooks ------------------------------------------------------------
 
     def query_client(self, client_id):
         if not client_id or len(client_id) > 2048:
             return None
-        row = self._load_client(current_db(), client_id)
-        return OAuthClient(row, self.runtime.keyring) if row is not None else None
-
-    def _load_client(self, db: Session, client_id: str):
-        resolver = self.runtime.extras.get("client_resolver")
-        if resolver is not None:  # Client ID Metadata Documents (app/oauth/cimd.py)
-            return resolver(db, client_id, refresh=_fetch_documents.get())
-        return clients_store.get(db, client_id)
+        # Registered clients from the table; https client_ids through their metadata documents.
+        row = self.documents.resolve(current_db(), client_id, refresh=_fetch_documents.get())
+        return OAuthClient(row, self.keyring) if row is not None else None
 
     def get_authorization_grant(self, request):
         response_type = request.payload.data.get("response_type")
@@ -222,11 +230,21 @@ class OstiaryServer(AuthorizationServer):
                 field = {"revocation": "revocation_endpoint", "introspection": "introspection_endpoint"}.get(name)
                 if field:
                     doc[f"{field}_auth_methods_supported"] = list(endpoint.CLIENT_AUTH_METHODS)
-        doc.update(self.runtime.extras.get("metadata_extensions", {}))
+        doc.update(
+            {
+                # RFC 9207 §3: every authorization response carries `iss`.
+                "authorization_response_iss_parameter_supported": True,
+                # OIDC Discovery §3 (the subset we serve: id_token and userinfo).
+                "subject_types_supported": ["public"],
+                "id_token_signing_alg_values_supported": [self.settings.signing_alg],
+                "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "preferred_username"],
+                "prompt_values_supported": ["none", "login", "consent"],
+            }
+        )
+        if self.settings.cimd_enabled:
+            # MCP 2025-11-25: clients may identify with a Client ID Metadata Document URL.
+            doc["client_id_metadata_document_supported"] = True
         return doc
-
-    def protocol_scopes(self) -> list[str]:
-        return list(PROTOCOL_SCOPES)
 
 
 def error_redirect_url(error: OAuth2Error, issuer: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from typing import TYPE_CHECKING
 
 from sqlalchemy import and_
 from sqlalchemy.orm import Session
@@ -13,11 +14,13 @@ from app.infra.db import now
 from app.models import AuthorizationCode, RefreshToken, User
 from app.oauth.catalogue import ResourceInfo
 from app.oauth.scopes import OPENID, join
-from app.runtime import Runtime
 from app.security.secrets import new_token
 from app.stores import tokens as store
 
 REFRESH_PREFIX = "ostrt_"
+
+if TYPE_CHECKING:
+    from app.runtime import Runtime
 
 
 def new_jti() -> str:

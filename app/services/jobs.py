@@ -6,15 +6,18 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from starlette.concurrency import run_in_threadpool
 
 from app.infra.db import transaction
-from app.runtime import Runtime
 from app.services import cleanup, keys
 from app.stores import jobs as job_locks
 
 log = logging.getLogger("ostiary.jobs")
+
+if TYPE_CHECKING:
+    from app.runtime import Runtime
 
 
 def _key_rotation(runtime: Runtime) -> None:

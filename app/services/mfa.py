@@ -6,13 +6,13 @@ stored as HMACs and each works once; a TOTP code works once (RFC 6238 §5.2).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from sqlalchemy.orm import Session
 
 from app.infra.db import now
 from app.models import User
-from app.runtime import Runtime
 from app.security import totp
 from app.security.secrets import DecryptError
 from app.services import audit
@@ -24,6 +24,9 @@ from app.stores import sessions as sessions_store
 # three valid codes at any time (drift), 10 guesses per 15 minutes is about 1 in 33,000 a day.
 MAX_FAILURES = 10
 FAILURE_WINDOW = 15 * 60
+
+if TYPE_CHECKING:
+    from app.runtime import Runtime
 
 
 def _context(user_id: str) -> bytes:

@@ -7,6 +7,7 @@ from urllib.parse import quote, urlsplit
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse
 
+from app.http import endpoints
 from app.http.body import FormDep
 from app.http.deps import DbDep, RuntimeDep
 from app.models.client import KIND_DYNAMIC, KIND_METADATA_DOCUMENT
@@ -48,7 +49,7 @@ def _start(request: Request, browser: Browser, db, runtime, params: list[tuple[s
     limited = browser.limited(client_ip(request), runtime.settings.authorize_rate_per_ip, "authorize-ip")
     if limited is not None:
         return limited
-    server = runtime.extras["server"]
+    server = runtime.server
     req = oauth_request(
         request.method, runtime.settings.issuer + "/authorize", request.headers, params, form=request.method == "POST"
     )
@@ -71,7 +72,7 @@ def _start(request: Request, browser: Browser, db, runtime, params: list[tuple[s
 
 def _continue(browser: Browser, db, runtime, grant, handle: str | None):
     """Signed in: skip consent when it already covers the request, else show the page."""
-    server = runtime.extras["server"]
+    server = runtime.server
     req = grant.request
     user = browser.user
     scopes = flow.permitted_scopes(req.scopes, req.resource, user)
@@ -103,12 +104,12 @@ def _finish(db, runtime, handle: str | None) -> bool:
     return requests_store.take(db, runtime.keyring.hashes(handle))
 
 
-@router.get("/authorize", name="authorize")
+@router.get(endpoints.AUTHORIZE.path, name="authorize")
 def authorize_get(request: Request, browser: BrowserDep, db: DbDep, runtime: RuntimeDep):
     return _start(request, browser, db, runtime, list(request.query_params.multi_items()))
 
 
-@router.post("/authorize")
+@router.post(endpoints.AUTHORIZE.path)
 def authorize_post(request: Request, browser: BrowserDep, db: DbDep, runtime: RuntimeDep, form: FormDep):
     # OAuth 2.1 §4.1.1: the authorization endpoint supports POST with a form body too.
     return _start(request, browser, db, runtime, [(k, v) for k, v in form.multi_items() if isinstance(v, str)])
@@ -126,14 +127,14 @@ def _resume(request: Request, browser: Browser, db, runtime, handle: str):
     force_login = "login" in (row.prompt or "").split()
     if not browser.signed_in or (force_login and browser.session.auth_time < row.created_at):
         return _login(browser, handle, force=force_login)
-    resource = runtime.extras["catalogue"].by_id(row.resource_id)
+    resource = runtime.catalogue.by_id(row.resource_id)
     if resource is None:
         return browser.render(
             "error.html", 400, title="Resource removed", message="The MCP server of this request no longer exists."
         )
     params = flow.replay_params(row, resource.uri)
     req = oauth_request("GET", runtime.settings.issuer + "/authorize", request.headers, params, form=False)
-    result = flow.validate(runtime.extras["server"], db, req)
+    result = flow.validate(runtime.server, db, req)
     if isinstance(result, flow.Untrusted):
         return _error_page(browser, result.error)
     if isinstance(result, RedirectResponse):
@@ -203,7 +204,7 @@ def consent_decision(handle: str, request: Request, browser: BrowserDep, db: DbD
         return _render_consent(browser, db, grant, handle, 400, error="Choose Allow or Deny.")
     if not _finish(db, runtime, handle):
         return browser.render("error.html", 400, title="Request already completed", message=GONE)
-    server = runtime.extras["server"]
+    server = runtime.server
     user = browser.user
     req = grant.request
     if decision == "deny":

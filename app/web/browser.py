@@ -8,38 +8,25 @@ an idle and an absolute timeout.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 from urllib.parse import quote
 
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy.orm import Session
 
 from app.http.deps import DbDep, RuntimeDep
 from app.infra.db import now
-from app.infra.paths import TEMPLATES
 from app.models import BrowserSession, User
-from app.runtime import Runtime
 from app.security import csrf
 from app.security.secrets import new_token
 from app.stores import sessions as store
 from app.stores import users as users_store
-from app.web import filters
 
 TOUCH_EVERY = 60  # seconds: how stale last_seen_at may get before a request writes it
 
-
-def make_templates() -> Environment:
-    env = Environment(
-        loader=FileSystemLoader(str(TEMPLATES)),
-        autoescape=select_autoescape(["html"]),
-        auto_reload=False,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    filters.install(env)
-    return env
+if TYPE_CHECKING:
+    from app.runtime import Runtime
 
 
 def cookie_names(runtime: Runtime) -> tuple[str, str]:
@@ -141,7 +128,7 @@ class Browser:
 
     def limited(self, address: str, rate: str, name: str) -> HTMLResponse | None:
         """The 429 page if `address` is over `rate` (addresses in OSTIARY_RATE_LIMIT_EXEMPT never are)."""
-        wait = self.runtime.extras["limiter"].hit_from(address, rate, name)
+        wait = self.runtime.limiter.hit_from(address, rate, name)
         return None if wait is None else self.too_many_requests(wait)
 
     def redirect(self, url: str, status_code: int = 303) -> RedirectResponse:

@@ -35,7 +35,7 @@ def login(request: Request, browser: BrowserDep, db: DbDep, form: FormDep):
     password = str(form.get("password") or "")
     if not browser.csrf_ok(form):
         return browser.render("login.html", 400, next=next_url, username=username, error=EXPIRED_FORM)
-    settings, limiter = browser.runtime.settings, browser.runtime.extras["limiter"]
+    settings, limiter = browser.runtime.settings, browser.runtime.limiter
     limited = browser.limited(client_ip(request), settings.login_rate_per_ip, "login-ip")
     if limited is not None:
         return limited

@@ -1,11 +1,27 @@
-"""Jinja filters shared by the pages."""
+"""The jinja2 environment every page is rendered with (built once at startup, autoescaped),
+and the filters the pages share."""
 
 from __future__ import annotations
 
 import time
 from urllib.parse import urlsplit
 
-from jinja2 import Environment
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from app.infra.paths import TEMPLATES
+
+
+def make_templates() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(str(TEMPLATES)),
+        autoescape=select_autoescape(["html"]),
+        auto_reload=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["when"] = when
+    env.filters["redirect_hosts"] = redirect_hosts
+    return env
 
 
 def when(timestamp: int | None, empty: str = "—") -> str:
@@ -24,8 +40,3 @@ def redirect_hosts(uris: list[str] | None) -> str:
         if host not in hosts:
             hosts.append(host)
     return ", ".join(hosts)
-
-
-def install(env: Environment) -> None:
-    env.filters["when"] = when
-    env.filters["redirect_hosts"] = redirect_hosts
