@@ -1,37 +1,25 @@
-"""Test harness: the real app over HTTP (httpx + ASGITransport) on a real database.
+"""Pytest hooks and fixtures: the real app over HTTP (httpx + ASGITransport) on a real database.
 
 SQLite by default. With OSTIARY_TEST_DATABASE_URL=postgresql://user@host:port/dbname the suite
 creates a throwaway database on that server, runs against it, and drops it at the end. In CI
 (CI=true) an unreachable PostgreSQL fails the run instead of skipping.
+
+The helpers and constants the tests share are in tests/support.py.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import secrets
-import sys
-import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
-from pathlib import Path
+import inspect
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.pool import NullPool
 
 from app.infra import schema
-from app.infra.db import make_engine
+from app.infra.db import Base, make_engine
 from app.main import create_app
 from app.settings import Settings
-
-ROOT = Path(__file__).resolve().parent.parent
-TEST_SECRET = "test-secret-key-0123456789abcdef0123456789abcdef"
-ISSUER = "http://127.0.0.1:8000"
-PG_URL = os.environ.get("OSTIARY_TEST_DATABASE_URL", "")
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tests.support import KEEP_TABLES, PG_URL, chromium_or_skip, empty_database, execute, make_settings, postgres_database
 
 
 def pytest_report_header(config):
@@ -39,8 +27,6 @@ def pytest_report_header(config):
 
 
 def pytest_collection_modifyitems(items):
-    import inspect
-
     for item in items:
         if inspect.iscoroutinefunction(getattr(item, "function", None)):
             item.add_marker(pytest.mark.anyio)
@@ -54,89 +40,41 @@ def anyio_backend():
 # -- the database ----------------------------------------------------------------------------
 
 
-def _admin_url(url: str) -> str:
-    return "postgresql+psycopg://" + url.split("://", 1)[1]
-
-
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory) -> Iterator[str]:
     if not PG_URL:
         path = tmp_path_factory.mktemp("db") / "ostiary-test.db"
         yield f"sqlite:///{path}"
         return
-    name = f"ostiary_test_{os.getpid()}_{secrets.token_hex(3)}"
-    admin = create_engine(_admin_url(PG_URL), isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:
-        if os.environ.get("CI") == "true":
-            pytest.exit(f"PostgreSQL at {PG_URL} is unreachable in CI: {exc}", returncode=1)
-        pytest.skip(f"PostgreSQL unreachable: {exc}")
-    base = PG_URL.rsplit("/", 1)[0]
-    try:
-        yield f"{base}/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with postgres_database(PG_URL, "ostiary_test", exit_in_ci=True) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
 def migrated(database_url) -> str:
     engine = make_engine(database_url)
-    schema.upgrade(engine)
-    engine.dispose()
+    try:
+        schema.upgrade(engine)
+    finally:
+        engine.dispose()
     return database_url
-
-
-KEEP_TABLES = {"alembic_version", "signing_keys"}
 
 
 @pytest.fixture
 def clean_db(migrated) -> str:
     """Every test starts from empty tables (signing keys are kept: generating RSA keys is slow;
     tests about keys use `fresh_keys`)."""
-    engine = make_engine(migrated)
-    from app.infra.db import Base
-
     tables = [t.name for t in reversed(Base.metadata.sorted_tables) if t.name not in KEEP_TABLES]
-    with engine.begin() as conn:
-        # DELETE, children first: on PostgreSQL it is ~8x faster than TRUNCATE for tables this
-        # small (TRUNCATE rewrites every table's files), and the suite does it ~1200 times.
-        for table in tables:
-            conn.execute(text(f'DELETE FROM "{table}"'))
-    engine.dispose()
+    # DELETE, children first: on PostgreSQL it is ~8x faster than TRUNCATE for tables this
+    # small (TRUNCATE rewrites every table's files), and the suite does it ~1200 times.
+    execute(migrated, *(f'DELETE FROM "{table}"' for table in tables))  # noqa: S608 (the schema's table names)
     return migrated
 
 
 @pytest.fixture
 def fresh_keys(clean_db) -> str:
-    engine = make_engine(clean_db)
-    with engine.begin() as conn:
-        conn.execute(text("DELETE FROM signing_keys"))
-        conn.execute(text("DELETE FROM job_runs"))
-    engine.dispose()
+    execute(clean_db, "DELETE FROM signing_keys", "DELETE FROM job_runs")
     return clean_db
-
-
-@contextmanager
-def empty_database(directory: Path) -> Iterator[str]:
-    """A new, empty database on the configured server: an SQLite file in `directory`, or a
-    throwaway PostgreSQL database dropped afterwards."""
-    if not PG_URL:
-        yield f"sqlite:///{directory / f'empty-{secrets.token_hex(3)}.db'}"
-        return
-    name = f"ostiary_empty_{os.getpid()}_{secrets.token_hex(3)}"
-    admin = create_engine(_admin_url(PG_URL), isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"{PG_URL.rsplit('/', 1)[0]}/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture
@@ -147,12 +85,6 @@ def empty_database_url(database_url, tmp_path) -> Iterator[str]:
 
 
 # -- the app ---------------------------------------------------------------------------------
-
-
-def make_settings(database_url: str, **overrides) -> Settings:
-    values = dict(issuer=ISSUER, database_url=database_url, secret_keys=TEST_SECRET)
-    values.update(overrides)
-    return Settings(**values)
 
 
 @pytest.fixture
@@ -192,8 +124,9 @@ async def client(app, settings) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-def new_client(app, settings):
-    """Another browser/client against the same app (its own cookie jar)."""
+async def new_client(app, settings) -> AsyncIterator[Callable[..., httpx.AsyncClient]]:
+    """Another browser/client against the same app (its own cookie jar); every one made is
+    closed after the test."""
     made: list[httpx.AsyncClient] = []
 
     def factory(**kwargs) -> httpx.AsyncClient:
@@ -202,19 +135,17 @@ def new_client(app, settings):
         made.append(c)
         return c
 
-    yield factory
+    try:
+        yield factory
+    finally:
+        for c in made:
+            await c.aclose()
 
 
-# -- helpers used by many tests --------------------------------------------------------------
-
-CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
+# -- end-to-end ------------------------------------------------------------------------------
 
 
-def csrf_from(html: str) -> str:
-    match = CSRF_RE.search(html)
-    assert match, "no CSRF token in the page"
-    return match.group(1)
-
-
-def unique(prefix: str = "x") -> str:
-    return f"{prefix}{uuid.uuid4().hex[:8]}"
+@pytest.fixture
+def chromium() -> str:
+    """The Chromium the browser tests drive (missing: skipped, or failed in CI)."""
+    return chromium_or_skip()

@@ -10,15 +10,18 @@ once; OSTIARY_ADMIN_MFA=required sends admins to enrol before the console.
 from __future__ import annotations
 
 import pytest
-from conftest import csrf_from
 from sqlalchemy import select, text
-from support import (
+
+from app.models import BrowserSession
+from app.settings import Settings
+from tests.support import (
     PASSWORD,
     admin_client,
     audit_events,
     authorize_params,
     create_resource,
     create_user,
+    csrf_from,
     database_text,
     enrol_totp,
     exchange,
@@ -36,9 +39,6 @@ from support import (
     totp_code,
     user_row,
 )
-
-from app.models import BrowserSession
-from app.settings import Settings
 
 pytestmark = pytest.mark.anyio
 

@@ -10,7 +10,6 @@ proven end to end: consent page, token scope, refresh.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -19,17 +18,27 @@ from types import SimpleNamespace
 from urllib.parse import quote
 
 import pytest
-from conftest import ISSUER, ROOT, TEST_SECRET, csrf_from
 from sqlalchemy import select, text
-from support import (
+
+from app.models import AuditEvent, Client, Grant, User
+from app.models.client import KIND_DYNAMIC, KIND_METADATA_DOCUMENT
+from app.services import audit as audit_log
+from app.stores import clients as clients_store
+from app.stores import grants as grants_store
+from app.stores import users as users_store
+from tests.support import (
+    ISSUER,
     PASSWORD,
     REDIRECT,
     RESOURCE,
+    ROOT,
     admin_client,
     audit_events,
     authorize_params,
+    cli_env,
     create_resource,
     create_user,
+    csrf_from,
     database_rows,
     database_text,
     exchange,
@@ -45,13 +54,6 @@ from support import (
     tokens_for,
     user_row,
 )
-
-from app.models import AuditEvent, Client, Grant, User
-from app.models.client import KIND_DYNAMIC, KIND_METADATA_DOCUMENT
-from app.services import audit as audit_log
-from app.stores import clients as clients_store
-from app.stores import grants as grants_store
-from app.stores import users as users_store
 
 pytestmark = pytest.mark.anyio
 
@@ -300,7 +302,7 @@ async def test_revoking_a_consent_kills_its_refresh_and_access_tokens(world, run
     assert event.details["via"] == "admin" and event.details["scope"] == "mcp:read"
 
     # The next authorization asks alice again.
-    verifier, challenge = pkce()
+    _, challenge = pkce()
     again = await world.user.get("/authorize", params=authorize_params(world.client_id, challenge, scope="mcp:read"))
     assert again.status_code == 303 and "/consent/" in again.headers["location"]
 
@@ -784,7 +786,7 @@ async def test_a_user_outside_a_scopes_group_is_offered_only_the_permitted_subse
 
 async def test_access_denied_when_no_requested_scope_is_permitted(world, runtime):
     await policy_world(world)
-    verifier, challenge = pkce()
+    _, challenge = pkce()
     params = authorize_params(world.client_id, challenge, scope="notes:write", resource=POLICY_RESOURCE)
     response = await world.user.get("/authorize", params=params)
     assert response.status_code == 302
@@ -853,13 +855,7 @@ async def test_a_scope_removed_from_the_mcp_server_is_no_longer_refreshed(world,
 
 
 async def test_cli_created_admin_signs_in_straight_to_the_console(settings, client, runtime):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OSTIARY_")}
-    env.update(
-        PYTHONPATH=str(ROOT),
-        OSTIARY_DATABASE_URL=settings.database_url.get_secret_value(),
-        OSTIARY_SECRET_KEYS=TEST_SECRET,
-        OSTIARY_ISSUER=ISSUER,
-    )
+    env = cli_env(settings.database_url.get_secret_value(), OSTIARY_ISSUER=ISSUER)
     result = subprocess.run(
         [sys.executable, "-m", "app.cli", "users", "create", "admin", "--admin", "--password-stdin"],
         input="an admin passphrase\n",

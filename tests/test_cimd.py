@@ -15,13 +15,19 @@ from email.utils import formatdate
 
 import httpx
 import pytest
-from conftest import csrf_from
 from sqlalchemy import select, text
-from support import (
+
+from app.main import create_app
+from app.models import Client
+from app.models.client import KIND_METADATA_DOCUMENT
+from app.oauth.cimd import cache_lifetime
+from app.settings import Settings
+from tests.support import (
     REDIRECT,
     audit_events,
     authorize,
     authorize_params,
+    csrf_from,
     exchange,
     pkce,
     query,
@@ -29,12 +35,6 @@ from support import (
     signed_in,
     verify_jwt,
 )
-
-from app.main import create_app
-from app.models import Client
-from app.models.client import KIND_METADATA_DOCUMENT
-from app.oauth.cimd import cache_lifetime
-from app.settings import Settings
 
 pytestmark = pytest.mark.anyio
 

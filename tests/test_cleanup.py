@@ -7,16 +7,6 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import func, select, text, update
-from support import (
-    admin_client,
-    authorize_params,
-    introspect,
-    obtain_code,
-    pkce,
-    refresh,
-    signed_in_flow,
-    tokens_for,
-)
 
 from app.infra.db import now
 from app.models import (
@@ -28,6 +18,16 @@ from app.models import (
     RevokedAccessToken,
 )
 from app.services import cleanup
+from tests.support import (
+    admin_client,
+    authorize_params,
+    introspect,
+    obtain_code,
+    pkce,
+    refresh,
+    signed_in_flow,
+    tokens_for,
+)
 
 pytestmark = pytest.mark.anyio
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,25 +18,28 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ISSUER, PG_URL, ROOT, TEST_SECRET, empty_database, make_settings
 from sqlalchemy import text
-from support import PASSWORD, database_rows, database_text, login
 
 from app.infra import schema
 from app.infra.db import make_engine
 from app.main import create_app
 from app.security.secrets import Keyring
+from tests.support import (
+    ISSUER,
+    OSTIARY,
+    PASSWORD,
+    PG_URL,
+    TEST_SECRET,
+    cli_env,
+    database_rows,
+    database_text,
+    empty_database,
+    free_port,
+    login,
+    make_settings,
+)
 
 pytestmark = pytest.mark.anyio
-
-_SCRIPT = Path(sys.executable).with_name("ostiary")
-OSTIARY = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "app.cli"]
-
-
-def cli_env(url: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OSTIARY_")}
-    env.update(PYTHONPATH=str(ROOT), OSTIARY_DATABASE_URL=url, OSTIARY_SECRET_KEYS=TEST_SECRET, **extra)
-    return env
 
 
 class Ostiary:
@@ -381,7 +382,7 @@ class BadRuns:
         self.before = database_rows(ostiary.url)
         results = run_parallel(ostiary, cases)
         self.after = database_rows(ostiary.url)
-        self.results = {(tuple(args), stdin): result for (args, stdin), result in zip(cases, results)}
+        self.results = {(tuple(args), stdin): result for (args, stdin), result in zip(cases, results, strict=True)}
 
     def check(self, args: list[str], stdin: str, usage: str) -> None:
         assert_usage_error(self.results[(tuple(args), stdin)], usage)
@@ -397,12 +398,6 @@ def bad_runs(database_url, tmp_path_factory) -> Iterator[BadRuns]:
 
 
 # -- serve -------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve_until_ready(url: str, cwd: Path, *args: str) -> None:

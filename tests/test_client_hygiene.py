@@ -10,7 +10,12 @@ import time
 
 import pytest
 from sqlalchemy import select, text
-from support import (
+
+from app.models import Client
+from app.models.client import KIND_METADATA_DOCUMENT
+from app.oauth.clients import prune
+from app.services import jobs
+from tests.support import (
     admin_client,
     audit_events,
     exchange,
@@ -21,11 +26,6 @@ from support import (
     signed_in_flow,
     tokens_for,
 )
-
-from app.models import Client
-from app.models.client import KIND_METADATA_DOCUMENT
-from app.oauth.clients import prune
-from app.services import jobs
 
 pytestmark = pytest.mark.anyio
 

@@ -7,15 +7,19 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import ISSUER, csrf_from
 from sqlalchemy import func, select, text
-from support import (
+
+from app.models import AuthorizationCode, Grant
+from app.oauth.clients import create_admin_client
+from tests.support import (
+    ISSUER,
     PASSWORD,
     REDIRECT,
     RESOURCE,
     audit_events,
     authorize_params,
     create_user,
+    csrf_from,
     exchange,
     login,
     pkce,
@@ -25,9 +29,6 @@ from support import (
     tokens_for,
     verify_jwt,
 )
-
-from app.models import AuthorizationCode, Grant
-from app.oauth.clients import create_admin_client
 
 pytestmark = pytest.mark.anyio
 

@@ -12,10 +12,10 @@ tests skip when it is unreachable, except in CI (CI=true), where that is a failu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
-import secrets
 import shlex
 import shutil
 import signal
@@ -31,11 +31,11 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import pytest
 import yaml
-from conftest import ROOT, TEST_SECRET
 from sqlalchemy import create_engine, text
 
 from app.infra import schema
 from app.settings import canonical_issuer_problem
+from tests.support import ROOT, TEST_SECRET, free_port, postgres_database, psycopg_url
 
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "docker-compose.yml"
@@ -275,7 +275,7 @@ def test_compose_takes_the_issuer_and_keys_from_the_environment(compose):
             partial = {k: v for k, v in host_env().items() if k != required} | unset
             with pytest.raises(MissingVariable, match=f"^{required}: set {required}"):
                 environment(app, partial)
-    with pytest.raises(MissingVariable, match="^OSTIARY_DB_PASSWORD"):
+    with pytest.raises(MissingVariable, match=r"^OSTIARY_DB_PASSWORD"):
         environment(db, {})
 
     # The app's database URL is the db service's database, user and password.
@@ -291,12 +291,6 @@ def test_compose_takes_the_issuer_and_keys_from_the_environment(compose):
 # -- running the start command -------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def can_run_as_pid1() -> bool:
     """Whether we may start a process in a new PID namespace here (as root, usually)."""
     if not shutil.which("unshare") or not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists():
@@ -307,30 +301,11 @@ def can_run_as_pid1() -> bool:
         return False
 
 
-def _engine_url(url: str) -> str:
-    return "postgresql+psycopg://" + url.split("://", 1)[1]
-
-
 @pytest.fixture
 def pg_database() -> Iterator[str]:
     """A throwaway database on the test PostgreSQL server; its URL."""
-    name = f"ostiary_container_{os.getpid()}_{secrets.token_hex(3)}"
-    admin = create_engine(_engine_url(PG_ADMIN_URL), isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:
-        admin.dispose()
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL at {PG_ADMIN_URL} is unreachable in CI: {exc}")
-        pytest.skip(f"PostgreSQL at {PG_ADMIN_URL} unreachable: {exc}")
-    parts = urlsplit(PG_ADMIN_URL)
-    try:
-        yield urlunsplit((parts.scheme, parts.netloc, "/" + name, "", ""))
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with postgres_database(PG_ADMIN_URL, "ostiary_container") as url:
+        yield url
 
 
 def on_local_server(compose_url: str, local_url: str) -> str:
@@ -420,10 +395,8 @@ class Container:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self.process.wait(timeout=10)
 
 
@@ -468,10 +441,8 @@ class LateDatabase:
     def close(self) -> None:
         for s in [self.server, *self.sockets]:
             if s is not None:
-                try:
+                with contextlib.suppress(OSError):
                     s.close()
-                except OSError:
-                    pass
 
 
 @pytest.fixture
@@ -493,7 +464,7 @@ def container(final, compose, tmp_path, pg_database):
 def test_the_start_command_waits_migrates_serves_and_stops_on_sigterm(container, pg_database):
     late = LateDatabase(pg_database)
     box = container(database_url=late.url)
-    engine = create_engine(_engine_url(pg_database))
+    engine = create_engine(psycopg_url(pg_database))
     try:
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")).scalar() == 0
@@ -569,7 +540,7 @@ def test_without_secret_keys_the_start_command_refuses_and_writes_nothing(contai
     assert result.returncode == 78, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines == [lines[0]] and "OSTIARY_SECRET_KEYS" in lines[0], result.stderr
-    engine = create_engine(_engine_url(pg_database))
+    engine = create_engine(psycopg_url(pg_database))
     try:
         assert schema.current(engine) is None
     finally:

@@ -9,10 +9,9 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
-from sqlalchemy import text
-from support import create_resource
 
 from app.infra.db import make_engine
+from tests.support import create_resource, execute
 
 pytestmark = pytest.mark.anyio
 
@@ -169,17 +168,27 @@ async def test_cors_never_on_pages(client, path):
 DEAD_DB = "sqlite:////nonexistent-ostiary-dir/dead.db"
 
 
-def kill_database(runtime) -> None:
-    """Point the request sessions at a database that cannot be opened."""
-    runtime.engine.dispose()
-    runtime.sessions.configure(bind=make_engine(DEAD_DB))  # every holder of the factory sees it
+@pytest.fixture
+def kill_database(runtime):
+    """kill_database(): point the request sessions at a database that cannot be opened (its
+    engine is disposed after the test)."""
+    dead = []
+
+    def kill() -> None:
+        runtime.engine.dispose()
+        dead.append(make_engine(DEAD_DB))
+        runtime.sessions.configure(bind=dead[-1])  # every holder of the factory sees it
+
+    yield kill
+    for engine in dead:
+        engine.dispose()
 
 
 @pytest.mark.parametrize("path", [pytest.param(OAUTH, id="oauth metadata"), pytest.param(OIDC, id="openid configuration")])
-async def test_metadata_never_5xx_when_database_down(client, runtime, path):
+async def test_metadata_never_5xx_when_database_down(client, runtime, kill_database, path):
     create_resource(runtime)
     before = await client.get(path)
-    kill_database(runtime)
+    kill_database()
     runtime.metadata.invalidate()  # force a rebuild against the dead database
     after = await client.get(path)
     assert after.status_code == 200
@@ -187,8 +196,8 @@ async def test_metadata_never_5xx_when_database_down(client, runtime, path):
     assert "mcp:read" in after.json()["scopes_supported"]
 
 
-async def test_metadata_never_5xx_when_database_down_from_start(client, runtime):
-    kill_database(runtime)  # before the first metadata request: nothing cached yet
+async def test_metadata_never_5xx_when_database_down_from_start(client, runtime, kill_database):
+    kill_database()  # before the first metadata request: nothing cached yet
     response = await client.get(OAUTH)
     assert response.status_code == 200
     doc = response.json()
@@ -206,8 +215,8 @@ async def test_healthz_and_readyz_ok(client):
     assert ready.json()["status"] == "ok"
 
 
-async def test_readyz_503_when_database_down(client, runtime):
-    kill_database(runtime)
+async def test_readyz_503_when_database_down(client, runtime, kill_database):
+    kill_database()
     response = await client.get("/readyz")
     assert response.status_code == 503
     assert response.headers["retry-after"] == "5"  # RFC 9110 §15.6.4
@@ -215,10 +224,8 @@ async def test_readyz_503_when_database_down(client, runtime):
 
 
 async def test_readyz_503_without_active_key(client, runtime, settings):
-    engine = make_engine(settings.database_url.get_secret_value())
-    with engine.begin() as conn:  # the next app start promotes the next key again (ensure_keys)
-        conn.execute(text("DELETE FROM signing_keys WHERE state = 'active'"))
-    engine.dispose()
+    # The next app start promotes the next key again (ensure_keys).
+    execute(settings.database_url.get_secret_value(), "DELETE FROM signing_keys WHERE state = 'active'")
     response = await client.get("/readyz")
     assert response.status_code == 503
     assert response.headers["retry-after"] == "5"  # RFC 9110 §15.6.4

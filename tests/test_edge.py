@@ -8,10 +8,9 @@ import json
 
 import httpx
 import pytest
-from conftest import make_settings
-from support import signed_in_flow, tokens_for
 
 from app.security.hosts import HostPolicy, ProxyPolicy, split_host
+from tests.support import make_settings, signed_in_flow, tokens_for
 
 pytestmark = pytest.mark.anyio
 
@@ -88,15 +87,21 @@ async def test_wrong_host_is_misdirected_421(client):
 
 
 @pytest.fixture
-def production(app):
+async def production(app):
     """The app under a public https issuer (settings_overrides below), reached directly or
-    through a TLS proxy at 10.0.0.2."""
+    through a TLS proxy at 10.0.0.2. Every client made is closed after the test."""
+    made: list[httpx.AsyncClient] = []
 
     def make(peer: str = "10.0.0.2", scheme: str = "https") -> httpx.AsyncClient:
         transport = httpx.ASGITransport(app=app, client=(peer, 40000))
-        return httpx.AsyncClient(transport=transport, base_url=f"{scheme}://auth.example.test")
+        made.append(httpx.AsyncClient(transport=transport, base_url=f"{scheme}://auth.example.test"))
+        return made[-1]
 
-    return make
+    try:
+        yield make
+    finally:
+        for c in made:
+            await c.aclose()
 
 
 @pytest.mark.parametrize("settings_overrides", [{"issuer": "https://auth.example.test", "trusted_proxies": ["10.0.0.0/8"]}])

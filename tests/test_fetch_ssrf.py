@@ -15,7 +15,9 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-from support import (
+
+from app.infra.fetch import Fetcher, FetchError, guarded_transport, is_public_address
+from tests.support import (
     REDIRECT,
     audit_events,
     authorize,
@@ -26,14 +28,12 @@ from support import (
     signed_in,
     verify_jwt,
 )
-from tls_documents import (
+from tests.tls_documents import (
     CertificateAuthority,
     DocumentServer,
     document_server,
     make_test_ca,
 )
-
-from app.infra.fetch import Fetcher, FetchError, guarded_transport, is_public_address
 
 pytestmark = pytest.mark.anyio
 

@@ -3,24 +3,36 @@ encryption at rest under the keyring, scheduled rotation under a lock that repli
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
 
 import pytest
-from conftest import PG_URL, ROOT, TEST_SECRET, make_settings
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
-from sqlalchemy import text
-from support import create_resource, create_user, database_text, exchange, login, obtain_code, register
 
-from app.infra.db import make_engine, now, transaction
+from app.infra.db import now, transaction
 from app.main import create_app
 from app.security.secrets import DecryptError, Keyring
 from app.services import jobs, keys
 from app.stores import keys as keys_store
+from tests.support import (
+    PG_URL,
+    ROOT,
+    TEST_SECRET,
+    clean_env,
+    create_resource,
+    create_user,
+    database_text,
+    exchange,
+    execute,
+    login,
+    make_settings,
+    obtain_code,
+    register,
+    sql,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -32,10 +44,7 @@ def discard_keys(fresh_keys):
     """For tests that leave keys other tests cannot use (ES256, or encrypted under another
     keyring): remove them afterwards; the next app start creates RS256 keys again."""
     yield
-    engine = make_engine(fresh_keys)
-    with engine.begin() as conn:
-        conn.execute(text("DELETE FROM signing_keys"))
-    engine.dispose()
+    execute(fresh_keys, "DELETE FROM signing_keys")
 
 
 async def access_token(client, client_id: str) -> str:
@@ -66,13 +75,6 @@ def rotate(runtime, *, force: bool = True) -> str:
 def states(runtime) -> dict[str, str]:
     with runtime.sessions() as db:
         return {k.kid: k.state for k in keys_store.all_keys(db)}
-
-
-def sql(settings, statement: str, **params) -> None:
-    engine = make_engine(settings.database_url.get_secret_value())
-    with engine.begin() as conn:
-        conn.execute(text(statement), params)
-    engine.dispose()
 
 
 # -- JWKS across rotations ---------------------------------------------------------------------
@@ -324,8 +326,7 @@ print(keys.rotate_if_due(factory, settings, Keyring(settings.keyring())))
 async def test_concurrent_scheduled_rotation_two_processes_rotates_once(fresh_keys, runtime, settings):
     before = states(runtime)
     sql(settings, "UPDATE signing_keys SET activated_at = :t WHERE state = 'active'", t=now() - settings.key_rotation_period - 1)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OSTIARY_")}
-    env["PYTHONPATH"] = str(ROOT)
+    env = clean_env(PYTHONPATH=str(ROOT))
     start_at = str(time.time() + 2.5)
     procs = [
         subprocess.Popen(

@@ -7,12 +7,9 @@ import re
 
 import pytest
 from argon2 import PasswordHasher
-from conftest import csrf_from
-from sqlalchemy import text
-from support import PASSWORD, create_user, database_text, login
 
 from app.infra.db import now
-from app.settings import Settings
+from tests.support import PASSWORD, create_user, csrf_from, database_text, login, sql
 
 # Marked here too: anyio re-creates items unmarked at collection time and drops their parameters.
 pytestmark = pytest.mark.anyio
@@ -38,18 +35,6 @@ def error_message(html: str) -> str:
 async def signed_in(client) -> bool:
     response = await client.get("/account")
     return response.status_code == 200
-
-
-def sql(settings: Settings, statement: str, **params):
-    from app.infra.db import make_engine
-
-    engine = make_engine(settings.database_url.get_secret_value())
-    try:
-        with engine.begin() as conn:
-            result = conn.execute(text(statement), params)
-            return result.all() if result.returns_rows else None
-    finally:
-        engine.dispose()
 
 
 # -- the page ----------------------------------------------------------------------------------

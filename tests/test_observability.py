@@ -9,9 +9,9 @@ import json
 import logging
 
 import pytest
-from support import PASSWORD, admin_client, introspect, refresh, signed_in_flow, tokens_for
 
 from app.infra.logs import JsonFormatter
+from tests.support import PASSWORD, admin_client, create_user, introspect, login, refresh, signed_in_flow, tokens_for
 
 pytestmark = pytest.mark.anyio
 
@@ -70,8 +70,6 @@ async def test_access_log_names_routes_not_paths(client, runtime, caplog):
 
 async def test_failed_sign_ins_are_counted_and_audited(client, runtime, caplog):
     caplog.set_level(logging.INFO, logger="ostiary")
-    from support import create_user, login
-
     create_user(runtime, "bob")
     before = (await client.get("/metrics")).text
     assert (await login(client, "bob", "wrong password")).status_code == 401

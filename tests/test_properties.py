@@ -161,7 +161,7 @@ def mutated(draw, uri: str, kinds: tuple[str, ...] = ALL_KINDS) -> str:
             st.one_of(
                 dns_host,
                 st.sampled_from(
-                    LOOPBACK + ["evil.example", host + ".evil.example", host.upper() if host.upper() != host else host + "x"]
+                    [*LOOPBACK, "evil.example", host + ".evil.example", host.upper() if host.upper() != host else host + "x"]
                 ),
             )
         )
@@ -275,7 +275,7 @@ def test_match_is_exact_string_comparison_except_the_loopback_port(pair):
 @BOUNDED
 @example(uri="http://127.0.0.1:9876/callback", position=21, char="\r\n").via("known counterexample: CR LF in the path")
 @example(uri="http://127.0.0.1:9876/callback", position=0, char=" ").via("known counterexample: a leading space")
-@given(registered_uri, st.integers(min_value=0, max_value=200), st.sampled_from(list(CONTROL) + ["\r\n"]))
+@given(registered_uri, st.integers(min_value=0, max_value=200), st.sampled_from([*CONTROL, "\r\n"]))
 def test_control_characters_and_spaces_never_match(uri, position, char):
     """RFC 3986 §2 / OAuth 2.1 §4.1.1: a redirect URI with a control character or space
     inserted anywhere is another string and never matches (nor may it reach a Location header)."""
@@ -339,7 +339,7 @@ def test_registration_raises_only_its_own_error_and_accepts_only_safe_uris(uri):
 resource_host = st.one_of(
     dns_host,
     st.builds(str.upper, dns_host),
-    st.sampled_from(["127.0.0.1", "[::1]", "localhost", "LOCALHOST", "[2001:DB8::1]", "MCP.Example.COM"] + LOOKALIKES),
+    st.sampled_from(["127.0.0.1", "[::1]", "localhost", "LOCALHOST", "[2001:DB8::1]", "MCP.Example.COM", *LOOKALIKES]),
 )
 
 

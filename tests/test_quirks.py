@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import select
-from support import (
+
+from app.models import Client
+from tests.support import (
     REDIRECT,
     authorize,
     authorize_params,
@@ -19,8 +21,6 @@ from support import (
     signed_in_flow,
     verify_jwt,
 )
-
-from app.models import Client
 
 pytestmark = pytest.mark.anyio
 

@@ -10,18 +10,20 @@ import secrets
 import time
 
 import pytest
-from conftest import make_settings
-from support import (
+
+from app.main import create_app
+from tests.support import (
     PASSWORD,
     audit_events,
     authorize_params,
     create_user,
     login,
+    make_settings,
     pkce,
+    redis_problem,
     registered_flow,
+    unavailable,
 )
-
-from app.main import create_app
 
 pytestmark = pytest.mark.anyio
 
@@ -165,14 +167,9 @@ async def test_a_limit_hit_is_audited_once_per_window(client, runtime):
 
 @pytest.fixture
 def redis_url():
-    import redis
-
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_timeout=1).ping()
-    except redis.RedisError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Redis at {REDIS_URL} is unreachable in CI: {exc}")
-        pytest.skip(f"Redis unreachable: {exc}")
+    problem = redis_problem(REDIS_URL, timeout=1)
+    if problem is not None:
+        unavailable(problem)
     return REDIS_URL
 
 
@@ -186,18 +183,18 @@ async def test_limits_are_shared_by_replicas_through_redis(redis_url, settings, 
         create_app(make_settings(settings.database_url.get_secret_value(), **overrides), run_jobs=False) for _ in range(2)
     ]
     address = f"198.18.{secrets.randbelow(250)}.{secrets.randbelow(250) + 1}"  # fresh counters per run
+    clients = [
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=a, client=(address, 40000)), base_url=settings.issuer)
+        for a in replicas
+    ]
     try:
-        clients = [
-            httpx.AsyncClient(transport=httpx.ASGITransport(app=a, client=(address, 40000)), base_url=settings.issuer)
-            for a in replicas
-        ]
         body = {"redirect_uris": ["http://127.0.0.1:9/cb"]}
         statuses = [(await clients[i % 2].post("/register", json=body)).status_code for i in range(4)]
         assert statuses == [201, 201, 201, 429]
         assert (await clients[0].post("/register", json=body)).status_code == 429
+    finally:
         for c in clients:
             await c.aclose()
-    finally:
         for a in replicas:
             a.state.runtime.engine.dispose()
 

@@ -7,10 +7,10 @@ import re
 import shlex
 
 import pytest
-from conftest import ROOT
 
 from app.cli import build_parser
 from app.settings import Settings
+from tests.support import ROOT
 
 README = (ROOT / "README.md").read_text()
 CI = (ROOT / ".ci" / "run").read_text()

@@ -6,10 +6,20 @@ never a redirect: RFC 6749 4.1.2.1)."""
 from __future__ import annotations
 
 import pytest
-from conftest import ISSUER
-from support import REDIRECT, authorize, authorize_params, exchange, pkce, query, register, registered_flow, signed_in_flow
 
 from app.oauth.redirect_uris import InvalidRedirectUri, matches, validate_registered
+from tests.support import (
+    ISSUER,
+    REDIRECT,
+    authorize,
+    authorize_params,
+    exchange,
+    pkce,
+    query,
+    register,
+    registered_flow,
+    signed_in_flow,
+)
 
 pytestmark = pytest.mark.anyio
 

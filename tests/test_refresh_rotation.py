@@ -6,16 +6,19 @@ PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 
 import httpx
 import pytest
 from sqlalchemy import select, text
-from support import (
+
+from app.main import create_app
+from app.models import RefreshToken
+from tests.support import (
     admin_client,
     audit_events,
+    free_port,
     introspect,
     login,
     refresh,
@@ -24,9 +27,6 @@ from support import (
     tokens_for,
     verify_jwt,
 )
-
-from app.main import create_app
-from app.models import RefreshToken
 
 pytestmark = pytest.mark.anyio
 
@@ -233,19 +233,13 @@ async def test_refresh_requires_the_client_to_be_allowed_the_grant(client, runti
 # -- concurrency, on SQLite and PostgreSQL, through uvicorn (issue 3 item 6) -------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class _Server:
     """The real app under uvicorn on 127.0.0.1, in a thread, for as long as the block runs."""
 
     def __init__(self, settings):
         import uvicorn
 
-        self.port = _free_port()
+        self.port = free_port()
         self.app = create_app(settings, run_jobs=False)
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
@@ -256,6 +250,7 @@ class _Server:
         deadline = time.monotonic() + 10
         while not self.server.started:
             if time.monotonic() > deadline or not self.thread.is_alive():
+                self.__exit__(None, None, None)
                 raise RuntimeError("uvicorn did not start")
             time.sleep(0.02)
         return f"http://127.0.0.1:{self.port}"

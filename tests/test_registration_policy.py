@@ -11,9 +11,9 @@ import time
 import httpx
 import pytest
 from sqlalchemy import text
-from support import REDIRECT, audit_events, database_text, run_ostiary
 
 from app.main import create_app
+from tests.support import REDIRECT, audit_events, database_text, run_ostiary
 
 pytestmark = pytest.mark.anyio
 

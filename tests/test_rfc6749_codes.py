@@ -6,9 +6,11 @@ authorization redirect, and client authentication at /token."""
 from __future__ import annotations
 
 import pytest
-from conftest import ISSUER
 from sqlalchemy import text
-from support import (
+
+from app.infra.db import Base
+from tests.support import (
+    ISSUER,
     REDIRECT,
     admin_client,
     audit_events,
@@ -25,8 +27,6 @@ from support import (
     signed_in_flow,
     tokens_for,
 )
-
-from app.infra.db import Base
 
 pytestmark = pytest.mark.anyio
 

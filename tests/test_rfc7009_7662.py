@@ -8,11 +8,13 @@ registered one only its own (RFC 7662 4)."""
 from __future__ import annotations
 
 import pytest
-from conftest import ISSUER
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 from sqlalchemy import text
-from support import (
+
+from app.infra.db import now
+from tests.support import (
+    ISSUER,
     RESOURCE,
     admin_client,
     audit_events,
@@ -23,8 +25,6 @@ from support import (
     tokens_for,
     verify_jwt,
 )
-
-from app.infra.db import now
 
 pytestmark = pytest.mark.anyio
 

@@ -7,9 +7,9 @@ import time
 
 import pytest
 from sqlalchemy import select
-from support import REDIRECT
 
 from app.models import Client
+from tests.support import REDIRECT
 
 pytestmark = pytest.mark.anyio
 

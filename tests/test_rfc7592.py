@@ -6,10 +6,13 @@ any other token gets 401 with a Bearer challenge (RFC 7592 §2, RFC 6750 §3.1).
 from __future__ import annotations
 
 import pytest
-from conftest import ISSUER
 from sqlalchemy import select
-from support import (
+
+from app.models import Client
+from tests.support import (
+    ISSUER,
     REDIRECT,
+    admin_client,
     audit_events,
     authorize_params,
     database_text,
@@ -20,8 +23,6 @@ from support import (
     signed_in_flow,
     tokens_for,
 )
-
-from app.models import Client
 
 pytestmark = pytest.mark.anyio
 
@@ -234,8 +235,6 @@ async def test_token_of_one_client_does_not_work_on_another(client, runtime, met
 async def test_token_does_not_manage_clients_that_were_not_registered_dynamically(client, runtime):
     """Operator-created clients have no registration URI to manage (RFC 7592 applies to
     dynamically registered clients)."""
-    from support import admin_client
-
     reg = await register(client)
     admin_id, _ = admin_client(runtime)
     response = await client.delete(f"/register/{admin_id}", headers=auth(reg))

@@ -8,8 +8,9 @@ client by redirect with `error`, `state` and `iss` (RFC 6749 4.1.2.1, RFC 9207 2
 from __future__ import annotations
 
 import pytest
-from conftest import ISSUER
-from support import (
+
+from tests.support import (
+    ISSUER,
     REDIRECT,
     authorize_params,
     exchange,
@@ -69,7 +70,7 @@ async def test_authorize_refuses_bad_pkce_by_redirect(client, runtime, overrides
 async def test_authorize_refuses_repeated_challenge(client, runtime):
     """RFC 6749 3.1: parameters MUST NOT be included more than once."""
     reg = await registered_flow(client, runtime)
-    params = list(authorize_params(reg["client_id"], CHALLENGE).items()) + [("code_challenge", pkce()[1])]
+    params = [*authorize_params(reg["client_id"], CHALLENGE).items(), ("code_challenge", pkce()[1])]
     response = await client.get("/authorize", params=params)
     assert response.status_code == 302
     q = query(response.headers["location"])

@@ -5,8 +5,11 @@ of the RFC 9068 access token."""
 from __future__ import annotations
 
 import pytest
-from conftest import ISSUER
-from support import (
+
+from app.oauth.resource_indicators import InvalidResource, canonical_resource
+from app.stores import users as users_store
+from tests.support import (
+    ISSUER,
     RESOURCE,
     authorize_params,
     create_resource,
@@ -23,9 +26,6 @@ from support import (
     tokens_for,
     verify_jwt,
 )
-
-from app.oauth.resource_indicators import InvalidResource, canonical_resource
-from app.stores import users as users_store
 
 pytestmark = pytest.mark.anyio
 

@@ -6,8 +6,11 @@ subset (id_token with `openid`, /userinfo)."""
 from __future__ import annotations
 
 import pytest
-from conftest import ISSUER
-from support import (
+
+from app.oauth.scopes import InvalidScope, resolve
+from app.stores import users as users_store
+from tests.support import (
+    ISSUER,
     authorize_params,
     pkce,
     query,
@@ -17,9 +20,6 @@ from support import (
     tokens_for,
     verify_jwt,
 )
-
-from app.oauth.scopes import InvalidScope, resolve
-from app.stores import users as users_store
 
 pytestmark = pytest.mark.anyio
 

@@ -10,9 +10,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, TEST_SECRET
 
 from app.settings import MAX_ACCESS_TOKEN_TTL, SettingsError, load_settings
+from tests.support import ROOT, TEST_SECRET, clean_env
 
 OTHER_SECRET = "another-secret-key-fedcba9876543210fedcba9876543210"
 
@@ -275,8 +275,7 @@ def test_defaults_match_the_design():
     ],
 )
 def test_serve_with_invalid_setting_exits_78_with_one_line(tmp_path, env, name):
-    base = {k: v for k, v in os.environ.items() if not k.startswith("OSTIARY_")}
-    base.update(PYTHONPATH=str(ROOT), OSTIARY_DATABASE_URL=f"sqlite:///{tmp_path / 'ostiary.db'}", **env)
+    base = clean_env(PYTHONPATH=str(ROOT), OSTIARY_DATABASE_URL=f"sqlite:///{tmp_path / 'ostiary.db'}", **env)
     result = subprocess.run(
         [sys.executable, "-m", "app.cli", "serve", "--port", "8"],
         env=base,

@@ -1,4 +1,4 @@
-from support import create_resource, create_user, exchange, login, obtain_code, refresh, register
+from tests.support import create_resource, create_user, exchange, login, obtain_code, refresh, register
 
 
 async def test_whole_flow(client, runtime):
@@ -7,7 +7,7 @@ async def test_whole_flow(client, runtime):
     reg = await register(client)
     r = await login(client)
     assert r.status_code == 303, r.text
-    code, verifier, params = await obtain_code(client, reg["client_id"], scope="mcp:read")
+    code, verifier, _ = await obtain_code(client, reg["client_id"], scope="mcp:read")
     token = await exchange(client, reg["client_id"], code, verifier)
     assert token.status_code == 200, token.text
     body = token.json()

@@ -15,23 +15,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tls_documents import (
-    HOST,
-    CertificateAuthority,
-    DocumentServer,
-    document_server,
-    make_test_ca,
-)
-
-from e2e.servers import (
-    Process,
-    example_mcp_server,
-    free_port,
-    ostiary_cli,
-    ostiary_env,
-    ostiary_server,
-    throwaway_database,
-)
+from tests.e2e.servers import Process, example_mcp_server, ostiary_cli, ostiary_env, ostiary_server
+from tests.support import empty_database, free_port
+from tests.tls_documents import HOST, CertificateAuthority, DocumentServer, document_server, make_test_ca
 
 
 def cimd_settings(ca: CertificateAuthority) -> dict[str, str]:
@@ -63,7 +49,7 @@ def cimd_stack(directory: Path, *, username: str, password: str, **settings: str
     as_port, rs_port = free_port(), free_port()
     issuer = f"http://127.0.0.1:{as_port}"
     mcp_url = f"http://127.0.0.1:{rs_port}/mcp"
-    with throwaway_database(directory) as database_url, document_server(ca) as documents:
+    with empty_database(directory, "ostiary_e2e") as database_url, document_server(ca) as documents:
         env = ostiary_env(issuer, database_url, **cimd_settings(ca), **settings)
         with ostiary_server(env, as_port, directory / "ostiary.log") as ostiary:
             ostiary_cli(env, "users", "create", username, "--password-stdin", stdin=password + "\n")

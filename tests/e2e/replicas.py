@@ -1,5 +1,6 @@
-"""Two real `ostiary serve` replicas on one PostgreSQL database and one Redis, and the plain-HTTP
-client side that tests drive them with (issue 6, item 5: several replicas behave as one server).
+"""Two real `ostiary serve` replicas on one PostgreSQL database and one Redis (issue 6, item 5:
+several replicas behave as one server). The tests drive them over plain HTTP with the helpers of
+tests/support.py, each given `base=<replica URL>` (see AUTHORIZE, TOKEN and public_client below).
 
 Both replicas are configured exactly alike, with one issuer: `http://127.0.0.1:<port of A>`.
 A deployment puts a load balancer in front of them that forwards the issuer's Host header
@@ -17,11 +18,8 @@ Everything binds and talks to 127.0.0.1.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 import random
-import re
 import secrets
 import signal
 import time
@@ -29,61 +27,57 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qs, urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from sqlalchemy import text
 
-from e2e.servers import BIN, Process, free_port, ostiary_cli, ostiary_env, throwaway_database
+from tests.e2e.servers import Process, ostiary_cli, ostiary_env
+from tests.support import OSTIARY, PASSWORD, RESOURCE, USERNAME, empty_database, free_port, redis_problem, sql, unavailable
 
 REDIS_SERVER = "redis://127.0.0.1:6379"
-USERNAME = "alice"
-PASSWORD = "correct horse battery staple"
-RESOURCE = "https://mcp.example.com/mcp"
-REDIRECT = "http://127.0.0.1:9876/callback"
-CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 CLAIM_KEY = "ostiary-e2e-replicas:claimed-by"
+
+# How the replica tests' client talks to them, with the helpers of tests/support.py (each given
+# `base=<replica URL>`): a public client (public_client); at /authorize a browser that signs in
+# on the way (the sign-in form with its CSRF token, then the consent page's Allow) and asks for
+# mcp:read (AUTHORIZE, for obtain_code and tokens_for); `resource` at /token (TOKEN, for
+# exchange and refresh, and tokens_for's token_params).
+AUTHORIZE = {"sign_in_as": (USERNAME, PASSWORD), "scope": "mcp:read"}
+TOKEN = {"resource": RESOURCE}
+
+
+def public_client(name: str = "Replica test client") -> dict:
+    """The registration metadata of the replica tests' client."""
+    return {"client_name": name, "response_types": ["code"], "token_endpoint_auth_method": "none"}
 
 
 # -- Redis: a numbered database of our own ---------------------------------------------------------
-
-
-def redis_problem() -> str | None:
-    """Why the replicas cannot share a Redis here, or None."""
-    import redis
-
-    try:
-        probe = redis.Redis.from_url(REDIS_SERVER + "/0", socket_timeout=2)
-        probe.ping()
-        probe.close()
-    except Exception as exc:
-        return f"Redis at {REDIS_SERVER} is unreachable: {exc}"
-    return None
 
 
 @contextmanager
 def private_redis_db() -> Iterator[str]:
     import redis
 
-    problem = redis_problem()
+    problem = redis_problem(REDIS_SERVER + "/0")
     if problem is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(problem)
-        pytest.skip(problem)
+        unavailable(problem)
     probe = redis.Redis.from_url(REDIS_SERVER + "/0", socket_timeout=2)
-    databases = int(probe.config_get("databases").get("databases", 16))
-    probe.close()
+    try:
+        databases = int(probe.config_get("databases").get("databases", 16))
+    finally:
+        probe.close()
     me = f"{os.getpid()}-{secrets.token_hex(4)}"
     candidates = list(range(1, databases))
     random.shuffle(candidates)
     for number in candidates:
         conn = redis.Redis.from_url(f"{REDIS_SERVER}/{number}", socket_timeout=2)
-        # Empty and unclaimed: take it (the mark expires by itself should this process die).
-        if conn.dbsize() == 0 and conn.set(CLAIM_KEY, me, nx=True, ex=900):
+        try:
+            # Empty and unclaimed: take it (the mark expires by itself should this process die).
+            if conn.dbsize() != 0 or not conn.set(CLAIM_KEY, me, nx=True, ex=900):
+                continue
             if conn.dbsize() != 1:  # somebody else wrote into it at the same moment: leave it
                 conn.delete(CLAIM_KEY)
-                conn.close()
                 continue
             try:
                 yield f"{REDIS_SERVER}/{number}"
@@ -93,9 +87,9 @@ def private_redis_db() -> Iterator[str]:
                     conn.delete(key)
                 if conn.get(CLAIM_KEY) == me.encode():
                     conn.delete(CLAIM_KEY)
-                conn.close()
             return
-        conn.close()
+        finally:
+            conn.close()
     pytest.skip("no empty Redis database to use")
 
 
@@ -153,16 +147,8 @@ class Replicas:
         return httpx.AsyncClient(headers=headers, follow_redirects=False, **kwargs)
 
     def sql(self, statement: str, **params):
-        """Run one statement on the shared database; all rows for a SELECT."""
-        from app.infra.db import make_engine
-
-        engine = make_engine(self.database_url)
-        try:
-            with engine.begin() as conn:
-                result = conn.execute(text(statement), params)
-                return list(result) if result.returns_rows else result.rowcount
-        finally:
-            engine.dispose()
+        """Run one statement on the shared database (support.sql)."""
+        return sql(self.database_url, statement, **params)
 
     def scalar(self, statement: str, **params):
         return self.sql(statement, **params)[0][0]
@@ -175,7 +161,7 @@ class Replicas:
 
 
 def _start(name: str, env: dict[str, str], port: int, log: Path) -> Process:
-    argv = [str(BIN / "ostiary"), "serve", "--host", "127.0.0.1", "--port", str(port), "--migrate"]
+    argv = [*OSTIARY, "serve", "--host", "127.0.0.1", "--port", str(port), "--migrate"]
     return Process(name, argv, env, log).start()
 
 
@@ -209,9 +195,9 @@ def replica_stack(tmp_path: Path, *, together: bool = False, shared_limits: bool
     if not os.environ.get("OSTIARY_TEST_DATABASE_URL"):
         pytest.skip("replicas share a PostgreSQL database (set OSTIARY_TEST_DATABASE_URL)")
     with ExitStack() as stack:
-        database_url = stack.enter_context(throwaway_database(tmp_path))
+        database_url = stack.enter_context(empty_database(tmp_path, "ostiary_e2e"))
         redis_url = None
-        if shared_limits or redis_problem() is None:
+        if shared_limits or redis_problem(REDIS_SERVER + "/0") is None:
             redis_url = stack.enter_context(private_redis_db())
         port_a, port_b = free_port(), free_port()
         while port_b == port_a:
@@ -239,154 +225,3 @@ def replica_stack(tmp_path: Path, *, together: bool = False, shared_limits: bool
         wait_ready(b, port_b)
         replicas = Replicas(issuer, database_url, redis_url, env, Replica("A", port_a, a), Replica("B", port_b, b), logs)
         yield replicas
-
-
-# -- the client side over plain HTTP -------------------------------------------------------------------
-
-
-def pkce() -> tuple[str, str]:
-    verifier = secrets.token_urlsafe(48)
-    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
-    return verifier, challenge
-
-
-def csrf_from(html: str) -> str:
-    match = CSRF_RE.search(html)
-    assert match, f"no CSRF token in the page:\n{html[:500]}"
-    return match.group(1)
-
-
-def query(url: str) -> dict[str, str]:
-    return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
-
-
-async def register(http: httpx.AsyncClient, base: str, name: str = "Replica test client") -> dict:
-    body = {
-        "redirect_uris": [REDIRECT],
-        "client_name": name,
-        "grant_types": ["authorization_code", "refresh_token"],
-        "response_types": ["code"],
-        "token_endpoint_auth_method": "none",
-    }
-    response = await http.post(f"{base}/register", json=body)
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-async def obtain_code(
-    http: httpx.AsyncClient, client_id: str, *, authorize_at: str, sign_in_at: str | None = None
-) -> tuple[str, str]:
-    """Run /authorize at one replica and, when asked to, sign in (CSRF form) and Allow on the
-    consent page, following the pages at `sign_in_at` (default: the same replica). Returns
-    (code, PKCE verifier)."""
-    pages = sign_in_at or authorize_at
-    verifier, challenge = pkce()
-    state = "st-" + secrets.token_hex(4)
-    params = {
-        "response_type": "code",
-        "client_id": client_id,
-        "redirect_uri": REDIRECT,
-        "code_challenge": challenge,
-        "code_challenge_method": "S256",
-        "resource": RESOURCE,
-        "scope": "mcp:read",
-        "state": state,
-    }
-    response = await http.get(f"{authorize_at}/authorize", params=params)
-    for _ in range(8):
-        assert response.status_code in (302, 303), f"{response.status_code}: {response.text[:500]}"
-        location = response.headers["location"]
-        if location.startswith(REDIRECT):
-            got = query(location)
-            assert "code" in got, got
-            assert got["state"] == state and got["iss"], got
-            return got["code"], verifier
-        target = urljoin(pages + "/", location) if not location.startswith("http") else location
-        path = urlsplit(target).path
-        page = await http.get(target)
-        if path.endswith("/login"):
-            assert page.status_code == 200, page.text[:500]
-            response = await http.post(
-                target.split("?", 1)[0],
-                data={
-                    "username": USERNAME,
-                    "password": PASSWORD,
-                    "csrf_token": csrf_from(page.text),
-                    "next": query(target).get("next", ""),
-                },
-            )
-        elif "/consent/" in path:
-            if page.status_code in (302, 303):
-                response = page
-                continue
-            assert page.status_code == 200, page.text[:500]
-            response = await http.post(target, data={"decision": "allow", "csrf_token": csrf_from(page.text)})
-        else:
-            response = page
-    raise AssertionError(f"no code after following the pages: {response.status_code} {response.headers}")
-
-
-async def exchange(http: httpx.AsyncClient, base: str, client_id: str, code: str, verifier: str) -> httpx.Response:
-    return await http.post(
-        f"{base}/token",
-        data={
-            "grant_type": "authorization_code",
-            "code": code,
-            "code_verifier": verifier,
-            "redirect_uri": REDIRECT,
-            "client_id": client_id,
-            "resource": RESOURCE,
-        },
-    )
-
-
-async def refresh(http: httpx.AsyncClient, base: str, client_id: str, refresh_token: str) -> httpx.Response:
-    return await http.post(
-        f"{base}/token",
-        data={"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": client_id, "resource": RESOURCE},
-    )
-
-
-async def tokens_for(http: httpx.AsyncClient, client_id: str, *, authorize_at: str, redeem_at: str) -> dict:
-    code, verifier = await obtain_code(http, client_id, authorize_at=authorize_at)
-    response = await exchange(http, redeem_at, client_id, code, verifier)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def jwt_header(token: str) -> dict:
-    import json
-
-    head = token.split(".", 1)[0]
-    return json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
-
-
-def verify_jwt(token: str, jwks: dict):
-    from joserfc import jwt
-    from joserfc.jwk import KeySet
-
-    return jwt.decode(token, KeySet.import_key_set(jwks))
-
-
-__all__ = [
-    "PASSWORD",
-    "REDIRECT",
-    "RESOURCE",
-    "USERNAME",
-    "Replica",
-    "Replicas",
-    "csrf_from",
-    "exchange",
-    "jwt_header",
-    "obtain_code",
-    "pkce",
-    "private_redis_db",
-    "query",
-    "redis_problem",
-    "refresh",
-    "register",
-    "replica_stack",
-    "tokens_for",
-    "verify_jwt",
-    "wait_ready",
-]

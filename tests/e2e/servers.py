@@ -1,14 +1,10 @@
-"""Real processes for end-to-end tests: Ostiary (`ostiary serve`), its CLI, the example MCP
-server, and a throwaway database (an SQLite file, or a PostgreSQL database created and dropped
-when OSTIARY_TEST_DATABASE_URL names a server). Everything binds 127.0.0.1; every process started
-here is stopped when its context exits."""
+"""Real processes for end-to-end tests: Ostiary (`ostiary serve`), its CLI and the example MCP
+server. Everything binds 127.0.0.1; every process started here is stopped when its context exits.
+Their databases are support.empty_database(directory, "ostiary_e2e")."""
 
 from __future__ import annotations
 
-import os
-import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,66 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
+from tests.support import OSTIARY, ROOT, clean_env, cli_env
+
 EXAMPLE_SERVER = ROOT / "examples" / "mcp_server" / "server.py"
 SECRET_KEY = "e2e-secret-key-" + "0123456789abcdef" * 3
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The environment without any OSTIARY_* setting of the developer's, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OSTIARY_")}
-    env.update(extra)
-    return env
-
-
-# -- the database ----------------------------------------------------------------------------
-
-
-@contextmanager
-def throwaway_database(tmp_path: Path) -> Iterator[str]:
-    admin_url = os.environ.get("OSTIARY_TEST_DATABASE_URL", "")
-    if not admin_url:
-        yield f"sqlite:///{tmp_path / 'ostiary.db'}"
-        return
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.pool import NullPool
-
-    name = f"ostiary_e2e_{os.getpid()}_{secrets.token_hex(3)}"
-    admin = create_engine(
-        "postgresql+psycopg://" + admin_url.split("://", 1)[1], isolation_level="AUTOCOMMIT", poolclass=NullPool
-    )
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:
-        admin.dispose()
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL at {admin_url} is unreachable in CI: {exc}")
-        pytest.skip(f"PostgreSQL unreachable: {exc}")
-    try:
-        yield f"{admin_url.rsplit('/', 1)[0]}/{name}"
-    finally:
-        # A new connection per attempt (NullPool): a test may have restarted the server, which
-        # may still be coming back.
-        for attempt in range(50):
-            try:
-                with admin.connect() as conn:
-                    conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-                break
-            except Exception:
-                if attempt == 49:
-                    raise
-                time.sleep(0.2)
-        admin.dispose()
 
 
 # -- processes -------------------------------------------------------------------------------
@@ -139,9 +80,11 @@ def running(name: str, argv: list[str], env: dict[str, str], log: Path, ready_ur
 
 
 def ostiary_env(issuer: str, database_url: str, **settings: str) -> dict[str, str]:
-    return clean_env(
+    """The environment of `ostiary` processes (support.cli_env) with the end-to-end keyring,
+    `issuer` and `settings` (lower-case names without the OSTIARY_ prefix)."""
+    return cli_env(
+        database_url,
         OSTIARY_ISSUER=issuer,
-        OSTIARY_DATABASE_URL=database_url,
         OSTIARY_SECRET_KEYS=SECRET_KEY,
         **{f"OSTIARY_{k.upper()}": v for k, v in settings.items()},
     )
@@ -149,16 +92,14 @@ def ostiary_env(issuer: str, database_url: str, **settings: str) -> dict[str, st
 
 def ostiary_cli(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
     """Run `ostiary ARGS...`; its standard output, or a failed test with its error."""
-    done = subprocess.run(
-        [str(BIN / "ostiary"), *args], env=env, cwd=ROOT, input=stdin, capture_output=True, text=True, timeout=60
-    )
+    done = subprocess.run([*OSTIARY, *args], env=env, cwd=ROOT, input=stdin, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, f"ostiary {' '.join(args)} failed ({done.returncode}):\n{done.stderr}"
     return done.stdout
 
 
 @contextmanager
 def ostiary_server(env: dict[str, str], port: int, log: Path) -> Iterator[Process]:
-    argv = [str(BIN / "ostiary"), "serve", "--host", "127.0.0.1", "--port", str(port), "--migrate"]
+    argv = [*OSTIARY, "serve", "--host", "127.0.0.1", "--port", str(port), "--migrate"]
     with running("ostiary", argv, env, log, f"http://127.0.0.1:{port}/readyz") as process:
         yield process
 

@@ -13,10 +13,6 @@ phone (tables scroll inside their own box).
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
-import os
 import secrets
 import threading
 import time
@@ -24,7 +20,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
@@ -32,24 +27,14 @@ import pyotp
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
-from e2e.servers import ROOT, free_port, ostiary_cli, ostiary_env, ostiary_server, throwaway_database
+from tests.e2e.servers import ostiary_cli, ostiary_env, ostiary_server
+from tests.support import CHROMIUM_ARGS, PASSWORD, ROOT, chromium_or_skip, empty_database, free_port, jwt_claims, pkce
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 SHOTS = ROOT / "test-artifacts" / "screenshots"
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
-PASSWORD = "correct horse battery staple"
 ADMIN = "root"
 USERS = ("alice", "bob", "carol", "dave", "erin")
 
@@ -115,7 +100,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
     notes, wiki = f"http://127.0.0.1:{free_port()}/mcp", f"http://127.0.0.1:{free_port()}/wiki/mcp"
     callback = Callback()
     try:
-        with throwaway_database(tmp) as database_url:
+        with empty_database(tmp, "ostiary_e2e") as database_url:
             # Admins must enrol TOTP before they reach the console (the default off loopback).
             env = ostiary_env(issuer, database_url, admin_mfa="required")
             with ostiary_server(env, port, tmp / "ostiary.log"):
@@ -144,12 +129,9 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     # Asked for before the stack, so a missing browser skips before any server starts.
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{CHROMIUM} is missing in CI")
-        pytest.skip(f"{CHROMIUM} is missing")
+    path = chromium_or_skip()
     with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        chromium = pw.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
         try:
             yield chromium
         finally:
@@ -259,8 +241,7 @@ def register(stack: Stack, name: str) -> str:
 
 def authorize_url(stack: Stack, client_id: str, scope: str, resource: str) -> tuple[str, str, str]:
     """(URL, state, code_verifier) of an authorization request with PKCE S256 and a resource."""
-    verifier = secrets.token_urlsafe(48)
-    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    verifier, challenge = pkce()
     state = secrets.token_urlsafe(12)
     query = {
         "response_type": "code",
@@ -336,11 +317,6 @@ def assert_revoked(stack: Stack, tokens: Tokens, resource: str) -> None:
     assert answer.status_code == 400 and answer.json()["error"] == "invalid_grant", answer.text
     assert introspect(stack, tokens.access) == {"active": False}
     assert introspect(stack, tokens.refresh)["active"] is False
-
-
-def jwt_claims(token: str) -> dict:
-    payload = token.split(".")[1]
-    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
 
 
 def jwks_kids(stack: Stack) -> set[str]:

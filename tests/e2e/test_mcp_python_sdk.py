@@ -10,16 +10,9 @@ consent, refresh after the access token expires, and refresh-token reuse detecti
 
 from __future__ import annotations
 
-import os
-import queue
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import httpx
@@ -28,27 +21,24 @@ import pytest
 from mcp.client import Client
 from mcp.client.auth import OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
-from playwright.async_api import async_playwright
-from sqlalchemy import text
+from mcp.shared.auth import OAuthClientMetadata
 
-from app.infra.db import make_engine
-from e2e.servers import example_mcp_server, free_port, ostiary_cli, ostiary_env, ostiary_server, throwaway_database
+from tests.e2e.servers import example_mcp_server, ostiary_cli, ostiary_env, ostiary_server
+from tests.support import (
+    PASSWORD,
+    USERNAME,
+    CallbackListener,
+    MemoryStorage,
+    browser_context,
+    empty_database,
+    free_port,
+    refresh,
+    sign_in_and_allow,
+    sql,
+)
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-USERNAME = "alice"
-PASSWORD = "correct horse battery staple"
 TOKEN_TTL = 30  # the shortest access-token lifetime Ostiary allows
 
 
@@ -63,20 +53,11 @@ class Stack:
 
 
 @pytest.fixture
-def chromium() -> str:
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{CHROMIUM} is missing in CI")
-        pytest.skip(f"{CHROMIUM} is missing")
-    return CHROMIUM
-
-
-@pytest.fixture
 def stack(tmp_path) -> Iterator[Stack]:
     as_port, rs_port = free_port(), free_port()
     issuer = f"http://127.0.0.1:{as_port}"
     mcp_url = f"http://127.0.0.1:{rs_port}/mcp"
-    with throwaway_database(tmp_path) as database_url:
+    with empty_database(tmp_path, "ostiary_e2e") as database_url:
         # Grace window 0: a replayed refresh token is reuse as soon as a second has passed.
         env = ostiary_env(issuer, database_url, refresh_grace_period="0")
         with ostiary_server(env, as_port, tmp_path / "ostiary.log"):
@@ -91,105 +72,7 @@ def stack(tmp_path) -> Iterator[Stack]:
 
 
 def audit_count(database_url: str, event: str) -> int:
-    engine = make_engine(database_url)
-    try:
-        with engine.connect() as conn:
-            return conn.execute(text("SELECT count(*) FROM audit_events WHERE event = :e"), {"e": event}).scalar_one()
-    finally:
-        engine.dispose()
-
-
-# -- the client side: token storage, callback listener, browser --------------------------------
-
-
-class MemoryStorage:
-    """The SDK's TokenStorage, in memory; the test reads the tokens from it."""
-
-    def __init__(self):
-        self.tokens: OAuthToken | None = None
-        self.client_info: OAuthClientInformationFull | None = None
-
-    async def get_tokens(self) -> OAuthToken | None:
-        return self.tokens
-
-    async def set_tokens(self, tokens: OAuthToken) -> None:
-        self.tokens = tokens
-
-    async def get_client_info(self) -> OAuthClientInformationFull | None:
-        return self.client_info
-
-    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
-        self.client_info = client_info
-
-
-class CallbackListener:
-    """The client's loopback redirect URI (RFC 8252 §7.3), as a native MCP client runs it."""
-
-    def __init__(self):
-        self.received: queue.Queue[dict[str, str]] = queue.Queue()
-        received = self.received
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                if urlsplit(self.path).path == "/callback":
-                    received.put({k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()})
-                body = b"<!doctype html><title>Done</title><p>You can close this window."
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/callback"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    async def next_result(self) -> AuthorizationCodeResult:
-        params = await anyio.to_thread.run_sync(lambda: self.received.get(timeout=30))
-        assert "code" in params, f"the authorization failed: {params}"
-        return AuthorizationCodeResult(code=params["code"], state=params.get("state"), iss=params.get("iss"))
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-async def sign_in_and_allow(browser, url: str, callback_url: str) -> dict[str, list[str]]:
-    """What the user does in the browser: sign in if asked, read the consent page, Allow.
-    Returns the consent page's scopes by status ("new", "granted")."""
-    page = await browser.new_page()
-    try:
-        await page.goto(url)
-        sign_in = page.get_by_role("button", name="Sign in")
-        if await sign_in.count():
-            await page.get_by_label("Username").fill(USERNAME)
-            await page.get_by_label("Password").fill(PASSWORD)
-            await sign_in.click()
-        allow = page.get_by_role("button", name="Allow")
-        await allow.wait_for(timeout=10_000)
-        items = await page.locator("[data-scope]").evaluate_all("els => els.map(e => [e.dataset.scope, e.dataset.scopeStatus])")
-        await allow.click()
-        await page.wait_for_url(lambda u: u.startswith(callback_url), timeout=10_000)
-    finally:
-        await page.close()
-    seen: dict[str, list[str]] = {"new": [], "granted": []}
-    for scope, status in items:
-        seen[status].append(scope)
-    return seen
-
-
-@asynccontextmanager
-async def browser_context(chromium: str):
-    """One headless Chromium profile: it keeps the Ostiary session between authorizations."""
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield await browser.new_context()
-        finally:
-            await browser.close()
+    return sql(database_url, "SELECT count(*) FROM audit_events WHERE event = :e", e=event)[0][0]
 
 
 # -- the test ----------------------------------------------------------------------------------
@@ -240,14 +123,9 @@ async def test_sdk_client_discovers_registers_steps_up_refreshes_and_reuse_kills
     await anyio.sleep(max(0.0, refreshed_at + 1.1 - time.time()))
     client_id = storage.client_info.client_id
     async with httpx.AsyncClient(base_url=stack.issuer) as http:
-
-        async def refresh(token: str) -> httpx.Response:
-            data = {"grant_type": "refresh_token", "refresh_token": token, "client_id": client_id, "resource": stack.mcp_url}
-            return await http.post("/token", data=data)
-
-        replay = await refresh(old_refresh)
+        replay = await refresh(http, client_id, old_refresh, resource=stack.mcp_url)
         assert replay.status_code == 400 and replay.json()["error"] == "invalid_grant", replay.text
-        current = await refresh(storage.tokens.refresh_token)
+        current = await refresh(http, client_id, storage.tokens.refresh_token, resource=stack.mcp_url)
         assert current.status_code == 400 and current.json()["error"] == "invalid_grant", current.text
     assert audit_count(stack.database_url, "token.reuse_detected") == 1
 

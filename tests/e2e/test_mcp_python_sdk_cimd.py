@@ -4,13 +4,11 @@
 `OAuthClientProvider(..., client_metadata_url=...)`: Ostiary advertises
 client_id_metadata_document_supported, so the SDK uses the https URL as its client_id and never
 registers; Ostiary fetches the document from a local https server it trusts through a test CA.
-The browser step and the client plumbing are those of test_mcp_python_sdk.py.
+The browser step and the client plumbing are tests/support.py's, as in test_mcp_python_sdk.py.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Iterator
 
 import anyio
@@ -21,14 +19,14 @@ from mcp.client.auth import OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import OAuthClientMetadata
 
-from e2e.cimd_stack import CimdStack, cimd_stack
-from e2e.test_mcp_python_sdk import (  # noqa: F401 (chromium: a fixture)
+from tests.e2e.cimd_stack import CimdStack, cimd_stack
+from tests.support import (
     PASSWORD,
     USERNAME,
     CallbackListener,
     MemoryStorage,
     browser_context,
-    chromium,
+    jwt_claims,
     sign_in_and_allow,
 )
 
@@ -44,12 +42,7 @@ def stack(tmp_path) -> Iterator[CimdStack]:
         yield stack
 
 
-def jwt_claims(token: str) -> dict:
-    payload = token.split(".")[1]
-    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-
-
-async def test_python_sdk_mcp_2025_11_25_client_id_metadata_document(chromium: str, stack: CimdStack):  # noqa: F811
+async def test_python_sdk_mcp_2025_11_25_client_id_metadata_document(chromium: str, stack: CimdStack):
     callback = CallbackListener()
     metadata_url = stack.documents.publish(DOCUMENT, client_name=CLIENT_NAME, redirect_uris=[callback.url])
     consents: list[dict[str, list[str]]] = []

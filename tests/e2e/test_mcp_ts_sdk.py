@@ -14,7 +14,6 @@ that this test asserts on.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -22,9 +21,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from e2e.cimd_stack import CimdStack, cimd_stack
-from e2e.servers import ROOT, clean_env, free_port
-from e2e.test_mcp_python_sdk import PASSWORD, USERNAME, chromium  # noqa: F401 (chromium: a fixture)
+from tests.e2e.cimd_stack import CimdStack, cimd_stack
+from tests.support import PASSWORD, ROOT, USERNAME, clean_env, free_port, unavailable
 
 pytestmark = pytest.mark.slow
 
@@ -33,20 +31,14 @@ FLOW = NODE_DIR / "mcp_client_flow.mjs"
 CLIENT_NAME = "Ostiary e2e (MCP TypeScript SDK)"  # as in mcp_client_flow.mjs
 
 
-def _missing(what: str):
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{what} is missing in CI")
-    pytest.skip(f"{what} is missing")
-
-
 @pytest.fixture(scope="module")
 def node() -> str:
     path = shutil.which("node")
     if path is None:
-        _missing("node")
+        unavailable("node is missing")
     for package in ("@modelcontextprotocol/sdk", "playwright-core"):
         if not (NODE_DIR / "node_modules" / package / "package.json").exists():
-            _missing(f"tests/node/node_modules/{package} (run `npm ci` in tests/node)")
+            unavailable(f"tests/node/node_modules/{package} is missing (run `npm ci` in tests/node)")
     return path
 
 
@@ -137,7 +129,7 @@ def assert_discovered_consented_and_called(summary: dict, stack: CimdStack, call
     assert mcp_after and all(e["status"] < 400 for e in mcp_after), trace
 
 
-def test_ts_sdk_rfc7591_dynamic_registration_then_mcp_tools(node, chromium, stack: CimdStack):  # noqa: F811
+def test_ts_sdk_rfc7591_dynamic_registration_then_mcp_tools(node, chromium, stack: CimdStack):
     """RFC 7591 dynamic registration (MCP 2025-11-25 keeps it for clients without a metadata
     document): the TS SDK registers itself as a public client, then completes the flow."""
     callback_port = free_port()
@@ -159,7 +151,7 @@ def test_ts_sdk_rfc7591_dynamic_registration_then_mcp_tools(node, chromium, stac
     assert stack.documents.requests == fetched_before  # no metadata document involved
 
 
-def test_ts_sdk_mcp_2025_11_25_client_id_metadata_document(node, chromium, stack: CimdStack):  # noqa: F811
+def test_ts_sdk_mcp_2025_11_25_client_id_metadata_document(node, chromium, stack: CimdStack):
     """MCP 2025-11-25 client ID metadata document: the TS SDK uses its https client_id URL
     (clientMetadataUrl) since Ostiary advertises client_id_metadata_document_supported, never
     registers, and Ostiary fetches the document over TLS and shows its host on the consent page."""

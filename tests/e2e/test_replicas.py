@@ -38,22 +38,21 @@ import httpx
 import pytest
 
 from app.security.secrets import Keyring
-from e2e.replicas import (
+from tests.e2e.replicas import AUTHORIZE, TOKEN, Replicas, public_client, replica_stack
+from tests.e2e.servers import SECRET_KEY
+from tests.support import (
     PASSWORD,
     RESOURCE,
     USERNAME,
-    Replicas,
     csrf_from,
     exchange,
     jwt_header,
     obtain_code,
     refresh,
     register,
-    replica_stack,
     tokens_for,
-    verify_jwt,
+    verify_jwt_with,
 )
-from e2e.servers import SECRET_KEY
 
 pytestmark = [
     pytest.mark.slow,
@@ -130,30 +129,30 @@ def pair(tmp_path_factory) -> Replicas:
 async def test_code_issued_by_a_redeems_at_b_and_refresh_rotates_at_either(pair: Replicas):
     a, b = pair.a.url, pair.b.url
     async with pair.http() as http:
-        reg = await register(http, b)  # registered at B, authorized at A
+        reg = await register(http, base=b, **public_client())  # registered at B, authorized at A
         cid = reg["client_id"]
         # Sign-in (CSRF form) and consent on A; the code A issued redeems at B.
-        code, verifier = await obtain_code(http, cid, authorize_at=a)
-        first = await exchange(http, b, cid, code, verifier)
+        code, verifier, _ = await obtain_code(http, cid, base=a, **AUTHORIZE)
+        first = await exchange(http, cid, code, verifier, base=b, **TOKEN)
         assert first.status_code == 200, first.text
         tokens = first.json()
         assert tokens["refresh_token"] and tokens["access_token"]
         # Both replicas publish the same keys; the token verifies against either's JWKS.
         jwks_a, jwks_b = (await http.get(f"{a}/jwks")).json(), (await http.get(f"{b}/jwks")).json()
         assert jwks_a == jwks_b
-        claims = verify_jwt(tokens["access_token"], jwks_b).claims
+        claims = verify_jwt_with(tokens["access_token"], jwks_b).claims
         assert claims["iss"] == pair.issuer and claims["aud"] == RESOURCE and claims["client_id"] == cid
 
         # The browser session made on A is good on B: /authorize at B goes straight to the
         # client (consent already given), and that code redeems at A.
-        code2, verifier2 = await obtain_code(http, cid, authorize_at=b)
-        second = await exchange(http, a, cid, code2, verifier2)
+        code2, verifier2, _ = await obtain_code(http, cid, base=b, scope=AUTHORIZE["scope"])  # no sign-in
+        second = await exchange(http, cid, code2, verifier2, base=a, **TOKEN)
         assert second.status_code == 200, second.text
 
         # A refresh token rotates at either replica: A, B, A, B.
         chain = [tokens["refresh_token"]]
         for base in (a, b, a, b):
-            response = await refresh(http, base, cid, chain[-1])
+            response = await refresh(http, cid, chain[-1], base=base, **TOKEN)
             assert response.status_code == 200, f"refresh at {base}: {response.text}"
             chain.append(response.json()["refresh_token"])
         assert len(set(chain)) == len(chain)
@@ -165,9 +164,9 @@ async def test_code_issued_by_a_redeems_at_b_and_refresh_rotates_at_either(pair:
         # Reuse seen by one replica revokes the family for both: chain[1]'s successor was used,
         # so presenting chain[1] again (at B) is reuse, and the newest token is dead at A too.
         before = last_audit_id(pair)
-        reuse = await refresh(http, b, cid, chain[1])
+        reuse = await refresh(http, cid, chain[1], base=b, **TOKEN)
         assert reuse.status_code == 400 and reuse.json()["error"] == "invalid_grant", reuse.text
-        newest = await refresh(http, a, cid, chain[-1])
+        newest = await refresh(http, cid, chain[-1], base=a, **TOKEN)
         assert newest.status_code == 400 and newest.json()["error"] == "invalid_grant", newest.text
         assert audit_count(pair, "token.reuse_detected", before) == 1
         assert all(row_of(pair, t).revoked_at is not None for t in chain)
@@ -205,11 +204,13 @@ async def test_key_rotated_elsewhere_is_published_by_both_within_the_jwks_max_ag
         assert max(published.values()) <= JWKS_MAX_AGE + 0.5, published
 
         # Each replica now signs with the new active key, and its tokens verify with the other's JWKS.
-        reg = await register(http, a)
+        reg = await register(http, base=a, **public_client())
         for issued_at, checked_at in ((a, b), (b, a)):
-            tokens = await tokens_for(http, reg["client_id"], authorize_at=issued_at, redeem_at=issued_at)
+            tokens = await tokens_for(
+                http, reg["client_id"], base=issued_at, redeem_at=issued_at, token_params=TOKEN, **AUTHORIZE
+            )
             assert jwt_header(tokens["access_token"])["kid"] == old_next
-            verify_jwt(tokens["access_token"], (await http.get(f"{checked_at}/jwks")).json())
+            verify_jwt_with(tokens["access_token"], (await http.get(f"{checked_at}/jwks")).json())
 
 
 async def test_replicas_started_together_on_an_empty_database_set_it_up_once(tmp_path):
@@ -224,9 +225,11 @@ async def test_replicas_started_together_on_an_empty_database_set_it_up_once(tmp
         async with stack.http() as http:
             jwks = [(await http.get(f"{r.url}/jwks")).json() for r in stack.both]
             assert jwks[0] == jwks[1] and len(jwks[0]["keys"]) == 2
-            reg = await register(http, stack.b.url)
-            tokens = await tokens_for(http, reg["client_id"], authorize_at=stack.a.url, redeem_at=stack.b.url)
-            verify_jwt(tokens["access_token"], jwks[0])
+            reg = await register(http, base=stack.b.url, **public_client())
+            tokens = await tokens_for(
+                http, reg["client_id"], base=stack.a.url, redeem_at=stack.b.url, token_params=TOKEN, **AUTHORIZE
+            )
+            verify_jwt_with(tokens["access_token"], jwks[0])
 
 
 def test_scheduled_jobs_run_once_not_once_per_replica(pair: Replicas):
@@ -241,7 +244,9 @@ def test_scheduled_jobs_run_once_not_once_per_replica(pair: Replicas):
         before = last_audit_id(pair)
         active = pair.scalar("SELECT kid FROM signing_keys WHERE state = 'active'")
         pair.sql("UPDATE signing_keys SET activated_at = activated_at - :s WHERE state = 'active'", s=31 * 24 * 3600)
-        assert poll(lambda: audit_count(pair, "key.activated", before) >= 1, timeout=10), f"no rotation in round {round_}"
+        assert poll(lambda before=before: audit_count(pair, "key.activated", before) >= 1, timeout=10), (
+            f"no rotation in round {round_}"
+        )
         time.sleep(3.0)  # three more ticks of both loops
         assert audit_count(pair, "key.activated", before) == 1, f"round {round_}: rotated more than once"
         assert audit_count(pair, "key.retired", before) == 1
@@ -254,7 +259,8 @@ def test_scheduled_jobs_run_once_not_once_per_replica(pair: Replicas):
     async def make_clients() -> list[str]:
         async with pair.http() as http:
             return [
-                (await register(http, replica.url, f"never used {i}"))["client_id"] for i, replica in enumerate(pair.both * 3)
+                (await register(http, base=replica.url, **public_client(f"never used {i}")))["client_id"]
+                for i, replica in enumerate(pair.both * 3)
             ]
 
     doomed = asyncio.run(make_clients())
@@ -283,13 +289,13 @@ async def test_200_parallel_refreshes_of_one_token_across_both_replicas_yield_on
     a, b = pair.a.url, pair.b.url
     limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
     async with pair.http(limits=limits, timeout=60.0) as http:
-        reg = await register(http, a)
+        reg = await register(http, base=a, **public_client())
         cid = reg["client_id"]
-        tokens = await tokens_for(http, cid, authorize_at=a, redeem_at=b)
+        tokens = await tokens_for(http, cid, base=a, redeem_at=b, token_params=TOKEN, **AUTHORIZE)
         parent = tokens["refresh_token"]
         before = last_audit_id(pair)
         started = time.monotonic()
-        responses = await asyncio.gather(*(refresh(http, (a, b)[i % 2], cid, parent) for i in range(200)))
+        responses = await asyncio.gather(*(refresh(http, cid, parent, base=(a, b)[i % 2], **TOKEN) for i in range(200)))
         elapsed = time.monotonic() - started
 
     statuses = Counter(r.status_code for r in responses)
@@ -312,20 +318,20 @@ async def test_200_parallel_refreshes_of_one_token_across_both_replicas_yield_on
     assert audit_count(pair, "token.reuse_detected", before) == 0
     assert audit_count(pair, "token.refreshed", before) == 1
     async with pair.http() as http:
-        works = await refresh(http, b, cid, successor)
+        works = await refresh(http, cid, successor, base=b, **TOKEN)
         assert works.status_code == 200, works.text
-        assert (await refresh(http, a, cid, works.json()["refresh_token"])).status_code == 200
+        assert (await refresh(http, cid, works.json()["refresh_token"], base=a, **TOKEN)).status_code == 200
 
 
 async def test_200_parallel_redemptions_of_one_code_across_both_replicas_yield_one_token(pair: Replicas):
     a, b = pair.a.url, pair.b.url
     limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
     async with pair.http(limits=limits, timeout=60.0) as http:
-        reg = await register(http, b)
+        reg = await register(http, base=b, **public_client())
         cid = reg["client_id"]
-        code, verifier = await obtain_code(http, cid, authorize_at=a)
+        code, verifier, _ = await obtain_code(http, cid, base=a, **AUTHORIZE)
         before = last_audit_id(pair)
-        responses = await asyncio.gather(*(exchange(http, (a, b)[i % 2], cid, code, verifier) for i in range(200)))
+        responses = await asyncio.gather(*(exchange(http, cid, code, verifier, base=(a, b)[i % 2], **TOKEN) for i in range(200)))
         statuses = Counter(r.status_code for r in responses)
         assert not [s for s in statuses if s >= 500], statuses
         assert statuses[200] == 1, statuses
@@ -340,7 +346,7 @@ async def test_200_parallel_redemptions_of_one_code_across_both_replicas_yield_o
         # the 199 replays revoke what the code produced, on both replicas.
         assert audit_count(pair, "code.replayed", before) >= 1
         for base in (a, b):
-            dead = await refresh(http, base, cid, winner["refresh_token"])
+            dead = await refresh(http, cid, winner["refresh_token"], base=base, **TOKEN)
             assert dead.status_code == 400 and dead.json()["error"] == "invalid_grant", dead.text
 
 
@@ -444,8 +450,10 @@ async def test_kill_9_of_a_replica_during_refresh_load_loses_and_duplicates_noth
         async with stack.http(timeout=15.0) as http:
             client_ids, newest = [], []
             for i in range(chains):
-                reg = await register(http, (a, b)[i % 2], f"chain {i}")
-                tokens = await tokens_for(http, reg["client_id"], authorize_at=(a, b)[i % 2], redeem_at=(b, a)[i % 2])
+                reg = await register(http, base=(a, b)[i % 2], **public_client(f"chain {i}"))
+                tokens = await tokens_for(
+                    http, reg["client_id"], base=(a, b)[i % 2], redeem_at=(b, a)[i % 2], token_params=TOKEN, **AUTHORIZE
+                )
                 client_ids.append(reg["client_id"])
                 newest.append(tokens["refresh_token"])
             successes = [0] * chains
@@ -460,7 +468,7 @@ async def test_kill_9_of_a_replica_during_refresh_load_loses_and_duplicates_noth
                     attempts += 1
                     base = a if b_gone or (successes[i] + i) % 2 == 0 else b
                     try:
-                        response = await refresh(http, base, client_ids[i], newest[i])
+                        response = await refresh(http, client_ids[i], newest[i], base=base, **TOKEN)
                     except httpx.TransportError:
                         stats[f"no answer from {'A' if base == a else 'B'}"] += 1
                         b_gone = b_gone or base == b
@@ -506,12 +514,12 @@ async def test_kill_9_of_a_replica_during_refresh_load_loses_and_duplicates_noth
 
         # The newest token of each chain works, exactly once, at A.
         async with stack.http() as http:
-            for cid, token in zip(client_ids, newest):
-                first = await refresh(http, a, cid, token)
+            for cid, token in zip(client_ids, newest, strict=True):
+                first = await refresh(http, cid, token, base=a, **TOKEN)
                 assert first.status_code == 200, first.text
-                following = await refresh(http, a, cid, first.json()["refresh_token"])
+                following = await refresh(http, cid, first.json()["refresh_token"], base=a, **TOKEN)
                 assert following.status_code == 200, following.text
-                again = await refresh(http, a, cid, token)  # its successor was used: reuse
+                again = await refresh(http, cid, token, base=a, **TOKEN)  # its successor was used: reuse
                 assert again.status_code == 400 and again.json()["error"] == "invalid_grant", again.text
 
 
@@ -577,8 +585,8 @@ async def _load_through_a_postgres_restart(stack: Replicas, version: str, a: str
     async with stack.http(timeout=20.0) as http:
         client_ids, newest = [], []
         for i in range(chains):
-            reg = await register(http, (a, b)[i % 2], f"pg chain {i}")
-            tokens = await tokens_for(http, reg["client_id"], authorize_at=a, redeem_at=b)
+            reg = await register(http, base=(a, b)[i % 2], **public_client(f"pg chain {i}"))
+            tokens = await tokens_for(http, reg["client_id"], base=a, redeem_at=b, token_params=TOKEN, **AUTHORIZE)
             client_ids.append(reg["client_id"])
             newest.append(tokens["refresh_token"])
         window: dict[str, float] = {}
@@ -601,7 +609,9 @@ async def _load_through_a_postgres_restart(stack: Replicas, version: str, a: str
             while not stop.is_set() and time.monotonic() < deadline and n < 2000:
                 n += 1
                 base = (a, b)[n % 2]
-                response = await record("token", base, lambda: refresh(http, base, client_ids[i], newest[i]))
+                response = await record(
+                    "token", base, lambda base=base: refresh(http, client_ids[i], newest[i], base=base, **TOKEN)
+                )
                 if response is not None and response.status_code == 200:
                     newest[i] = response.json()["refresh_token"]
                 await asyncio.sleep(0.02)
@@ -612,11 +622,13 @@ async def _load_through_a_postgres_restart(stack: Replicas, version: str, a: str
                 n += 1
                 base = (a, b)[n % 2]
                 await record(
-                    "register", base, lambda: http.post(f"{base}/register", json={"redirect_uris": ["http://127.0.0.1:9876/cb"]})
+                    "register",
+                    base,
+                    lambda base=base: http.post(f"{base}/register", json={"redirect_uris": ["http://127.0.0.1:9876/cb"]}),
                 )
-                await record("jwks", base, lambda: http.get(f"{base}/jwks"))
-                await record("readyz", base, lambda: http.get(f"{base}/readyz"))
-                await record("login page", base, lambda: http.get(f"{base}/login", headers={"Accept": "text/html"}))
+                await record("jwks", base, lambda base=base: http.get(f"{base}/jwks"))
+                await record("readyz", base, lambda base=base: http.get(f"{base}/readyz"))
+                await record("login page", base, lambda base=base: http.get(f"{base}/login", headers={"Accept": "text/html"}))
                 await asyncio.sleep(0.05)
 
         async def restart() -> None:
@@ -659,8 +671,8 @@ async def _load_through_a_postgres_restart(stack: Replicas, version: str, a: str
     # Nothing lost: each chain's newest token works (no family revoked by a retry after a 503).
     assert stack.scalar("SELECT count(*) FROM refresh_tokens WHERE revoked_at IS NOT NULL") == 0
     async with stack.http() as http:
-        for cid, token in zip(client_ids, newest):
-            response = await refresh(http, b, cid, token)
+        for cid, token in zip(client_ids, newest, strict=True):
+            response = await refresh(http, cid, token, base=b, **TOKEN)
             assert response.status_code == 200, response.text
 
 
@@ -703,8 +715,10 @@ def test_sigterm_lets_the_in_flight_request_finish_and_refuses_new_connections(t
 
         async def setup() -> tuple[str, str]:
             async with stack.http() as http:
-                reg = await register(http, stack.a.url)
-                tokens = await tokens_for(http, reg["client_id"], authorize_at=stack.a.url, redeem_at=stack.b.url)
+                reg = await register(http, base=stack.a.url, **public_client())
+                tokens = await tokens_for(
+                    http, reg["client_id"], base=stack.a.url, redeem_at=stack.b.url, token_params=TOKEN, **AUTHORIZE
+                )
                 return reg["client_id"], tokens["refresh_token"]
 
         cid, token = asyncio.run(setup())
@@ -733,7 +747,7 @@ def test_sigterm_lets_the_in_flight_request_finish_and_refuses_new_connections(t
 
         async def check() -> None:
             async with stack.http() as http:
-                response = await refresh(http, stack.a.url, cid, successor)
+                response = await refresh(http, cid, successor, base=stack.a.url, **TOKEN)
                 assert response.status_code == 200, response.text
 
         asyncio.run(check())

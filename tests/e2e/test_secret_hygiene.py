@@ -11,37 +11,19 @@ of the raw values the test saw.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import re
-import secrets
-from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pyotp
 import pytest
-from support import database_rows
 
-from e2e.servers import free_port, ostiary_cli, ostiary_env, ostiary_server, throwaway_database
+from tests.e2e.servers import ostiary_cli, ostiary_env, ostiary_server
+from tests.support import PASSWORD, REDIRECT, RESOURCE, csrf_from, database_rows, empty_database, free_port, pkce, query
 
 pytestmark = pytest.mark.slow
 
-PASSWORD = "correct horse battery staple"
 ADMIN_PASSWORD = "the admin passphrase of this run"
 LINK_PASSWORD = "a password set through the link"
-RESOURCE = "https://mcp.example.com/mcp"
-REDIRECT = "http://127.0.0.1:9876/callback"
-CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
-
-
-def csrf(html: str) -> str:
-    match = CSRF.search(html)
-    assert match, html[:300]
-    return match.group(1)
-
-
-def query(url: str) -> dict[str, str]:
-    return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
 
 
 class Seen:
@@ -58,11 +40,11 @@ class Seen:
 
 def sign_in(browser: httpx.Client, username: str, password: str, seen: Seen, *, totp: pyotp.TOTP | None = None) -> None:
     page = browser.get("/login")
-    answer = browser.post("/login", data={"username": username, "password": password, "csrf_token": csrf(page.text)})
+    answer = browser.post("/login", data={"username": username, "password": password, "csrf_token": csrf_from(page.text)})
     assert answer.status_code == 303, answer.text[:300]
     if answer.headers["location"].startswith("/login/otp"):
         page = browser.get(answer.headers["location"])
-        answer = browser.post("/login/otp", data={"code": totp.now(), "csrf_token": csrf(page.text)})
+        answer = browser.post("/login/otp", data={"code": totp.now(), "csrf_token": csrf_from(page.text)})
         assert answer.status_code == 303, answer.text[:300]
     for name, value in browser.cookies.items():
         if "session" in name:
@@ -70,8 +52,8 @@ def sign_in(browser: httpx.Client, username: str, password: str, seen: Seen, *, 
 
 
 def authorize(browser: httpx.Client, client_id: str, seen: Seen, scope: str = "openid mcp:read") -> tuple[str, str]:
-    verifier = seen.add("PKCE verifier", secrets.token_urlsafe(48))
-    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    verifier, challenge = pkce()
+    seen.add("PKCE verifier", verifier)
     params = {
         "response_type": "code", "client_id": client_id, "redirect_uri": REDIRECT, "scope": scope,
         "code_challenge": challenge, "code_challenge_method": "S256", "resource": RESOURCE,
@@ -82,7 +64,7 @@ def authorize(browser: httpx.Client, client_id: str, seen: Seen, scope: str = "o
         handle = answer.headers["location"].rsplit("/", 1)[1]
         seen.add("consent handle", handle)
         page = browser.get(answer.headers["location"])
-        answer = browser.post(answer.headers["location"], data={"decision": "allow", "csrf_token": csrf(page.text)})
+        answer = browser.post(answer.headers["location"], data={"decision": "allow", "csrf_token": csrf_from(page.text)})
     assert answer.status_code == 302, answer.text[:300]
     return seen.add("authorization code", query(answer.headers["location"])["code"]), verifier
 
@@ -101,7 +83,7 @@ def test_no_secret_reaches_the_database_or_the_logs(tmp_path):
     port = free_port()
     issuer = f"http://127.0.0.1:{port}"
     log = tmp_path / "ostiary.log"
-    with throwaway_database(tmp_path) as database_url:
+    with empty_database(tmp_path, "ostiary_e2e") as database_url:
         env = ostiary_env(issuer, database_url, log_level="DEBUG", registration="open", login_failures_per_user="100/minute")
         seen.add("keyring secret", env["OSTIARY_SECRET_KEYS"])
         ostiary_cli(env, "migrate")
@@ -158,7 +140,7 @@ def test_no_secret_reaches_the_database_or_the_logs(tmp_path):
             page = alice.get("/account/mfa")
             totp_secret = seen.add("TOTP secret", re.search(r'data-secret="([A-Z2-7]+)"', page.text).group(1))
             totp = pyotp.TOTP(totp_secret)
-            shown = alice.post("/account/mfa", data={"code": totp.now(), "csrf_token": csrf(page.text)})
+            shown = alice.post("/account/mfa", data={"code": totp.now(), "csrf_token": csrf_from(page.text)})
             codes = re.findall(r"<code>([a-z0-9-]{8,})</code>", shown.text)
             assert codes, shown.text[:500]
             for code in codes:
@@ -245,7 +227,9 @@ def test_no_secret_reaches_the_database_or_the_logs(tmp_path):
             # password link, a registration with the initial access token.
             sign_in(root, "root", ADMIN_PASSWORD, seen)
             page = root.get("/admin/users")
-            created = root.post("/admin/users", data={"username": "erin", "password_mode": "link", "csrf_token": csrf(page.text)})
+            created = root.post(
+                "/admin/users", data={"username": "erin", "password_mode": "link", "csrf_token": csrf_from(page.text)}
+            )
             link = re.search(r'id="password-link" type="text" readonly value="([^"]+)"', created.text).group(1)
             seen.add("password link", link.rsplit("/", 1)[1])
             with httpx.Client(base_url=issuer, follow_redirects=False, timeout=10) as erin:
@@ -255,7 +239,7 @@ def test_no_secret_reaches_the_database_or_the_logs(tmp_path):
                     data={
                         "password": seen.add("password", LINK_PASSWORD),
                         "repeat_password": LINK_PASSWORD,
-                        "csrf_token": csrf(form.text),
+                        "csrf_token": csrf_from(form.text),
                     },
                 )
                 assert done.status_code in (200, 303), done.text[:300]
@@ -268,15 +252,17 @@ def test_no_secret_reaches_the_database_or_the_logs(tmp_path):
             # Sign-in with a recovery code, and a failed sign-in with a wrong password.
             with httpx.Client(base_url=issuer, follow_redirects=False, timeout=10) as other:
                 page = other.get("/login")
-                answer = other.post("/login", data={"username": "alice", "password": PASSWORD, "csrf_token": csrf(page.text)})
+                answer = other.post(
+                    "/login", data={"username": "alice", "password": PASSWORD, "csrf_token": csrf_from(page.text)}
+                )
                 page = other.get(answer.headers["location"])
-                assert other.post("/login/otp", data={"code": codes[0], "csrf_token": csrf(page.text)}).status_code == 303
+                assert other.post("/login/otp", data={"code": codes[0], "csrf_token": csrf_from(page.text)}).status_code == 303
             with httpx.Client(base_url=issuer, follow_redirects=False, timeout=10) as stranger:
                 page = stranger.get("/login")
                 wrong = seen.add("wrong password", "an attempted but wrong password")
                 assert (
                     stranger.post(
-                        "/login", data={"username": "alice", "password": wrong, "csrf_token": csrf(page.text)}
+                        "/login", data={"username": "alice", "password": wrong, "csrf_token": csrf_from(page.text)}
                     ).status_code
                     == 401
                 )
