@@ -1,7 +1,8 @@
 """The `ostiary` command. Its forms are a contract: README, tests and operators rely on them.
 
-Exit status: 0 success; 2 bad arguments or values (with a usage message, nothing written);
-78 (EX_CONFIG) an invalid setting; 1 any other failure.
+Every command is a thin caller of app/services/ (the same operations the console runs).
+Exit status: 0 success; 2 bad arguments or values, or an operation the service refuses (with a
+usage message, nothing written); 78 (EX_CONFIG) an invalid setting; 1 any other failure.
 """
 
 from __future__ import annotations
@@ -12,8 +13,28 @@ import logging
 import os
 import sys
 import time
+from importlib.metadata import PackageNotFoundError, version
+from urllib.parse import urlsplit
 
-from sqlalchemy.exc import IntegrityError
+import uvicorn
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.infra import schema
+from app.infra.db import make_engine, make_sessionmaker, transaction
+from app.models.key import ACTIVE
+from app.oauth.redirect_uris import InvalidRedirectUri, validate_registered
+from app.oauth.scopes import is_scope_token
+from app.security.secrets import Keyring
+from app.services import Refused, keys
+from app.services import clients as client_service
+from app.services import resources as resource_service
+from app.services import users as user_service
+from app.settings import Settings, SettingsError, ensure_development_keyring, is_loopback_host, load_settings
+from app.stores import clients as clients_store
+from app.stores import keys as keys_store
+from app.stores import resources as resources_store
+from app.stores import users as users_store
 
 EX_USAGE = 2
 EX_CONFIG = 78
@@ -28,37 +49,29 @@ def _fmt_time(ts: int | None) -> str:
 
 
 def _table(rows: list[list[str]], headers: list[str]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-    lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
+    lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     for row in rows:
-        lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     return "\n".join(lines)
 
 
 # -- setup shared by the commands --------------------------------------------------------------
 
 
-def _settings(**overrides):
-    from app.settings import load_settings
-
-    return load_settings(**overrides)
-
-
-def _nothing_there(settings) -> bool:
+def _nothing_there(settings: Settings) -> bool:
     """An SQLite database that does not exist yet: a command about existing data finds nothing
     (and must not create the file)."""
     return settings.sqlite_path is not None and not settings.sqlite_path.exists()
 
 
-def _open(settings, *, migrate: bool):
-    """Engine and session factory on an up-to-date schema.
+def _open(settings: Settings, *, migrate: bool = False) -> tuple[Engine, sessionmaker[Session]]:
+    """Engine and session factory on an up-to-date schema
+    (docs/decisions.md#sqlite-migrates-itself-postgresql-on-request).
 
     SQLite (one process, no operator) migrates by itself; PostgreSQL is shared by replicas and
     upgraded on purpose, with `ostiary migrate` or `serve --migrate`.
     """
-    from app.infra import schema
-    from app.infra.db import make_engine, make_sessionmaker
-
     engine = make_engine(settings.database_url.get_secret_value())
     if not schema.is_current(engine):
         if migrate or settings.is_sqlite:
@@ -71,20 +84,14 @@ def _open(settings, *, migrate: bool):
     return engine, make_sessionmaker(engine)
 
 
-def _keyring(settings):
-    from app.security.secrets import Keyring
-
-    return Keyring(settings.keyring())
+def _refused(exc: Refused) -> UsageError:
+    return UsageError(str(exc).rstrip("."))
 
 
 # -- commands ----------------------------------------------------------------------------------
 
 
-def cmd_serve(args) -> int:
-    import uvicorn
-
-    from app.settings import is_loopback_host
-
+def cmd_serve(args: argparse.Namespace) -> int:
     if args.port < 1 or args.port > 65535:
         raise UsageError("--port must be between 1 and 65535")
     if args.workers < 1:
@@ -94,16 +101,12 @@ def cmd_serve(args) -> int:
         if ":" in host:
             host = f"[{host}]"
         os.environ["OSTIARY_ISSUER"] = f"http://{host}:{args.port}"
-    settings = _settings()
+    settings = ensure_development_keyring(load_settings())  # the one place a keyring is made
     engine, factory = _open(settings, migrate=args.migrate)
-    from app.services import keys
-
-    keys.ensure_keys(factory, settings, _keyring(settings))
-    engine.dispose()
+    keys.ensure_keys(factory, settings, Keyring(settings.keyring()))
     with factory() as db:
-        from app.stores import users
-
-        no_admin = not users.any_admin(db)
+        no_admin = not users_store.any_admin(db)
+    engine.dispose()
     print(f"Ostiary {_version()} serving {settings.issuer} (listening on {args.host}:{args.port})", file=sys.stderr)
     if no_admin:
         print(
@@ -118,8 +121,8 @@ def cmd_serve(args) -> int:
         port=args.port,
         workers=args.workers,
         log_level=settings.log_level.lower(),
-        # X-Forwarded-* are handled by app/web/edge.py, from OSTIARY_TRUSTED_PROXIES only; the
-        # access log is ours (app/web/middleware.py), which logs route templates, not raw paths
+        # X-Forwarded-* are handled by app/http/edge.py, from OSTIARY_TRUSTED_PROXIES only; the
+        # access log is ours (app/http/middleware.py), which logs route templates, not raw paths
         # (paths can carry one-time links).
         proxy_headers=False,
         access_log=False,
@@ -129,12 +132,8 @@ def cmd_serve(args) -> int:
     return 0
 
 
-def cmd_migrate(args) -> int:
-    from app.infra import schema
-    from app.infra.db import make_engine
-
-    settings = _settings()
-    engine = make_engine(settings.database_url.get_secret_value())
+def cmd_migrate(args: argparse.Namespace) -> int:
+    engine = make_engine(load_settings().database_url.get_secret_value())
     before = schema.current(engine)
     schema.upgrade(engine)
     after = schema.current(engine)
@@ -142,45 +141,36 @@ def cmd_migrate(args) -> int:
     return 0
 
 
-def cmd_users_create(args) -> int:
-    from app.models import User
-    from app.security.passwords import hash_password, password_problem
-    from app.services import audit
-    from app.stores import users
-
-    username = args.username.strip()
-    if not username or len(username) > 150 or any(c.isspace() or ord(c) < 0x20 for c in username):
-        raise UsageError("USERNAME must be 1 to 150 characters without spaces")
+def _read_password(args: argparse.Namespace) -> str:
     if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    elif sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    if sys.stdin.isatty():
         password = getpass.getpass("Password: ")
         if getpass.getpass("Repeat password: ") != password:
             raise UsageError("the passwords do not match")
-    else:
-        raise UsageError("give --password-stdin and the password on standard input")
-    problem = password_problem(password)
-    if problem:
-        raise UsageError(problem)
-    settings = _settings()
-    _, factory = _open(settings, migrate=False)
+        return password
+    raise UsageError("give --password-stdin and the password on standard input")
+
+
+def cmd_users_create(args: argparse.Namespace) -> int:
+    try:
+        username = user_service.check_username(args.username)
+        password = user_service.check_password(_read_password(args))
+    except Refused as exc:
+        raise _refused(exc) from None
+    _, factory = _open(load_settings())
     with factory() as db:
-        if users.by_username(db, username):
-            raise UsageError(f"a user named {username!r} already exists")
-        user = users.add(db, User(username=username, password_hash=hash_password(password), is_admin=args.admin))
-        audit.record(db, "user.created", user_id=user.id, username=user.username, via="cli", admin=args.admin)
         try:
-            db.commit()
-        except IntegrityError:
-            raise UsageError(f"a user named {username!r} already exists") from None
+            user = user_service.create_user(db, username=username, password=password, is_admin=args.admin, via="cli")
+        except Refused as exc:
+            raise _refused(exc) from None
+        db.commit()
     print(f"created {'admin ' if args.admin else ''}user {user.username} ({user.id})")
     return 0
 
 
-def cmd_users_list(args) -> int:
-    from app.stores import users
-
-    _, factory = _open(_settings(), migrate=False)
+def cmd_users_list(args: argparse.Namespace) -> int:
+    _, factory = _open(load_settings())
     with factory() as db:
         rows = [
             [
@@ -192,100 +182,65 @@ def cmd_users_list(args) -> int:
                 _fmt_time(u.last_login_at),
                 u.id,
             ]
-            for u in users.all_users(db)
+            for u in users_store.all_users(db)
         ]
     print(_table(rows, ["USERNAME", "ADMIN", "STATUS", "TOTP", "CREATED", "LAST SIGN-IN", "ID"]))
     return 0
 
 
-def cmd_users_disable(args) -> int:
-    from app.infra.db import now
-    from app.services import audit
-    from app.stores import sessions, users
-
-    settings = _settings(keyring=False)  # disabling needs no secret: generate none
+def cmd_users_disable(args: argparse.Namespace) -> int:
+    settings = load_settings()
     if _nothing_there(settings):
         raise UsageError(f"no user named {args.username!r}")
-    _, factory = _open(settings, migrate=False)
+    _, factory = _open(settings)
     with factory() as db:
-        user = users.by_username(db, args.username)
+        user = users_store.by_username(db, args.username)
         if user is None:
             raise UsageError(f"no user named {args.username!r}")
         if user.disabled:
             print(f"user {user.username} is already disabled")
             return 0
-        user.disabled_at = now()
-        ended = sessions.remove_for_user(db, user.id)
-        audit.record(db, "user.disabled", user_id=user.id, username=user.username, via="cli")
+        try:
+            ended = user_service.set_disabled(db, user, True, via="cli")
+        except Refused as exc:
+            raise _refused(exc) from None
         db.commit()
     print(f"disabled user {user.username}; ended {ended} browser session(s)")
     return 0
 
 
-def _parse_scope_arg(value: str) -> tuple[str, str]:
-    from app.oauth.scopes import is_scope_token
-
+def _scope_arg(value: str, defaults: list[str]) -> resource_service.ScopeSpec:
     name, sep, description = value.partition("=")
     name = name.strip()
     if not sep or not is_scope_token(name) or not description.strip():
         raise UsageError(f'--scope takes "name=description" with a valid scope name, got {value!r}')
-    return name, description.strip()
+    return resource_service.ScopeSpec(name, description.strip(), is_default=name in defaults)
 
 
-def cmd_resources_add(args) -> int:
-    from app.models import Resource, ResourceScope
-    from app.oauth.resource_indicators import InvalidResource, canonical_resource
-    from app.oauth.scopes import PROTOCOL_SCOPES, is_scope_token
-    from app.services import audit
-    from app.settings import MAX_ACCESS_TOKEN_TTL
-    from app.stores import resources
-
-    try:
-        uri = canonical_resource(args.uri)
-    except InvalidResource as exc:
-        raise UsageError(f"URI: {exc}") from None
-    name = args.name.strip()
-    if not name or len(name) > 200:
-        raise UsageError("--name must be 1 to 200 characters")
-    scopes = [_parse_scope_arg(s) for s in args.scope or []]
-    names = [n for n, _ in scopes]
-    if not scopes:
-        raise UsageError('give at least one --scope "name=description"')
-    if len(set(names)) != len(names):
-        raise UsageError("each scope may be given once")
-    reserved = [n for n in names if n in PROTOCOL_SCOPES]
-    if reserved:
-        raise UsageError(f"{reserved[0]} is a protocol scope; it is always available and cannot be declared")
+def cmd_resources_add(args: argparse.Namespace) -> int:
     defaults = args.default_scope or []
-    for d in defaults:
-        if not is_scope_token(d) or d not in names:
-            raise UsageError(f"--default-scope {d!r} is not one of the --scope names")
-    if args.token_ttl is not None and not 30 <= args.token_ttl <= MAX_ACCESS_TOKEN_TTL:
-        raise UsageError(f"--token-ttl must be between 30 and {MAX_ACCESS_TOKEN_TTL} seconds")
-    _, factory = _open(_settings(), migrate=False)
+    scopes = [_scope_arg(s, defaults) for s in args.scope or []]
+    for name in defaults:
+        if name not in [s.name for s in scopes]:
+            raise UsageError(f"--default-scope {name!r} is not one of the --scope names")
+    try:
+        spec = resource_service.check(args.uri, args.name, args.token_ttl, scopes)
+    except Refused as exc:
+        raise _refused(exc) from None
+    _, factory = _open(load_settings())
     with factory() as db:
-        if resources.by_uri(db, uri):
-            raise UsageError(f"a resource {uri} already exists")
-        resource = Resource(
-            uri=uri,
-            name=name,
-            token_ttl=args.token_ttl,
-            scopes=[
-                ResourceScope(name=n, description=d, is_default=n in defaults, position=i) for i, (n, d) in enumerate(scopes)
-            ],
-        )
-        resources.add(db, resource)
-        audit.record(db, "resource.created", resource=uri, via="cli", scopes=names)
+        try:
+            resource_service.create(db, spec, via="cli")
+        except Refused as exc:
+            raise _refused(exc) from None
         db.commit()
-    print(f"added resource {uri} ({name}) with scopes {' '.join(names)}")
+    print(f"added resource {spec.uri} ({spec.name}) with scopes {' '.join(s.name for s in scopes)}")
     return 0
 
 
-def cmd_resources_list(args) -> int:
-    from app.stores import resources
-
-    settings = _settings()
-    _, factory = _open(settings, migrate=False)
+def cmd_resources_list(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    _, factory = _open(settings)
     with factory() as db:
         rows = [
             [
@@ -294,28 +249,26 @@ def cmd_resources_list(args) -> int:
                 " ".join(s.name + ("*" if s.is_default else "") for s in r.scopes),
                 str(r.token_ttl or settings.access_token_ttl),
             ]
-            for r in resources.all_resources(db)
+            for r in resources_store.all_resources(db)
         ]
     print(_table(rows, ["URI", "NAME", "SCOPES (* = default)", "TOKEN TTL"]))
     return 0
 
 
-def cmd_clients_add(args) -> int:
-    from app.oauth import clients as client_service
-    from app.oauth.redirect_uris import InvalidRedirectUri, validate_registered
-
+def cmd_clients_add(args: argparse.Namespace) -> int:
     name = args.name.strip()
-    if not name or len(name) > 200:
-        raise UsageError("--name must be 1 to 200 characters")
+    if not name or len(name) > client_service.MAX_NAME:
+        raise UsageError(f"--name must be 1 to {client_service.MAX_NAME} characters")
     try:
         uris = [validate_registered(u) for u in args.redirect_uri]
     except InvalidRedirectUri as exc:
         raise UsageError(f"--redirect-uri: {exc}") from None
-    settings = _settings()
-    _, factory = _open(settings, migrate=False)
+    settings = load_settings()
+    keyring = Keyring(settings.keyring())
+    _, factory = _open(settings)
     with factory() as db:
         client, secret = client_service.create_admin_client(
-            db, _keyring(settings), name=name, redirect_uris=uris, confidential=args.confidential
+            db, keyring, name=name, redirect_uris=uris, confidential=args.confidential, via="cli"
         )
         db.commit()
     print(f"client_id: {client.id}")
@@ -325,12 +278,8 @@ def cmd_clients_add(args) -> int:
     return 0
 
 
-def cmd_clients_list(args) -> int:
-    from urllib.parse import urlsplit
-
-    from app.stores import clients
-
-    _, factory = _open(_settings(), migrate=False)
+def cmd_clients_list(args: argparse.Namespace) -> int:
+    _, factory = _open(load_settings())
     with factory() as db:
         rows = [
             [
@@ -342,47 +291,34 @@ def cmd_clients_list(args) -> int:
                 _fmt_time(c.created_at),
                 _fmt_time(c.last_used_at),
             ]
-            for c in clients.all_clients(db)
+            for c in clients_store.all_clients(db)
         ]
     print(_table(rows, ["CLIENT_ID", "NAME", "KIND", "TYPE", "REDIRECT HOSTS", "CREATED", "LAST USED"]))
     return 0
 
 
-def cmd_clients_prune(args) -> int:
-    from app.oauth.clients import prune
-
-    settings = _settings()
-    _, factory = _open(settings, migrate=False)
+def cmd_clients_prune(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    _, factory = _open(settings)
     with factory() as db:
-        pruned = prune(db, settings)
+        pruned = client_service.prune(db, settings)
         db.commit()
     print(f"pruned {len(pruned)} client(s)" + ("".join(f"\n  {c}" for c in pruned)))
     return 0
 
 
-def cmd_clients_initial_token(args) -> int:
-    from app.infra.db import now
-    from app.models import InitialAccessToken
-    from app.oauth.registration import INITIAL_TOKEN_PREFIX
-    from app.security.secrets import new_token
-    from app.services import audit
-    from app.stores import clients
-
+def cmd_clients_initial_token(args: argparse.Namespace) -> int:
     if args.expires_in < 60 or args.expires_in > 365 * 24 * 3600:
         raise UsageError("--expires-in must be between 60 seconds and one year")
     if args.uses < 1 or args.uses > 100000:
         raise UsageError("--uses must be between 1 and 100000")
-    settings = _settings()
-    _, factory = _open(settings, migrate=False)
-    token = new_token(INITIAL_TOKEN_PREFIX)
+    settings = load_settings()
+    keyring = Keyring(settings.keyring())
+    _, factory = _open(settings)
     with factory() as db:
-        clients.add_initial_token(
-            db,
-            InitialAccessToken(
-                token_hash=_keyring(settings).hash(token), expires_at=now() + args.expires_in, uses_left=args.uses, note=args.note
-            ),
+        token = client_service.create_initial_token(
+            db, keyring, expires_in=args.expires_in, uses=args.uses, note=args.note, via="cli"
         )
-        audit.record(db, "registration.initial_token_created", uses=args.uses, expires_in=args.expires_in, via="cli")
         db.commit()
     print(token)
     print(
@@ -395,39 +331,31 @@ def cmd_clients_initial_token(args) -> int:
     return 0
 
 
-def cmd_keys_list(args) -> int:
-    from app.services import keys
-    from app.stores import keys as keys_store
-
-    settings = _settings()
-    _, factory = _open(settings, migrate=False)
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    _, factory = _open(settings)
     with factory() as db:
         rows = [
             [k.kid, k.alg, k.state, _fmt_time(k.created_at), _fmt_time(k.activated_at), _fmt_time(k.retired_at)]
             for k in keys_store.all_keys(db)
         ]
-        active = keys_store.by_state(db, "active")
+        active = keys_store.by_state(db, ACTIVE)
     print(_table(rows, ["KID", "ALG", "STATE", "CREATED", "ACTIVATED", "RETIRED"]))
     if active and active[0].activated_at:
         print(f"next scheduled rotation: {_fmt_time(active[0].activated_at + settings.key_rotation_period)}")
     if not rows:
         print("no keys yet: they are created when the server first starts (or by `ostiary keys rotate`)")
-    del keys
     return 0
 
 
-def cmd_keys_rotate(args) -> int:
-    from app.infra.db import transaction
-    from app.services import keys
-
-    settings = _settings()
-    _, factory = _open(settings, migrate=False)
-    keyring = _keyring(settings)
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    keyring = Keyring(settings.keyring())
+    _, factory = _open(settings)
     keys.ensure_keys(factory, settings, keyring)
     try:
         with transaction(factory) as db:
-            active = keys.rotate(db, settings, keyring, force=args.force)
-            kid = active.kid
+            kid = keys.rotate(db, settings, keyring, force=args.force).kid
     except keys.RotationRefused as exc:
         print(f"ostiary: not rotated: {exc}", file=sys.stderr)
         return 1
@@ -435,16 +363,15 @@ def cmd_keys_rotate(args) -> int:
     return 0
 
 
-# -- argument parsing --------------------------------------------------------------------------
-
-
 def _version() -> str:
     try:
-        from importlib.metadata import version
-
         return version("ostiary")
-    except Exception:  # noqa: BLE001
+    except PackageNotFoundError:
         return "dev"
+
+
+# -- argument parsing --------------------------------------------------------------------------
+
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -519,8 +446,6 @@ def _subparser_for(parser: argparse.ArgumentParser, argv: list[str]) -> argparse
 
 
 def main(argv: list[str] | None = None) -> int:
-    from app.settings import SettingsError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = build_parser()

@@ -1,7 +1,8 @@
 """The one Settings object. Every value comes from an ``OSTIARY_*`` environment variable.
 
 Secret settings also accept ``OSTIARY_<NAME>_FILE`` (a path whose content is the value), the way
-Docker and Kubernetes mount secrets.
+Docker and Kubernetes mount secrets. Loading settings never writes anything: the development
+keyring is created by `ostiary serve` (`ensure_development_keyring`), explicitly.
 """
 
 from __future__ import annotations
@@ -13,15 +14,26 @@ import secrets
 import stat
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from limits import parse_many
+from pydantic import (
+    AfterValidator,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 log = logging.getLogger("ostiary.settings")
 
-MAX_ACCESS_TOKEN_TTL = 3600  # DESIGN: access tokens never live longer than one hour
+# Access tokens never live longer than one hour (docs/decisions.md#access-tokens-live-at-most-one-hour).
+MAX_ACCESS_TOKEN_TTL = 3600
 MIN_SECRET_LENGTH = 32
 
 
@@ -74,211 +86,157 @@ def canonical_issuer_problem(value: str) -> str | None:
     return None
 
 
+def _issuer(value: str) -> str:
+    problem = canonical_issuer_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def _rate(value: str) -> str:
+    try:
+        parse_many(value)
+    except ValueError:
+        raise ValueError("must be a rate such as '60/minute'") from None
+    return value
+
+
+def _networks(value: list[str]) -> list[str]:
+    for item in value:
+        if item == "*":
+            continue
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or network") from None
+    return value
+
+
+def _log_level(value: str) -> str:
+    if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
+    return value.upper()
+
+
+Rate = Annotated[str, AfterValidator(_rate)]  # "60/minute", "5/minute;20/hour" (every part must allow)
+Seconds = PositiveInt
+CommaList = Annotated[list[str], NoDecode]  # "a, b,c" in the environment
+Networks = Annotated[list[str], NoDecode, AfterValidator(_networks)]
+
+# Settings that may come from a file instead (OSTIARY_<NAME>_FILE).
+FILE_VARIANTS = ("database_url", "secret_keys", "redis_url")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OSTIARY_", extra="ignore", frozen=True)
 
-    issuer: str = "http://127.0.0.1:8000"
+    issuer: Annotated[str, AfterValidator(_issuer)] = "http://127.0.0.1:8000"
     database_url: SecretStr = SecretStr("sqlite:///./ostiary.db")
     database_url_file: Path | None = None
     # The keyring: the first secret encrypts and signs; all of them decrypt and verify.
     secret_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     secret_keys_file: Path | None = None
 
-    access_token_ttl: int = 600
-    refresh_token_ttl: int = 30 * 24 * 3600
-    refresh_grace_period: int = 30
-    authorization_request_ttl: int = 600
-    id_token_ttl: int = 600
+    access_token_ttl: int = Field(default=600, ge=30, le=MAX_ACCESS_TOKEN_TTL)
+    refresh_token_ttl: Seconds = 30 * 24 * 3600
+    refresh_grace_period: NonNegativeInt = 30
+    authorization_request_ttl: Seconds = 600
+    id_token_ttl: Seconds = 600
 
     signing_alg: Literal["RS256", "ES256"] = "RS256"
-    key_rotation_period: int = 30 * 24 * 3600
-    jwks_max_age: int = 600
+    key_rotation_period: Seconds = 30 * 24 * 3600
+    jwks_max_age: NonNegativeInt = 600
 
-    session_idle_timeout: int = 30 * 60
-    session_absolute_timeout: int = 12 * 3600
+    session_idle_timeout: Seconds = 30 * 60
+    session_absolute_timeout: Seconds = 12 * 3600
     # TOTP for admins: "required" sends an admin without it to enrol before the console;
     # unset means "required" unless the issuer is a loopback address (see admin_mfa_required).
     admin_mfa: Literal["required", "optional"] | None = None
 
     default_resource: str | None = None
-    jobs_interval: int = 60
-    log_level: str = "INFO"
+    jobs_interval: Seconds = 60
+    log_level: Annotated[str, AfterValidator(_log_level)] = "INFO"
 
     # Production hardening (see README "Running in production").
     redis_url: SecretStr | None = None  # rate-limit counters shared by replicas
     redis_url_file: Path | None = None
     # Addresses of reverse proxies whose X-Forwarded-For/-Proto are believed ("*" for any).
-    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    trusted_proxies: Networks = Field(default_factory=list)
     # Host names besides the issuer's that requests may carry (DNS-rebinding defence).
-    extra_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    max_body: int = 1024 * 1024
-    max_body_protocol: int = 64 * 1024  # /token, /register, /revoke, /introspect
+    extra_hosts: CommaList = Field(default_factory=list)
+    max_body: PositiveInt = 1024 * 1024
+    max_body_protocol: PositiveInt = 64 * 1024  # /token, /register, /revoke, /introspect
     rate_limits_enabled: bool = True
-    # Callers never counted by the per-address and per-client limits: the machine itself (a
-    # local MCP server, a health checker, a benchmark). Behind a proxy this is the address the
-    # trusted proxy reports; failed sign-ins per username are counted for everyone.
-    rate_limit_exempt: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
-    token_rate_per_ip: str = "600/minute"
-    token_rate_per_client: str = "100/minute"  # per client_id and address
-    authorize_rate_per_ip: str = "120/minute"
-    login_rate_per_ip: str = "60/minute"
+    # Callers never counted by the per-address and per-client limits: the machine itself
+    # (docs/decisions.md#loopback-callers-are-exempt-from-rate-limits).
+    rate_limit_exempt: Networks = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    token_rate_per_ip: Rate = "600/minute"
+    token_rate_per_client: Rate = "100/minute"  # per client_id and address
+    authorize_rate_per_ip: Rate = "120/minute"
+    login_rate_per_ip: Rate = "60/minute"
     # Failed sign-ins per username: each tier is a longer wait (progressive), the last a lock.
-    login_failures_per_user: str = "5/minute;10/5minutes;20/hour"
-    metrics_networks: Annotated[list[str], NoDecode] = Field(
+    login_failures_per_user: Rate = "5/minute;10/5minutes;20/hour"
+    metrics_networks: Networks = Field(
         default_factory=lambda: ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"]
     )
-    audit_retention_days: int = 365
+    audit_retention_days: PositiveInt = 365
 
     # Client registration (RFC 7591): "open", "token" (an initial access token is required,
     # RFC 7591 §3) or "closed".
     registration: Literal["open", "token", "closed"] = "open"
     # Sized for hosted connectors that share outbound addresses.
-    registration_rate_per_ip: str = "60/minute"
-    registration_rate_global: str = "1000/minute"
+    registration_rate_per_ip: Rate = "60/minute"
+    registration_rate_global: Rate = "1000/minute"
     # Hygiene: dynamically registered clients never used within this long are deleted ...
-    prune_unused_clients_after: int = 24 * 3600
+    prune_unused_clients_after: Seconds = 24 * 3600
     # ... and so are those idle this long with no live refresh token.
-    prune_idle_clients_after: int = 90 * 24 * 3600
+    prune_idle_clients_after: Seconds = 90 * 24 * 3600
 
     # Client ID Metadata Documents: outbound fetching of https client_id URLs.
     cimd_enabled: bool = True
-    cimd_timeout: float = 3.0
-    cimd_cache_min: int = 300
-    cimd_cache_max: int = 24 * 3600
+    cimd_timeout: float = Field(default=3.0, gt=0, le=30)
+    cimd_cache_min: NonNegativeInt = 300
+    cimd_cache_max: Seconds = 24 * 3600
     # Hosts whose private or loopback addresses may be fetched anyway (tests, development).
-    cimd_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cimd_allowed_hosts: CommaList = Field(default_factory=list)
     # An extra CA bundle to trust when fetching (a test CA, a corporate CA).
     cimd_ca_file: Path | None = None
 
-    @field_validator("issuer")
-    @classmethod
-    def _issuer(cls, value: str) -> str:
-        problem = canonical_issuer_problem(value)
-        if problem:
-            raise ValueError(problem)
-        return value
-
     @field_validator("secret_keys", mode="before")
     @classmethod
-    def _split_keys(cls, value):
+    def _split_keys(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
+            return [part.strip() for part in value.replace("\n", ",").split(",") if part.strip()]
         return value
 
-    @field_validator(
-        "cimd_allowed_hosts", "trusted_proxies", "extra_hosts", "metrics_networks", "rate_limit_exempt", mode="before"
-    )
+    @field_validator("cimd_allowed_hosts", "trusted_proxies", "extra_hosts", "metrics_networks", "rate_limit_exempt", mode="before")
     @classmethod
-    def _split_hosts(cls, value):
+    def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [part.strip().lower() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("metrics_networks", "trusted_proxies", "rate_limit_exempt")
-    @classmethod
-    def _networks(cls, value: list[str]) -> list[str]:
-        for item in value:
-            if item == "*":
-                continue
-            try:
-                ipaddress.ip_network(item, strict=False)
-            except ValueError:
-                raise ValueError(f"{item!r} is not an IP address or network") from None
-        return value
-
-    @field_validator(
-        "registration_rate_per_ip",
-        "registration_rate_global",
-        "token_rate_per_ip",
-        "token_rate_per_client",
-        "authorize_rate_per_ip",
-        "login_rate_per_ip",
-        "login_failures_per_user",
-    )
-    @classmethod
-    def _rate(cls, value: str) -> str:
-        from limits import parse_many
-
-        try:
-            parse_many(value)
-        except ValueError:
-            raise ValueError("must be a rate such as '60/minute'") from None
-        return value
-
-    @field_validator("access_token_ttl")
-    @classmethod
-    def _access_ttl(cls, value: int) -> int:
-        if not 30 <= value <= MAX_ACCESS_TOKEN_TTL:
-            raise ValueError(f"must be between 30 and {MAX_ACCESS_TOKEN_TTL} seconds")
-        return value
-
-    @field_validator(
-        "refresh_token_ttl",
-        "authorization_request_ttl",
-        "id_token_ttl",
-        "key_rotation_period",
-        "prune_unused_clients_after",
-        "prune_idle_clients_after",
-        "cimd_cache_max",
-        "max_body",
-        "max_body_protocol",
-        "audit_retention_days",
-        "session_idle_timeout",
-        "session_absolute_timeout",
-        "jobs_interval",
-    )
-    @classmethod
-    def _positive(cls, value: int) -> int:
-        if value <= 0:
-            raise ValueError("must be a positive number of seconds")
-        return value
-
-    @field_validator("jwks_max_age", "refresh_grace_period", "cimd_cache_min")
-    @classmethod
-    def _not_negative(cls, value: int) -> int:
-        if value < 0:
-            raise ValueError("must not be negative")
-        return value
-
-    @field_validator("log_level")
-    @classmethod
-    def _log_level(cls, value: str) -> str:
-        if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
-        return value.upper()
-
     @model_validator(mode="after")
-    def _files_and_keys(self) -> Settings:
-        if self.database_url_file is not None:
-            if "OSTIARY_DATABASE_URL" in os.environ:
-                raise SettingsError("OSTIARY_DATABASE_URL_FILE", "set either it or OSTIARY_DATABASE_URL, not both")
-            object.__setattr__(
-                self, "database_url", SecretStr(_read_secret_file("OSTIARY_DATABASE_URL_FILE", self.database_url_file))
-            )
-        if self.secret_keys_file is not None:
-            if self.secret_keys:
-                raise SettingsError("OSTIARY_SECRET_KEYS_FILE", "set either it or OSTIARY_SECRET_KEYS, not both")
-            raw = _read_secret_file("OSTIARY_SECRET_KEYS_FILE", self.secret_keys_file)
-            object.__setattr__(
-                self, "secret_keys", [SecretStr(p.strip()) for p in raw.replace("\n", ",").split(",") if p.strip()]
-            )
-        if self.redis_url_file is not None:
-            if "OSTIARY_REDIS_URL" in os.environ:
-                raise SettingsError("OSTIARY_REDIS_URL_FILE", "set either it or OSTIARY_REDIS_URL, not both")
-            object.__setattr__(self, "redis_url", SecretStr(_read_secret_file("OSTIARY_REDIS_URL_FILE", self.redis_url_file)))
+    def _files_and_cross_checks(self) -> Settings:
+        for name in FILE_VARIANTS:
+            path = getattr(self, f"{name}_file")
+            if path is None:
+                continue
+            variable = f"OSTIARY_{name.upper()}"
+            if name in self.model_fields_set:
+                raise SettingsError(f"{variable}_FILE", f"set either it or {variable}, not both")
+            raw = _read_secret_file(f"{variable}_FILE", path)
+            value = self._split_keys(raw) if name == "secret_keys" else raw
+            object.__setattr__(self, name, [SecretStr(v) for v in value] if name == "secret_keys" else SecretStr(value))
         if self.redis_url is not None and not self.redis_url.get_secret_value().startswith(("redis://", "rediss://")):
             raise SettingsError("OSTIARY_REDIS_URL", "must be a redis:// or rediss:// URL")
-        for key in self.secret_keys:
-            if len(key.get_secret_value()) < MIN_SECRET_LENGTH:
-                raise SettingsError("OSTIARY_SECRET_KEYS", f"each secret must be at least {MIN_SECRET_LENGTH} characters long")
-        if not 0 < self.cimd_timeout <= 30:
-            raise SettingsError("OSTIARY_CIMD_TIMEOUT", "must be between 0 and 30 seconds")
+        if any(len(key.get_secret_value()) < MIN_SECRET_LENGTH for key in self.secret_keys):
+            raise SettingsError("OSTIARY_SECRET_KEYS", f"each secret must be at least {MIN_SECRET_LENGTH} characters long")
         if self.cimd_cache_min > self.cimd_cache_max:
             raise SettingsError("OSTIARY_CIMD_CACHE_MIN", "must not exceed OSTIARY_CIMD_CACHE_MAX")
         if self.session_idle_timeout > self.session_absolute_timeout:
             raise SettingsError("OSTIARY_SESSION_IDLE_TIMEOUT", "must not exceed OSTIARY_SESSION_ABSOLUTE_TIMEOUT")
-        url = self.database_url.get_secret_value()
-        if not url.startswith(("sqlite", "postgresql")):
+        if not self.database_url.get_secret_value().startswith(("sqlite", "postgresql")):
             raise SettingsError("OSTIARY_DATABASE_URL", "must be an sqlite:/// or postgresql:// URL")
         return self
 
@@ -290,6 +248,7 @@ class Settings(BaseSettings):
 
     @cached_property
     def admin_mfa_required(self) -> bool:
+        # docs/decisions.md#admins-need-totp-unless-the-issuer-is-loopback
         return (self.admin_mfa or ("optional" if self.issuer_is_loopback else "required")) == "required"
 
     @cached_property
@@ -312,12 +271,23 @@ class Settings(BaseSettings):
         return Path(url.removeprefix("sqlite:///").split("?", 1)[0])
 
     @cached_property
+    def development_key_file(self) -> Path | None:
+        """Where the development keyring lives: beside the SQLite file, on a loopback issuer."""
+        if not self.issuer_is_loopback or self.sqlite_path is None:
+            return None
+        return self.sqlite_path.with_name(self.sqlite_path.name + ".secret-keys")
+
+    @cached_property
     def max_token_lifetime(self) -> int:
         """The longest any JWT we sign may live: a retired key stays published this long."""
         return max(MAX_ACCESS_TOKEN_TTL, self.id_token_ttl)
 
     def keyring(self) -> list[bytes]:
-        """The secret keys as bytes; in development, a generated one (see ensure_keyring)."""
+        """The secret keys as bytes."""
+        if not self.secret_keys:
+            raise SettingsError(
+                "OSTIARY_SECRET_KEYS", "is not set and there is no development keyring yet (`ostiary serve` creates one)"
+            )
         return [k.get_secret_value().encode() for k in self.secret_keys]
 
 
@@ -328,53 +298,49 @@ def _read_secret_file(name: str, path: Path) -> str:
         raise SettingsError(name, f"cannot read {path}: {exc.strerror}") from None
 
 
-def ensure_keyring(settings: Settings) -> Settings:
-    """Return settings with a keyring, generating a development one if that is allowed.
-
-    Production (an issuer that is not loopback) must configure OSTIARY_SECRET_KEYS. On a
-    loopback issuer with an SQLite database we generate one secret once, into a 0600 file
-    beside the database, so that `ostiary serve` works with no setup and keeps working after a
-    restart.
-    """
+def _with_development_keyring(settings: Settings) -> Settings:
+    """Settings without OSTIARY_SECRET_KEYS: production refuses them; in development (a loopback
+    issuer on an SQLite file) they read the keyring beside the database, if there is one yet."""
     if settings.secret_keys:
         return settings
-    if not settings.issuer_is_loopback:
-        raise SettingsError(
-            "OSTIARY_SECRET_KEYS", "is required when the issuer is not a loopback address (set it or OSTIARY_SECRET_KEYS_FILE)"
-        )
-    path = settings.sqlite_path
-    if path is None:
-        raise SettingsError(
-            "OSTIARY_SECRET_KEYS",
-            "is required unless the database is an SQLite file (it is generated beside that file in development)",
-        )
-    key_file = path.with_name(path.name + ".secret-keys")
+    key_file = settings.development_key_file
+    if key_file is None:
+        if not settings.issuer_is_loopback:
+            reason = "is required when the issuer is not a loopback address (set it or OSTIARY_SECRET_KEYS_FILE)"
+        else:
+            reason = "is required unless the database is an SQLite file (it is generated beside that file in development)"
+        raise SettingsError("OSTIARY_SECRET_KEYS", reason)
     if not key_file.exists():
-        key_file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_urlsafe(48) + "\n")
-        log.warning(
-            "generated a development secret key in %s; set OSTIARY_SECRET_KEYS (or _FILE) in production",
-            key_file,
-        )
-    elif key_file.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return settings
+    if key_file.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise SettingsError("OSTIARY_SECRET_KEYS_FILE", f"{key_file} must be readable by its owner only (chmod 600)")
     keys = [SecretStr(k.strip()) for k in key_file.read_text().split(",") if k.strip()]
     return settings.model_copy(update={"secret_keys": keys})
 
 
-def load_settings(*, keyring: bool = True, **overrides) -> Settings:
-    """Read the environment; raise SettingsError naming the first bad setting. With
-    `keyring=False` no development keyring is generated (commands that need no secret)."""
+def ensure_development_keyring(settings: Settings) -> Settings:
+    """`ostiary serve`'s explicit step: with no OSTIARY_SECRET_KEYS on a loopback issuer with an
+    SQLite file, generate one secret once, into a 0600 file beside the database, so that the
+    server works with no setup and keeps its keys readable after a restart."""
+    key_file = settings.development_key_file
+    if settings.secret_keys or key_file is None or key_file.exists():
+        return settings
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_urlsafe(48) + "\n")
+    log.warning("generated a development secret key in %s; set OSTIARY_SECRET_KEYS (or _FILE) in production", key_file)
+    return _with_development_keyring(settings)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the environment; raise SettingsError naming the first bad setting. Writes nothing."""
     try:
-        settings = Settings(**overrides)
-        return ensure_keyring(settings) if keyring else settings
+        return _with_development_keyring(Settings(**overrides))
     except ValidationError as exc:
         error = exc.errors()[0]
         field = str(error["loc"][0]) if error["loc"] else "settings"
-        message = error["msg"].removeprefix("Value error, ")
         ctx_error = (error.get("ctx") or {}).get("error")
         if isinstance(ctx_error, SettingsError):
             raise ctx_error from None
-        raise SettingsError(f"OSTIARY_{field.upper()}", message) from None
+        raise SettingsError(f"OSTIARY_{field.upper()}", error["msg"].removeprefix("Value error, ")) from None

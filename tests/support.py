@@ -305,7 +305,7 @@ def create_resource(
 
 def admin_client(runtime, *, confidential: bool = True, name: str = "Resource server") -> tuple[str, str | None]:
     """An operator-created client (e.g. a resource server's introspection credentials)."""
-    from app.oauth.clients import create_admin_client
+    from app.services.clients import create_admin_client
 
     with runtime.sessions() as db:
         row, secret = create_admin_client(db, runtime.keyring, name=name, redirect_uris=[REDIRECT], confidential=confidential)

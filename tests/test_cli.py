@@ -148,6 +148,18 @@ async def test_users_create_list_disable(ostiary):
     assert "already disabled" in ostiary.ok("users", "disable", "alice")
 
 
+def test_users_disable_never_disables_the_last_admin(ostiary):
+    """The same last-admin rule as the console: the CLI cannot leave the server without an
+    active admin either."""
+    ostiary.ok("users", "create", "root", "--admin", "--password-stdin", stdin="an admin passphrase\n")
+    result = ostiary("users", "disable", "root")
+    assert_usage_error(result, "ostiary users disable")
+    assert "last active admin" in result.stderr
+    assert re.search(r"^root\s+yes\s+active", ostiary.ok("users", "list"), re.M)
+    ostiary.ok("users", "create", "second", "--admin", "--password-stdin", stdin="another admin passphrase\n")
+    assert "disabled user root" in ostiary.ok("users", "disable", "root")
+
+
 USERS_BAD = [
     pytest.param(["users", "create", "bob", "--password-stdin"], "short\n", id="password too short"),
     pytest.param(["users", "create", "bob"], PASSWORD + "\n", id="no --password-stdin and no terminal"),

@@ -13,8 +13,8 @@ from sqlalchemy import select, text
 
 from app.models import Client
 from app.models.client import KIND_METADATA_DOCUMENT
-from app.oauth.clients import prune
 from app.services import jobs
+from app.services.clients import prune
 from tests.support import (
     admin_client,
     audit_events,
@@ -153,7 +153,7 @@ async def run_prune_cli(runtime, database_url) -> None:
 
 @pytest.mark.parametrize(
     "run_prune",
-    [pytest.param(run_prune_function, id="app.oauth.clients.prune"), pytest.param(run_prune_cli, id="ostiary clients prune")],
+    [pytest.param(run_prune_function, id="app.services.clients.prune"), pytest.param(run_prune_cli, id="ostiary clients prune")],
 )
 async def test_pruning_rules(client, runtime, clean_db, run_prune):
     """Issue 4 item 4: never used within 24 h of registering -> deleted; idle 90 days with no

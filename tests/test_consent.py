@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from app.models import AuthorizationCode, Grant
-from app.oauth.clients import create_admin_client
+from app.services.clients import create_admin_client
 from tests.support import (
     ISSUER,
     PASSWORD,

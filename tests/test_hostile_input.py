@@ -30,8 +30,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from app.admin import actions
 from app.models import Client, Grant, Resource, SigningKey, User
+from app.services import users as user_service
 from app.stores import users as users_store
 from tests.support import (
     ISSUER,
@@ -1762,7 +1762,7 @@ async def _(h: Harness):
     bob = h.add_user("bob", password=False)
     root = h.add_user("root", admin=True)
     with h.runtime.sessions() as db:
-        link = actions.new_password_link(db, h.runtime, bob, actor=root)
+        link = user_service.new_password_link(db, h.runtime.keyring, h.runtime.settings.issuer, bob, actor_id=root.id)
         db.commit()
     path = urlsplit(link).path
     await h.browser.get(path)

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from app.settings import MAX_ACCESS_TOKEN_TTL, SettingsError, load_settings
+from app.settings import MAX_ACCESS_TOKEN_TTL, SettingsError, ensure_development_keyring, load_settings
 from tests.support import ROOT, TEST_SECRET, clean_env
 
 OTHER_SECRET = "another-secret-key-fedcba9876543210fedcba9876543210"
@@ -106,11 +106,20 @@ def test_missing_keyring_refused_in_production(monkeypatch, tmp_path, env):
     assert list(tmp_path.iterdir()) == []  # no development keyring was generated
 
 
+def test_loading_settings_writes_nothing(monkeypatch, tmp_path):
+    monkeypatch.setenv("OSTIARY_DATABASE_URL", f"sqlite:///{tmp_path / 'ostiary.db'}")
+    settings = load_settings()
+    assert list(tmp_path.iterdir()) == []  # no development keyring until `ostiary serve` makes one
+    with pytest.raises(SettingsError) as refused_keyring:
+        settings.keyring()
+    assert refused_keyring.value.name == "OSTIARY_SECRET_KEYS" and "ostiary serve" in refused_keyring.value.message
+
+
 def test_dev_keyring_generated_once_into_0600_file_beside_sqlite_db(monkeypatch, tmp_path, caplog):
     db = tmp_path / "data" / "ostiary.db"
     monkeypatch.setenv("OSTIARY_DATABASE_URL", f"sqlite:///{db}")
     with caplog.at_level(logging.WARNING, logger="ostiary.settings"):
-        first = load_settings()
+        first = ensure_development_keyring(load_settings())
     key_file = tmp_path / "data" / "ostiary.db.secret-keys"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert [r for r in caplog.records if "generated a development secret key" in r.getMessage()]
@@ -119,13 +128,13 @@ def test_dev_keyring_generated_once_into_0600_file_beside_sqlite_db(monkeypatch,
 
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="ostiary.settings"):
-        second = load_settings()
+        second = ensure_development_keyring(load_settings())
     assert second.keyring() == [secret]  # reused after a restart: stored keys stay readable
     assert not [r for r in caplog.records if "generated" in r.getMessage()]
 
 
 def test_dev_keyring_beside_default_database(monkeypatch, tmp_path):
-    settings = load_settings()
+    settings = ensure_development_keyring(load_settings())
     assert settings.database_url.get_secret_value() == "sqlite:///./ostiary.db"
     assert settings.keyring()
     assert stat.S_IMODE((tmp_path / "ostiary.db.secret-keys").stat().st_mode) == 0o600
@@ -134,7 +143,7 @@ def test_dev_keyring_beside_default_database(monkeypatch, tmp_path):
 @pytest.mark.parametrize("mode", [pytest.param(0o640, id="group-readable"), pytest.param(0o604, id="world-readable")])
 def test_dev_keyring_file_readable_by_others_refused(monkeypatch, tmp_path, mode):
     monkeypatch.setenv("OSTIARY_DATABASE_URL", f"sqlite:///{tmp_path / 'ostiary.db'}")
-    load_settings()
+    ensure_development_keyring(load_settings())
     (tmp_path / "ostiary.db.secret-keys").chmod(mode)
     error = refused(monkeypatch)
     assert error.name == "OSTIARY_SECRET_KEYS_FILE"

@@ -12,7 +12,7 @@ from app.admin.pages import AdminDep, Pager, confirm, confirmed, done_notice, no
 from app.http.body import FormDep
 from app.http.deps import DbDep
 from app.models.client import KIND_ADMIN, KIND_DYNAMIC, KIND_METADATA_DOCUMENT
-from app.oauth.clients import delete_client
+from app.services.clients import delete_client
 from app.stores import clients as store
 from app.stores import grants as grants_store
 

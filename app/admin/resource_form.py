@@ -11,13 +11,12 @@ import json
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from app.admin.actions import Refused, parse_groups
 from app.models import Resource
-from app.oauth.resource_indicators import InvalidResource, canonical_resource
-from app.oauth.scopes import PROTOCOL_SCOPES, is_scope_token
+from app.services import Refused
+from app.services.resources import MIN_TTL, ResourceSpec, ScopeSpec, check
+from app.services.users import parse_groups
 from app.settings import MAX_ACCESS_TOKEN_TTL, Settings
 
-MIN_TTL = 30
 EMPTY_ROWS = 3
 MAX_ROWS = 20  # the form parser takes at most 100 fields
 
@@ -66,42 +65,19 @@ def from_form(form) -> ResourceForm:
     return ResourceForm(text("uri", 2048), text("name", 200), text("token_ttl", 10), rows)
 
 
-def validate(f: ResourceForm) -> dict:
-    """The values to save, or Refused naming the first problem."""
-    try:
-        uri = canonical_resource(f.uri)  # RFC 8707 §2: absolute URI, no fragment
-    except InvalidResource as exc:
-        raise Refused(f"URI: {exc}.") from None
-    if not f.name:
-        raise Refused("Give the MCP server a name (shown on the consent page).")
+def to_spec(f: ResourceForm) -> ResourceSpec:
+    """The checked MCP server to save, or Refused naming the first problem."""
     ttl = None
     if f.token_ttl:
-        if not f.token_ttl.isdigit() or not MIN_TTL <= int(f.token_ttl) <= MAX_ACCESS_TOKEN_TTL:
-            raise Refused(
-                f"Token lifetime: a number of seconds from {MIN_TTL} to {MAX_ACCESS_TOKEN_TTL}, or empty for the default."
-            )
+        if not f.token_ttl.isdigit():
+            raise Refused(f"Token lifetime: a number of seconds from {MIN_TTL} to {MAX_ACCESS_TOKEN_TTL}, or empty for the default.")
         ttl = int(f.token_ttl)
-    scopes = []
-    for row in f.rows:
-        if not row.name and not row.description:
-            continue
-        # RFC 6749 §3.3 scope-token; no wildcards (DESIGN).
-        if not is_scope_token(row.name):
-            raise Refused(f"Scope {row.name[:60]!r}: not a valid scope name (no spaces, quotes, backslashes or *).")
-        if row.name in PROTOCOL_SCOPES:
-            raise Refused(f"{row.name} is a protocol scope; it is always available and cannot be declared.")
-        if not row.description:
-            raise Refused(f"Scope {row.name}: describe it (the consent page shows the description).")
-        groups = parse_groups(row.groups)
-        scopes.append(
-            {"name": row.name, "description": row.description, "is_default": row.is_default, "allowed_groups": groups or None}
-        )
-    names = [s["name"] for s in scopes]
-    if not scopes:
-        raise Refused("Declare at least one scope.")
-    if len(set(names)) != len(names):
-        raise Refused("Each scope name may appear once.")
-    return {"uri": uri, "name": f.name, "token_ttl": ttl, "scopes": scopes}
+    scopes = [
+        ScopeSpec(row.name, row.description, row.is_default, parse_groups(row.groups) or None)
+        for row in f.rows
+        if row.name or row.description
+    ]
+    return check(f.uri, f.name, ttl, scopes)
 
 
 def well_known_url(resource_uri: str) -> str:

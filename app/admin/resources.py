@@ -8,12 +8,12 @@ from collections import Counter
 from fastapi import APIRouter
 
 from app.admin import resource_form
-from app.admin.actions import Refused
 from app.admin.pages import AdminDep, done_notice, not_found, require_csrf
 from app.http.body import FormDep
 from app.http.deps import DbDep, RuntimeDep
 from app.models import Resource
-from app.services import audit
+from app.services import Refused
+from app.services import resources as resource_service
 from app.stores import grants as grants_store
 from app.stores import resources as store
 from app.web.browser import Browser
@@ -75,26 +75,14 @@ def _save(browser: Browser, db, runtime, resource: Resource | None, form):
     try:
         if resource is not None and len(resource.scopes) > resource_form.MAX_ROWS:
             raise Refused(f"This MCP server has more than {resource_form.MAX_ROWS} scopes; edit it with the ostiary command.")
-        values = resource_form.validate(submitted)
-        clash = store.by_uri(db, values["uri"])
-        if clash is not None and (resource is None or clash.id != resource.id):
-            raise Refused(f"Another MCP server already has the URI {values['uri']}.")
+        spec = resource_form.to_spec(submitted)
+        if resource is None:
+            saved = resource_service.create(db, spec, actor_id=browser.user.id, via="admin")
+        else:
+            saved = resource_service.update(db, resource, spec, actor_id=browser.user.id)
     except Refused as exc:
+        db.rollback()
         return _form_page(browser, resource, submitted.with_empty_rows(), 400, error=str(exc))
-    before = None if resource is None else {"uri": resource.uri, "scopes": [s.name for s in resource.scopes]}
-    saved = store.save(db, resource or Resource(), **values)
-    audit.record(
-        db,
-        "resource.created" if before is None else "resource.updated",
-        actor_id=browser.user.id,
-        resource=saved.uri,
-        name=saved.name,
-        scopes=[s["name"] for s in values["scopes"]],
-        token_ttl=saved.token_ttl,
-        **({"previous_uri": before["uri"]} if before and before["uri"] != saved.uri else {}),
-    )
     db.commit()
-    # Every replica re-reads the catalogue within seconds; this one at once.
-    runtime.catalogue.invalidate()
-    runtime.metadata.invalidate()
-    return browser.redirect(f"/admin/resources/{saved.id}?done={'created' if before is None else 'saved'}")
+    runtime.invalidate_catalogue()  # every replica re-reads the catalogue within seconds; this one at once
+    return browser.redirect(f"/admin/resources/{saved.id}?done={'created' if resource is None else 'saved'}")

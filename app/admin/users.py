@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.admin import actions
-from app.admin.actions import Refused
 from app.admin.pages import AdminDep, Pager, confirm, confirmed, done_notice, not_found, page_number, require_csrf
 from app.http.body import FormDep
 from app.http.deps import DbDep, RuntimeDep
-from app.services import mfa
+from app.services import Refused, mfa
+from app.services import users as user_service
 from app.stores import grants as grants_store
 from app.stores import users as store
 from app.web.browser import Browser
@@ -42,15 +41,16 @@ def create(browser: AdminDep, db: DbDep, runtime: RuntimeDep, form: FormDep):
     values["is_admin"] = form.get("is_admin") == "on"
     by_link = values["password_mode"] == "link"
     try:
-        user = actions.create_user(
+        user = user_service.create_user(
             db,
             username=values["username"],
             password=None if by_link else values["password"],
             is_admin=values["is_admin"],
-            groups=actions.parse_groups(values["groups"]),
-            actor=browser.user,
+            groups=user_service.parse_groups(values["groups"]),
+            actor_id=browser.user.id,
+            via="admin",
         )
-        link = actions.new_password_link(db, runtime, user, actor=browser.user) if by_link else None
+        link = user_service.new_password_link(db, runtime.keyring, runtime.settings.issuer, user, actor_id=browser.user.id) if by_link else None
     except Refused as exc:
         db.rollback()
         values.pop("password")
@@ -112,7 +112,7 @@ def disable(user_id: str, browser: AdminDep, db: DbDep, form: FormDep):
             fields={},
             back=f"/admin/users/{user.id}",
         )
-    return _apply(browser, db, user, lambda: actions.set_disabled(db, user, True, actor=browser.user), "disabled")
+    return _apply(browser, db, user, lambda: user_service.set_disabled(db, user, True, actor_id=browser.user.id), "disabled")
 
 
 @router.post("/admin/users/{user_id}/enable")
@@ -120,7 +120,7 @@ def enable(user_id: str, browser: AdminDep, db: DbDep, form: FormDep):
     user = _subject(browser, db, user_id, form)
     if user is None:
         return not_found(browser, "user")
-    return _apply(browser, db, user, lambda: actions.set_disabled(db, user, False, actor=browser.user), "enabled")
+    return _apply(browser, db, user, lambda: user_service.set_disabled(db, user, False, actor_id=browser.user.id), "enabled")
 
 
 @router.post("/admin/users/{user_id}/admin")
@@ -138,7 +138,7 @@ def admin_flag(user_id: str, browser: AdminDep, db: DbDep, form: FormDep):
             fields={"is_admin": "no"},
             back=f"/admin/users/{user.id}",
         )
-    response = _apply(browser, db, user, lambda: actions.set_admin(db, user, make_admin, actor=browser.user), "admin")
+    response = _apply(browser, db, user, lambda: user_service.set_admin(db, user, make_admin, actor_id=browser.user.id), "admin")
     if not make_admin and user.id == browser.user.id and response.status_code == 303:
         return browser.redirect("/account")
     return response
@@ -151,7 +151,7 @@ def groups(user_id: str, browser: AdminDep, db: DbDep, form: FormDep):
         return not_found(browser, "user")
 
     def change():
-        actions.set_groups(db, user, actions.parse_groups(str(form.get("groups") or "")), actor=browser.user)
+        user_service.set_groups(db, user, user_service.parse_groups(str(form.get("groups") or "")), actor_id=browser.user.id)
 
     return _apply(browser, db, user, change, "groups")
 
@@ -179,7 +179,7 @@ def password_link(user_id: str, browser: AdminDep, db: DbDep, runtime: RuntimeDe
     user = _subject(browser, db, user_id, form)
     if user is None:
         return not_found(browser, "user")
-    link = actions.new_password_link(db, runtime, user, actor=browser.user)
+    link = user_service.new_password_link(db, runtime.keyring, runtime.settings.issuer, user, actor_id=browser.user.id)
     db.commit()
     return browser.render("admin/password_link.html", section="users", subject=user, link=link, created=False)
 

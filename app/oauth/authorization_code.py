@@ -203,7 +203,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         used = codes_store.find(db, hashes)
         if used is not None and used.consumed_at is not None and used.client_id == client.client_id:
             # RFC 6749 §4.1.2 / OAuth 2.1 §4.1.3: a code used twice revokes what it produced.
-            count = tokens.revoke_family(db, used.family_id, "code_replay")
+            count = tokens_store.revoke(db, at=t, reason="code_replay", family_id=used.family_id)
             audit.record(
                 db, "code.replayed", user_id=used.user_id, client_id=used.client_id, family=used.family_id, revoked=count
             )

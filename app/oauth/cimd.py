@@ -24,7 +24,7 @@ from app.models import Client
 from app.models.client import KIND_METADATA_DOCUMENT
 from app.oauth.redirect_uris import InvalidRedirectUri, validate_registered
 from app.oauth.server import safe_description
-from app.services import audit
+from app.services import audit, clients
 from app.settings import Settings
 from app.stores import clients as store
 
@@ -157,9 +157,11 @@ class MetadataDocuments:
             return row
         if not refresh:
             return None  # the token endpoint never fetches: no document seen yet, no client
-        return self._fetch(db, client_id, row)
+        return self._fetch(db, client_id)
 
-    def _fetch(self, db: Session, client_id: str, row: Client | None) -> Client:
+    def _fetch(self, db: Session, client_id: str) -> Client:
+        """Fetch, validate and cache the document. What this writes (the cached client, or the
+        audit row of a refusal) is committed by the authorization endpoint's route."""
         problem = url_problem(client_id)
         if problem:
             raise InvalidClientError(description=problem)
@@ -169,37 +171,6 @@ class MetadataDocuments:
         except (FetchError, InvalidDocument) as exc:
             log.info("client metadata document %s refused: %s", client_id, exc)
             audit.record(db, "client.metadata_refused", client_id=client_id, reason=str(exc)[:200])
-            db.commit()
-            raise InvalidClientError(
-                description=safe_description(f"The app's metadata document could not be used: {exc}.")
-            ) from None
+            raise InvalidClientError(description=safe_description(f"The app's metadata document could not be used: {exc}.")) from None
         expires = now() + cache_lifetime(fetched.headers, self._settings)
-        fields = dict(
-            kind=KIND_METADATA_DOCUMENT,
-            name=meta["client_name"],
-            token_endpoint_auth_method="none",
-            secret_hash=None,
-            redirect_uris=meta["redirect_uris"],
-            grant_types=meta["grant_types"],
-            response_types=["code"],
-            scope=meta.get("scope") if isinstance(meta.get("scope"), str) else None,
-            application_type=meta.get("application_type") if meta.get("application_type") in ("web", "native") else None,
-            client_metadata=meta,
-            metadata_expires_at=expires,
-        )
-        if row is None:
-            row = Client(id=client_id, **fields)
-            try:
-                with db.begin_nested():
-                    store.add(db, row)
-            except Exception:  # noqa: BLE001 - another replica cached it at the same moment
-                row = store.get(db, client_id)
-                for key, value in fields.items():
-                    setattr(row, key, value)
-            audit.record(db, "client.metadata_fetched", client_id=client_id, client_name=row.name, first=True)
-        else:
-            for key, value in fields.items():
-                setattr(row, key, value)
-            audit.record(db, "client.metadata_fetched", client_id=client_id, client_name=row.name, first=False)
-        db.commit()
-        return row
+        return clients.cache_document(db, client_id, meta, expires_at=expires)

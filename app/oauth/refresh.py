@@ -126,7 +126,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
             return 200, replay, self.TOKEN_RESPONSE_HEADER
         # Reuse: every refresh token of the grant (user x client x resource) is revoked, not
         # only this family (issue 3 §6; RFC 9700 §4.14.2 asks at least for the family).
-        count = tokens.revoke_grant(db, user_id=row.user_id, client_id=row.client_id, resource_id=row.resource_id, reason="reuse")
+        count = store.revoke(db, at=t, reason="reuse", user_id=row.user_id, client_id=row.client_id, resource_id=row.resource_id)
         audit.record(
             db,
             "token.reuse_detected",

@@ -17,14 +17,13 @@ from authlib.oauth2.rfc7591.errors import InvalidRedirectURIError
 from authlib.oauth2.rfc7592 import ClientConfigurationEndpoint as _ClientConfigurationEndpoint
 
 from app.infra.db import now
-from app.models import Client
 from app.models.client import KIND_DYNAMIC
-from app.oauth.clients import SECRET_PREFIX, OAuthClient, delete_client, new_client_id
+from app.oauth.clients import OAuthClient
 from app.oauth.redirect_uris import InvalidRedirectUri, is_loopback_redirect, validate_registered
 from app.oauth.scopes import InvalidScope, parse
 from app.oauth.server import current_db, safe_description
 from app.security.secrets import new_token
-from app.services import audit
+from app.services import clients
 from app.stores import clients as store
 
 AUTH_METHODS = ("none", "client_secret_basic", "client_secret_post")
@@ -114,7 +113,6 @@ def client_metadata(data: dict) -> dict:
 
 
 REGISTRATION_TOKEN_PREFIX = "ostrat_"
-INITIAL_TOKEN_PREFIX = "ostiat_"
 
 
 def bearer(request) -> str | None:
@@ -144,9 +142,9 @@ class RegistrationEndpoint(ClientRegistrationEndpoint):
         if not self.authenticate_token(request):
             raise AccessDeniedError()
         meta = self.extract_client_metadata(request)
-        info = {"client_id": new_client_id(), "client_id_issued_at": int(time.time())}
+        info = {"client_id": clients.new_client_id(), "client_id_issued_at": int(time.time())}
         if meta["token_endpoint_auth_method"] != "none":
-            info["client_secret"] = new_token(SECRET_PREFIX)
+            info["client_secret"] = clients.new_secret()
             info["client_secret_expires_at"] = 0  # RFC 7591 §3.2.1: 0 means it does not expire
         client = self.save_client(info, meta, request)
         body = {**meta, **info, **self.generate_client_registration_info(client, request)}
@@ -163,42 +161,19 @@ class RegistrationEndpoint(ClientRegistrationEndpoint):
         }
 
     def save_client(self, client_info, client_metadata, request):
-        db = current_db()
-        keyring = self.server.keyring
-        secret = client_info.get("client_secret")
-        row = Client(
-            id=client_info["client_id"],
-            kind=KIND_DYNAMIC,
-            name=(client_metadata.get("client_name") or "Unnamed app")[:200],
-            token_endpoint_auth_method=client_metadata["token_endpoint_auth_method"],
-            secret_hash=keyring.hash(secret) if secret else None,
-            redirect_uris=client_metadata["redirect_uris"],
-            grant_types=client_metadata["grant_types"],
-            response_types=client_metadata["response_types"],
-            scope=client_metadata.get("scope"),
-            application_type=client_metadata.get("application_type"),
-            client_metadata=client_metadata,
-            created_at=client_info["client_id_issued_at"],
+        return clients.register(
+            current_db(),
+            self.server.keyring,
+            client_metadata,
+            client_id=client_info["client_id"],
+            issued_at=client_info["client_id_issued_at"],
+            secret=client_info.get("client_secret"),
         )
-        store.add(db, row)
-        audit.record(
-            db,
-            "client.registered",
-            client_id=row.id,
-            kind=KIND_DYNAMIC,
-            client_name=row.name,
-            auth_method=row.token_endpoint_auth_method,
-            redirect_hosts=_hosts(row.redirect_uris),
-        )
-        return row
 
 
 def _path_client_id(request) -> str:
     return unquote(urlsplit(request.uri).path.rstrip("/").rsplit("/", 1)[-1])
 
-
-def _hosts(uris: list[str]) -> list[str]:
-    return sorted({urlsplit(u).netloc or urlsplit(u).scheme for u in uris})
 
 
 @dataclass
@@ -261,15 +236,8 @@ class ClientConfigurationEndpoint(_ClientConfigurationEndpoint):
         row = client.row
         if client_metadata["token_endpoint_auth_method"] != row.token_endpoint_auth_method:
             raise InvalidClientMetadataError("The token_endpoint_auth_method cannot change.")
-        row.name = (client_metadata.get("client_name") or "Unnamed app")[:200]
-        row.redirect_uris = client_metadata["redirect_uris"]
-        row.grant_types = client_metadata["grant_types"]
-        row.response_types = client_metadata["response_types"]
-        row.scope = client_metadata.get("scope")
-        row.application_type = client_metadata.get("application_type")
-        row.client_metadata = client_metadata
-        audit.record(current_db(), "client.updated", client_id=row.id, redirect_hosts=_hosts(row.redirect_uris))
+        clients.update_registration(current_db(), row, client_metadata)
         return client
 
     def delete_client(self, client, request):
-        delete_client(current_db(), client.row, reason="self")
+        clients.delete_client(current_db(), client.row, reason="self")

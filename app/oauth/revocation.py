@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from authlib.oauth2.rfc7009 import RevocationEndpoint as _RevocationEndpoint
 
 from app.infra.db import now
-from app.oauth import jwt_access, tokens
+from app.oauth import jwt_access
 from app.oauth.server import current_db
 from app.services import audit
 from app.stores import tokens as store
@@ -73,7 +73,7 @@ class RevocationEndpoint(_RevocationEndpoint):
     def revoke_token(self, token, request):
         db = current_db()
         if isinstance(token, RefreshHandle):
-            count = tokens.revoke_family(db, token.row.family_id, "revoked")
+            count = store.revoke(db, at=now(), reason="revoked", family_id=token.row.family_id)
             audit.record(
                 db,
                 "token.revoked",

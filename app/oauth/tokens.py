@@ -1,5 +1,5 @@
-"""Issuing tokens: RFC 9068 JWT access tokens, OIDC id_tokens, opaque rotating refresh tokens;
-and revoking what was issued (a refresh-token family, a grant, an access token by jti)."""
+"""Issuing tokens: RFC 9068 JWT access tokens, OIDC id_tokens, opaque rotating refresh tokens,
+and the sealed successor of a rotated refresh token. (Revocation is app/stores/tokens.revoke.)"""
 
 from __future__ import annotations
 
@@ -7,15 +7,11 @@ import json
 import uuid
 from typing import TYPE_CHECKING
 
-from sqlalchemy import and_
-from sqlalchemy.orm import Session
-
 from app.infra.db import now
-from app.models import AuthorizationCode, RefreshToken, User
+from app.models import User
 from app.oauth.catalogue import ResourceInfo
 from app.oauth.scopes import OPENID, join
 from app.security.secrets import new_token
-from app.stores import tokens as store
 
 REFRESH_PREFIX = "ostrt_"
 
@@ -155,43 +151,3 @@ def open_response(runtime: Runtime, sealed: str, parent_id: int) -> dict:
     body = payload["body"]
     body["expires_in"] = max(0, payload["exp"] - now())
     return body
-
-
-# -- revocation -------------------------------------------------------------------------------
-
-
-def revoke_family(db: Session, family_id: str, reason: str) -> int:
-    """Revoke every refresh token of a family and the live access tokens issued with them."""
-    t = now()
-    access = store.revoke_where(db, _family(family_id), t, reason)
-    access += store.live_code_access_tokens(db, AuthorizationCode.family_id == family_id, t)
-    store.revoke_access_tokens(db, unique_jtis(access), t, reason)
-    return len(access)
-
-
-def revoke_grant(db: Session, *, user_id: str, client_id: str, resource_id: int, reason: str) -> int:
-    """Revoke every refresh token, and the live access tokens, of a grant (user x client x
-    resource): a consent revoked, or a refresh token reused.
-
-    Matched by the grant's triple, not its id: a refresh rotating at the same moment may insert a
-    successor the id-based UPDATE would not see, and deleting the grant nulls the id."""
-    t = now()
-    access = store.revoke_where(db, _of_grant(RefreshToken, user_id, client_id, resource_id), t, reason)
-    access += store.live_code_access_tokens(db, _of_grant(AuthorizationCode, user_id, client_id, resource_id), t)
-    store.revoke_access_tokens(db, unique_jtis(access), t, reason)
-    return len(access)
-
-
-def _of_grant(model, user_id: str, client_id: str, resource_id: int):
-    return and_(model.user_id == user_id, model.client_id == client_id, model.resource_id == resource_id)
-
-
-def _family(family_id: str):
-    return RefreshToken.family_id == family_id
-
-
-def unique_jtis(items: list[tuple[str, int]]) -> list[tuple[str, int]]:
-    seen: dict[str, int] = {}
-    for jti, exp in items:
-        seen[jti] = max(seen.get(jti, 0), exp)
-    return list(seen.items())

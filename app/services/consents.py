@@ -12,11 +12,11 @@ from sqlalchemy.orm import Session
 
 from app.infra.db import now
 from app.models import Grant
-from app.oauth import tokens
 from app.services import audit
 from app.stores import codes as codes_store
 from app.stores import grants as store
 from app.stores import resources as resources_store
+from app.stores import tokens as tokens_store
 from app.stores import users as users_store
 
 
@@ -26,7 +26,7 @@ def revoke(db: Session, grant: Grant, *, actor_id: str, via: str) -> None:
     # successor right now, so the revocation below (a later statement) sees that successor too.
     store.remove(db, grant.id)
     triple = dict(user_id=grant.user_id, client_id=grant.client_id, resource_id=grant.resource_id)
-    access = tokens.revoke_grant(db, **triple, reason=f"consent_revoked_{via}")
+    access = tokens_store.revoke(db, at=now(), reason=f"consent_revoked_{via}", **triple)
     codes_store.expire_unredeemed(db, **triple, at=now())
     user = users_store.get(db, grant.user_id)
     resource = resources_store.get(db, grant.resource_id)

@@ -26,7 +26,7 @@ def _key_rotation(runtime: Runtime) -> None:
 
 
 def _prune_clients(runtime: Runtime) -> None:
-    from app.oauth.clients import prune
+    from app.services.clients import prune
 
     with transaction(runtime.sessions) as db:
         if not job_locks.claim(db, "prune-clients", interval=3600):

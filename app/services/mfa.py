@@ -6,7 +6,6 @@ stored as HMACs and each works once; a TOTP code works once (RFC 6238 §5.2).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from sqlalchemy.orm import Session
@@ -14,7 +13,7 @@ from sqlalchemy.orm import Session
 from app.infra.db import now
 from app.models import User
 from app.security import totp
-from app.security.secrets import DecryptError
+from app.security.secrets import DecryptError, Keyring
 from app.services import audit
 from app.stores import audit as audit_store
 from app.stores import mfa as store
@@ -25,55 +24,53 @@ from app.stores import sessions as sessions_store
 MAX_FAILURES = 10
 FAILURE_WINDOW = 15 * 60
 
-if TYPE_CHECKING:
-    from app.runtime import Runtime
 
 
 def _context(user_id: str) -> bytes:
     return b"totp:" + user_id.encode()
 
 
-def _secret(runtime: Runtime, user: User) -> str | None:
+def _secret(keyring: Keyring, user: User) -> str | None:
     if not user.totp_secret_enc:
         return None
     try:
-        return runtime.keyring.decrypt(user.totp_secret_enc, _context(user.id)).decode()
+        return keyring.decrypt(user.totp_secret_enc, _context(user.id)).decode()
     except DecryptError:
         return None
 
 
-def pending_secret(db: Session, runtime: Runtime, user: User) -> str:
+def pending_secret(db: Session, keyring: Keyring, user: User) -> str:
     """The secret being enrolled: the one already shown (a reload shows the same QR code) or a
     new one."""
-    secret = _secret(runtime, user) if not user.mfa_enabled else None
+    secret = _secret(keyring, user) if not user.mfa_enabled else None
     if secret is None:
         secret = totp.new_secret()
-        encrypted = runtime.keyring.encrypt(secret.encode(), _context(user.id))
+        encrypted = keyring.encrypt(secret.encode(), _context(user.id))
         store.set_pending_secret(db, user.id, encrypted)
         user.totp_secret_enc = encrypted
     return secret
 
 
-def enrolment(runtime: Runtime, user: User, secret: str) -> dict:
+def enrolment(issuer: str, user: User, secret: str) -> dict[str, str]:
     """What the enrolment page shows: the QR code (inline SVG) and the key to type instead."""
-    host = urlsplit(runtime.settings.issuer).netloc
+    host = urlsplit(issuer).netloc
     uri = totp.provisioning_uri(secret, user.username, f"Ostiary {host}")
     grouped = " ".join(secret[i : i + 4] for i in range(0, len(secret), 4))
     return {"qr_svg": totp.qr_svg(uri), "secret": secret, "secret_grouped": grouped}
 
 
-def _recovery_hashes(runtime: Runtime, user_id: str, codes: list[str]) -> list[str]:
-    return [runtime.keyring.hash(totp.recovery_hash_input(user_id, totp.normalize(c))) for c in codes]
+def _recovery_hashes(keyring: Keyring, user_id: str, codes: list[str]) -> list[str]:
+    return [keyring.hash(totp.recovery_hash_input(user_id, totp.normalize(c))) for c in codes]
 
 
-def confirm_enrolment(db: Session, runtime: Runtime, user: User, code: str) -> list[str] | None:
+def confirm_enrolment(db: Session, keyring: Keyring, user: User, code: str) -> list[str] | None:
     """Enable TOTP if `code` matches the pending secret; return the recovery codes (shown once)."""
-    secret = _secret(runtime, user)
+    secret = _secret(keyring, user)
     step = totp.matching_step(secret, totp.normalize(code)) if secret and not user.mfa_enabled else None
     if step is None or not store.enable(db, user.id, now(), step):
         return None
     codes = totp.new_recovery_codes()
-    store.replace_recovery_codes(db, user.id, _recovery_hashes(runtime, user.id, codes))
+    store.replace_recovery_codes(db, user.id, _recovery_hashes(keyring, user.id, codes))
     audit.record(db, "mfa.enabled", user_id=user.id, username=user.username)
     return codes
 
@@ -82,11 +79,11 @@ def too_many_failures(db: Session, user: User) -> bool:
     return audit_store.count_since(db, ("login.mfa_failed",), now() - FAILURE_WINDOW, user_id=user.id) >= MAX_FAILURES
 
 
-def check(db: Session, runtime: Runtime, user: User, typed: str) -> tuple[str | None, str]:
+def check(db: Session, keyring: Keyring, user: User, typed: str) -> tuple[str | None, str]:
     """("otp" or "recovery", "") when the second factor is right, else (None, why)."""
     value = totp.normalize(typed)
     if totp.looks_like_totp(value):
-        secret = _secret(runtime, user)
+        secret = _secret(keyring, user)
         step = totp.matching_step(secret, value) if secret else None
         if step is None:
             return None, "wrong_code"
@@ -94,7 +91,7 @@ def check(db: Session, runtime: Runtime, user: User, typed: str) -> tuple[str | 
             return None, "reused_code"  # RFC 6238 §5.2: one-time only
         return "otp", ""
     if totp.looks_like_recovery_code(value):
-        hashes = runtime.keyring.hashes(totp.recovery_hash_input(user.id, value))
+        hashes = keyring.hashes(totp.recovery_hash_input(user.id, value))
         if store.use_recovery_code(db, user.id, hashes):
             return "recovery", ""
         return None, "wrong_recovery_code"

@@ -42,33 +42,48 @@ def successor_of(db: Session, token_id: int) -> RefreshToken | None:
     return db.scalar(select(RefreshToken).where(RefreshToken.parent_id == token_id), execution_options=FRESH)
 
 
-def revoke_where(db: Session, condition, at: int, reason: str) -> list[tuple[str, int]]:
-    """Revoke matching refresh tokens; return the (jti, exp) of access tokens issued with them
-    that are still alive, so the caller can revoke those too."""
+def revoke(
+    db: Session,
+    *,
+    at: int,
+    reason: str,
+    family_id: str | None = None,
+    user_id: str | None = None,
+    client_id: str | None = None,
+    resource_id: int | None = None,
+) -> int:
+    """The one revocation: every refresh token that matches all the given ids (a family; a grant
+    as user x client x resource; a client; a user) is revoked, and the live access tokens issued
+    with them, or from the codes that match, are recorded as revoked by jti until they expire
+    (RFC 7009 §2, RFC 7662 §2.2). Returns how many access tokens that was.
+
+    Matched by ids, never by a grant row's id: a refresh rotating at the same moment may insert a
+    successor an id-based UPDATE would not see, and deleting a grant nulls its id."""
+    given = {"family_id": family_id, "user_id": user_id, "client_id": client_id, "resource_id": resource_id}
+    match = {k: v for k, v in given.items() if v is not None}
+    if not match:
+        raise ValueError("revoke needs at least one id")
+    refresh = [getattr(RefreshToken, k) == v for k, v in match.items()]
+    codes = [getattr(AuthorizationCode, k) == v for k, v in match.items()]
     db.execute(
         update(RefreshToken)
-        .where(condition, RefreshToken.revoked_at.is_(None))
+        .where(*refresh, RefreshToken.revoked_at.is_(None))
         .values(revoked_at=at, revoked_reason=reason, successor_enc=None),
         execution_options={"synchronize_session": False},
     )
-    rows = db.execute(
-        select(RefreshToken.access_jti, RefreshToken.access_expires_at).where(
-            condition, RefreshToken.access_jti.is_not(None), RefreshToken.access_expires_at > at
-        )
-    )
-    return [(jti, exp) for jti, exp in rows]
-
-
-def live_code_access_tokens(db: Session, condition, at: int) -> list[tuple[str, int]]:
-    rows = db.execute(
-        select(AuthorizationCode.access_jti, AuthorizationCode.access_expires_at).where(
-            condition, AuthorizationCode.access_jti.is_not(None), AuthorizationCode.access_expires_at > at
-        )
-    )
-    return [(jti, exp) for jti, exp in rows]
+    live: dict[str, int] = {}
+    for jti_column, exp_column, where in (
+        (RefreshToken.access_jti, RefreshToken.access_expires_at, refresh),
+        (AuthorizationCode.access_jti, AuthorizationCode.access_expires_at, codes),
+    ):
+        for jti, exp in db.execute(select(jti_column, exp_column).where(*where, jti_column.is_not(None), exp_column > at)):
+            live[jti] = max(live.get(jti, 0), exp)
+    revoke_access_tokens(db, list(live.items()), at, reason)
+    return len(live)
 
 
 def revoke_access_tokens(db: Session, items: list[tuple[str, int]], at: int, reason: str) -> None:
+    """Record access tokens (jti, exp) as revoked until they expire."""
     if not items:
         return
     dialect = postgresql if db.get_bind().dialect.name == "postgresql" else sqlite

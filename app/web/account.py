@@ -7,13 +7,11 @@ from fastapi import APIRouter
 
 from app.http.body import FormDep
 from app.http.deps import DbDep
-from app.security.passwords import hash_password, password_problem, verify_password
-from app.services import audit, consents, mfa
+from app.services import Refused, consents, mfa
+from app.services import users as user_service
 from app.stores import clients as clients_store
 from app.stores import grants as grants_store
 from app.stores import resources as resources_store
-from app.stores import sessions as sessions_store
-from app.stores import users as users_store
 from app.web.browser import Browser, BrowserDep
 
 router = APIRouter()
@@ -80,16 +78,10 @@ def change_password(browser: BrowserDep, db: DbDep, form: FormDep):
         return _page(browser, db, 400, password_error=EXPIRED_FORM)
     user = browser.user
     current, new, repeat = (str(form.get(k) or "") for k in ("current_password", "new_password", "repeat_password"))
-    ok, _ = verify_password(user.password_hash, current)
-    if not ok:
-        audit.record(db, "user.password_change_failed", user_id=user.id, username=user.username)
-        db.commit()
-        return _page(browser, db, 400, password_error="Your current password is not correct.")
-    problem = password_problem(new) or (None if new == repeat else "The new passwords do not match.")
-    if problem:
-        return _page(browser, db, 400, password_error=problem)
-    users_store.set_password_hash(db, user.id, hash_password(new))
-    ended = sessions_store.remove_others(db, user.id, browser.session.id_hash)  # sign out other browsers
-    audit.record(db, "user.password_changed", user_id=user.id, username=user.username, sessions_ended=ended)
+    try:
+        user_service.change_password(db, user, current=current, new=new, repeat=repeat, keep_session_hash=browser.session.id_hash)
+    except Refused as exc:
+        db.commit()  # a wrong current password is audited
+        return _page(browser, db, 400, password_error=str(exc))
     db.commit()
     return browser.redirect("/account?done=password")

@@ -54,6 +54,7 @@ def _start(request: Request, browser: Browser, db, runtime, params: list[tuple[s
         request.method, runtime.settings.issuer + "/authorize", request.headers, params, form=request.method == "POST"
     )
     result = flow.validate(server, db, req)
+    db.commit()  # a client metadata document fetched (or refused) while validating
     if isinstance(result, flow.Untrusted):
         return _error_page(browser, result.error)
     if isinstance(result, RedirectResponse):
@@ -135,6 +136,7 @@ def _resume(request: Request, browser: Browser, db, runtime, handle: str):
     params = flow.replay_params(row, resource.uri)
     req = oauth_request("GET", runtime.settings.issuer + "/authorize", request.headers, params, form=False)
     result = flow.validate(runtime.server, db, req)
+    db.commit()  # a client metadata document fetched (or refused) while validating
     if isinstance(result, flow.Untrusted):
         return _error_page(browser, result.error)
     if isinstance(result, RedirectResponse):

@@ -34,11 +34,11 @@ def _enrol_page(browser: Browser, db, runtime, next_url: str, status: int = 200,
         return browser.render(
             "mfa.html", status, enabled=True, recovery_left=mfa.recovery_codes_left(db, user), next=next_url, error=error
         )
-    secret = mfa.pending_secret(db, runtime, user)
+    secret = mfa.pending_secret(db, runtime.keyring, user)
     db.commit()
     required = user.is_admin and runtime.settings.admin_mfa_required
     return browser.render(
-        "mfa.html", status, enabled=False, required=required, next=next_url, error=error, **mfa.enrolment(runtime, user, secret)
+        "mfa.html", status, enabled=False, required=required, next=next_url, error=error, **mfa.enrolment(runtime.settings.issuer, user, secret)
     )
 
 
@@ -56,7 +56,7 @@ def enrol(browser: BrowserDep, db: DbDep, runtime: RuntimeDep, form: FormDep):
     next_url = safe_next(str(form.get("next") or ""), "")
     if not browser.csrf_ok(form):
         return _enrol_page(browser, db, runtime, next_url, 400, EXPIRED_FORM)
-    codes = mfa.confirm_enrolment(db, runtime, browser.user, str(form.get("code") or ""))
+    codes = mfa.confirm_enrolment(db, runtime.keyring, browser.user, str(form.get("code") or ""))
     if codes is None:
         return _enrol_page(browser, db, runtime, next_url, 400, WRONG_CODE)
     # This browser just proved the second factor; every other one signs in again with it.
@@ -98,7 +98,7 @@ def check_code(browser: BrowserDep, db: DbDep, runtime: RuntimeDep, form: FormDe
         audit.record(db, "login.mfa_failed", user_id=user.id, username=user.username, reason="too_many_failures")
         db.commit()
         return browser.render("login_otp.html", 429, next=next_url, error=TOO_MANY)
-    method, why = mfa.check(db, runtime, user, str(form.get("code") or ""))
+    method, why = mfa.check(db, runtime.keyring, user, str(form.get("code") or ""))
     if method is None:
         audit.record(db, "login.mfa_failed", user_id=user.id, username=user.username, reason=why)
         db.commit()

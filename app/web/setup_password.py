@@ -8,10 +8,9 @@ from fastapi import APIRouter
 from app.http.body import FormDep
 from app.http.deps import DbDep, RuntimeDep
 from app.infra.db import now
-from app.security.passwords import hash_password, password_problem
-from app.services import audit
+from app.services import Refused
+from app.services import users as user_service
 from app.stores import password_links
-from app.stores import sessions as sessions_store
 from app.stores import users as users_store
 from app.web.browser import Browser, BrowserDep
 
@@ -44,17 +43,12 @@ def set_password(token: str, browser: BrowserDep, db: DbDep, runtime: RuntimeDep
     if user is None:
         return _gone(browser)
     password, repeat = str(form.get("password") or ""), str(form.get("repeat_password") or "")
-    error = None
-    if not browser.csrf_ok(form):
-        error = "This form has expired. Please try again."
-    else:
-        error = password_problem(password) or (None if password == repeat else "The passwords do not match.")
-    if error:
-        return browser.render("setup_password.html", 400, username=user.username, token=token, error=error)
-    if not password_links.take(db, row, now()):  # used once, even by two submissions at once
-        return _gone(browser)
-    users_store.set_password_hash(db, user.id, hash_password(password))
-    sessions_store.remove_for_user(db, user.id)
-    audit.record(db, "user.password_set", user_id=user.id, username=user.username, via="link")
+    try:
+        if not browser.csrf_ok(form):
+            raise Refused("This form has expired. Please try again.")
+        if not user_service.set_password_from_link(db, row, user, password=password, repeat=repeat):
+            return _gone(browser)
+    except Refused as exc:
+        return browser.render("setup_password.html", 400, username=user.username, token=token, error=str(exc))
     db.commit()
     return browser.redirect("/login")

@@ -1,0 +1,161 @@
+"""Clients: registering them (an operator's, a dynamic registration's, a metadata document's),
+updating, deleting with everything issued to them, pruning unused ones, and initial access
+tokens for registration. Every client row is filled from its metadata in one place
+(`apply_metadata`).
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.infra.db import now
+from app.models import Client, InitialAccessToken
+from app.models.client import KIND_ADMIN, KIND_DYNAMIC, KIND_METADATA_DOCUMENT
+from app.security.secrets import Keyring, new_token
+from app.services import audit
+from app.settings import Settings
+from app.stores import clients as store
+from app.stores import tokens as tokens_store
+
+SECRET_PREFIX = "ostcs_"
+INITIAL_TOKEN_PREFIX = "ostiat_"
+MAX_NAME = 200
+
+
+def new_client_id() -> str:
+    return secrets.token_urlsafe(18)
+
+
+def new_secret() -> str:
+    return new_token(SECRET_PREFIX)
+
+
+def redirect_hosts(uris: list[str]) -> list[str]:
+    """The hosts (or private-use schemes) of redirect URIs, for audit events and pages."""
+    return sorted({urlsplit(u).netloc or urlsplit(u).scheme for u in uris})
+
+
+def apply_metadata(row: Client, meta: dict[str, Any]) -> Client:
+    """Fill a client row from validated metadata (RFC 7591 §2): the columns the protocol reads,
+    and the whole document for display and RFC 7592 reads."""
+    row.name = (meta.get("client_name") or "Unnamed app")[:MAX_NAME]
+    row.token_endpoint_auth_method = meta["token_endpoint_auth_method"]
+    row.redirect_uris = meta["redirect_uris"]
+    row.grant_types = meta["grant_types"]
+    row.response_types = meta.get("response_types") or ["code"]
+    row.scope = meta.get("scope") if isinstance(meta.get("scope"), str) else None
+    row.application_type = meta.get("application_type") if meta.get("application_type") in ("web", "native") else None
+    row.client_metadata = meta
+    return row
+
+
+def create_admin_client(
+    db: Session,
+    keyring: Keyring,
+    *,
+    name: str,
+    redirect_uris: list[str],
+    confidential: bool,
+    actor_id: str | None = None,
+    via: str = "cli",
+) -> tuple[Client, str | None]:
+    """A client registered by an operator. Returns it and, if confidential, its secret (once)."""
+    secret = new_secret() if confidential else None
+    meta = {
+        "client_name": name,
+        "redirect_uris": redirect_uris,
+        "token_endpoint_auth_method": "client_secret_basic" if confidential else "none",
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+        "application_type": "web" if confidential else "native",
+    }
+    row = Client(id=new_client_id(), kind=KIND_ADMIN, secret_hash=keyring.hash(secret) if secret else None)
+    client = store.add(db, apply_metadata(row, meta))
+    audit.record(
+        db, "client.created", client_id=client.id, actor_id=actor_id, via=via, kind=KIND_ADMIN, confidential=confidential
+    )
+    return client, secret
+
+
+def register(db: Session, keyring: Keyring, meta: dict[str, Any], *, client_id: str, issued_at: int, secret: str | None) -> Client:
+    """A dynamically registered client (RFC 7591 §3.2.1)."""
+    row = Client(id=client_id, kind=KIND_DYNAMIC, secret_hash=keyring.hash(secret) if secret else None, created_at=issued_at)
+    client = store.add(db, apply_metadata(row, meta))
+    audit.record(
+        db,
+        "client.registered",
+        client_id=client.id,
+        kind=KIND_DYNAMIC,
+        client_name=client.name,
+        auth_method=client.token_endpoint_auth_method,
+        redirect_hosts=redirect_hosts(client.redirect_uris),
+    )
+    return client
+
+
+def update_registration(db: Session, row: Client, meta: dict[str, Any]) -> Client:
+    """RFC 7592 §2.2: the client replaces its metadata (its authentication method stays)."""
+    apply_metadata(row, meta)
+    audit.record(db, "client.updated", client_id=row.id, redirect_hosts=redirect_hosts(row.redirect_uris))
+    return row
+
+
+def cache_document(db: Session, client_id: str, meta: dict[str, Any], *, expires_at: int) -> Client:
+    """Store a fetched Client ID Metadata Document as the client's row until `expires_at`,
+    shared by every replica. Two replicas fetching the same new document at once both land."""
+    row = store.get(db, client_id)
+    first = row is None
+    if row is None:
+        try:
+            with db.begin_nested():
+                row = store.add(db, apply_metadata(Client(id=client_id, kind=KIND_METADATA_DOCUMENT, secret_hash=None), meta))
+        except IntegrityError:  # another replica cached it at the same moment: update that row
+            row = store.get(db, client_id)
+            if row is None:  # ... and it was deleted again since: nothing to update, insert ours
+                row = store.add(db, apply_metadata(Client(id=client_id, kind=KIND_METADATA_DOCUMENT, secret_hash=None), meta))
+    apply_metadata(row, meta)
+    row.metadata_expires_at = expires_at
+    audit.record(db, "client.metadata_fetched", client_id=client_id, client_name=row.name, first=first)
+    return row
+
+
+def delete_client(db: Session, row: Client, *, reason: str, actor_id: str | None = None) -> None:
+    """Delete a client and revoke everything issued to it (its access tokens become inactive at
+    introspection until they expire; its refresh tokens, codes and grants go with the row)."""
+    tokens_store.revoke(db, at=now(), reason="client_deleted", client_id=row.id)
+    store.remove(db, row.id)
+    audit.record(db, "client.deleted", client_id=row.id, actor_id=actor_id, kind=row.kind, client_name=row.name, reason=reason)
+
+
+def prune(db: Session, settings: Settings) -> list[str]:
+    """Registration hygiene: delete dynamically registered clients never used within a day of
+    registering, and those idle for 90 days with no live refresh token (settings)."""
+    t = now()
+    doomed = store.prunable(
+        db,
+        kind=KIND_DYNAMIC,
+        unused_before=t - settings.prune_unused_clients_after,
+        idle_before=t - settings.prune_idle_clients_after,
+        now_=t,
+    )
+    for row in doomed:
+        delete_client(db, row, reason="never_used" if row.last_used_at is None else "idle")
+    if doomed:
+        audit.record(db, "client.pruned", count=len(doomed))
+    return [row.id for row in doomed]
+
+
+def create_initial_token(db: Session, keyring: Keyring, *, expires_in: int, uses: int, note: str | None, via: str) -> str:
+    """An initial access token for registration (RFC 7591 §3), shown once; only its HMAC is
+    stored."""
+    token = new_token(INITIAL_TOKEN_PREFIX)
+    store.add_initial_token(
+        db, InitialAccessToken(token_hash=keyring.hash(token), expires_at=now() + expires_in, uses_left=uses, note=note)
+    )
+    audit.record(db, "registration.initial_token_created", uses=uses, expires_in=expires_in, via=via)
+    return token

@@ -1,0 +1,111 @@
+"""MCP servers (RFC 8707 resources, RFC 9728 protected resources): validating what an operator
+typed, creating and updating them. The console form and `ostiary resources add` both come here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy.orm import Session
+
+from app.models import Resource
+from app.oauth.resource_indicators import InvalidResource, canonical_resource
+from app.oauth.scopes import PROTOCOL_SCOPES, is_scope_token
+from app.services import Refused, audit
+from app.settings import MAX_ACCESS_TOKEN_TTL
+from app.stores import resources as store
+
+MIN_TTL = 30
+MAX_NAME = 200
+MAX_DESCRIPTION = 500
+
+
+@dataclass(frozen=True)
+class ScopeSpec:
+    name: str
+    description: str
+    is_default: bool = False
+    allowed_groups: list[str] | None = None  # None: anyone may be granted it
+
+
+@dataclass(frozen=True)
+class ResourceSpec:
+    uri: str  # canonical (RFC 8707 §2)
+    name: str
+    token_ttl: int | None  # None: OSTIARY_ACCESS_TOKEN_TTL
+    scopes: list[ScopeSpec] = field(default_factory=list)
+
+
+def check(uri: str, name: str, token_ttl: int | None, scopes: list[ScopeSpec]) -> ResourceSpec:
+    """What to store, or Refused naming the first problem."""
+    try:
+        canonical = canonical_resource(uri)  # RFC 8707 §2: absolute URI, no fragment
+    except InvalidResource as exc:
+        raise Refused(f"URI: {exc}.") from None
+    name = name.strip()
+    if not name or len(name) > MAX_NAME:
+        raise Refused(f"Give the MCP server a name of 1 to {MAX_NAME} characters (shown on the consent page).")
+    if token_ttl is not None and not MIN_TTL <= token_ttl <= MAX_ACCESS_TOKEN_TTL:
+        raise Refused(f"Token lifetime: a number of seconds from {MIN_TTL} to {MAX_ACCESS_TOKEN_TTL}, or empty for the default.")
+    for scope in scopes:
+        # RFC 6749 §3.3 scope-token; no wildcards (docs/decisions.md#unknown-and-wildcard-scopes-are-refused).
+        if not is_scope_token(scope.name):
+            raise Refused(f"Scope {scope.name[:60]!r}: not a valid scope name (no spaces, quotes, backslashes or *).")
+        if scope.name in PROTOCOL_SCOPES:
+            raise Refused(f"{scope.name} is a protocol scope; it is always available and cannot be declared.")
+        if not scope.description.strip() or len(scope.description) > MAX_DESCRIPTION:
+            raise Refused(f"Scope {scope.name}: describe it (the consent page shows the description).")
+    names = [s.name for s in scopes]
+    if not scopes:
+        raise Refused("Declare at least one scope.")
+    if len(set(names)) != len(names):
+        raise Refused("Each scope name may appear once.")
+    return ResourceSpec(canonical, name, token_ttl, scopes)
+
+
+def _not_taken(db: Session, uri: str, resource: Resource | None) -> None:
+    clash = store.by_uri(db, uri)
+    if clash is not None and (resource is None or clash.id != resource.id):
+        raise Refused(f"Another MCP server already has the URI {uri}.")
+
+
+def _save(db: Session, resource: Resource, spec: ResourceSpec) -> Resource:
+    scopes = [
+        {"name": s.name, "description": s.description.strip(), "is_default": s.is_default, "allowed_groups": s.allowed_groups}
+        for s in spec.scopes
+    ]
+    return store.save(db, resource, uri=spec.uri, name=spec.name, token_ttl=spec.token_ttl, scopes=scopes)
+
+
+def create(db: Session, spec: ResourceSpec, *, actor_id: str | None = None, via: str) -> Resource:
+    _not_taken(db, spec.uri, None)
+    saved = _save(db, Resource(), spec)
+    audit.record(
+        db,
+        "resource.created",
+        actor_id=actor_id,
+        resource=saved.uri,
+        via=via,
+        name=saved.name,
+        scopes=[s.name for s in spec.scopes],
+        token_ttl=saved.token_ttl,
+    )
+    return saved
+
+
+def update(db: Session, resource: Resource, spec: ResourceSpec, *, actor_id: str, via: str = "admin") -> Resource:
+    _not_taken(db, spec.uri, resource)
+    previous_uri = resource.uri
+    saved = _save(db, resource, spec)
+    audit.record(
+        db,
+        "resource.updated",
+        actor_id=actor_id,
+        resource=saved.uri,
+        via=via,
+        name=saved.name,
+        scopes=[s.name for s in spec.scopes],
+        token_ttl=saved.token_ttl,
+        **({"previous_uri": previous_uri} if previous_uri != saved.uri else {}),
+    )
+    return saved

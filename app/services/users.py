@@ -1,0 +1,180 @@
+"""Users: the username rule, creating, disabling and enabling, the admin flag, groups, and
+one-time links to set a password.
+
+The server is never left without an active admin: a change that would disable or demote the
+last one is refused, whoever asks (console or CLI). Such changes are serialised under one row
+lock, so two admins demoting each other at once cannot both succeed.
+"""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.infra.db import now
+from app.models import PasswordSetupToken, User
+from app.security.passwords import hash_password, password_problem, verify_password
+from app.security.secrets import Keyring, new_token
+from app.services import Refused, audit
+from app.stores import jobs as locks
+from app.stores import password_links
+from app.stores import sessions as sessions_store
+from app.stores import users as store
+
+PASSWORD_LINK_TTL = 3 * 24 * 3600
+MAX_USERNAME = 150
+GROUP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+MAX_GROUPS = 50
+ADMINS_LOCK = "admins"
+
+
+def check_username(username: str) -> str:
+    """The username to store: 1 to 150 characters, no spaces or control characters (it is
+    compared case-insensitively after NFKC normalisation, app/stores/users.py)."""
+    username = username.strip()
+    if not username or len(username) > MAX_USERNAME or any(c.isspace() or ord(c) < 0x20 for c in username):
+        raise Refused(f"A username is 1 to {MAX_USERNAME} characters without spaces.")
+    return username
+
+
+def check_password(password: str) -> str:
+    problem = password_problem(password)
+    if problem:
+        raise Refused(problem)
+    return password
+
+
+def parse_groups(text: str) -> list[str]:
+    """Group names separated by commas or spaces: letters, digits and . _ : - (64 at most)."""
+    names = [g for g in re.split(r"[\s,]+", text or "") if g]
+    bad = [g for g in names if not GROUP.match(g)]
+    if bad:
+        raise Refused(f"Not a valid group name: {bad[0][:64]!r} (letters, digits and . _ : - only).")
+    unique = list(dict.fromkeys(names))
+    if len(unique) > MAX_GROUPS:
+        raise Refused(f"At most {MAX_GROUPS} groups.")
+    return unique
+
+
+def create_user(
+    db: Session,
+    *,
+    username: str,
+    password: str | None,
+    is_admin: bool = False,
+    groups: list[str] | None = None,
+    actor_id: str | None = None,
+    via: str,
+) -> User:
+    """A new user; without a password they set one through a link (new_password_link)."""
+    username = check_username(username)
+    if password is not None:
+        check_password(password)
+    exists = f"A user named {username!r} already exists."
+    if store.by_username(db, username):
+        raise Refused(exists)
+    try:
+        with db.begin_nested():
+            user = store.add(
+                db,
+                User(
+                    username=username,
+                    password_hash=hash_password(password) if password is not None else None,
+                    is_admin=is_admin,
+                    groups=groups or [],
+                ),
+            )
+    except IntegrityError:  # the same name, created a moment ago elsewhere
+        raise Refused(exists) from None
+    audit.record(
+        db, "user.created", user_id=user.id, username=user.username, actor_id=actor_id, via=via, admin=is_admin, groups=groups or []
+    )
+    return user
+
+
+def new_password_link(db: Session, keyring: Keyring, issuer: str, user: User, *, actor_id: str) -> str:
+    """A one-time link (shown once; only its HMAC is stored) for the user to set a password."""
+    token = new_token()
+    t = now()
+    password_links.replace(
+        db,
+        PasswordSetupToken(
+            token_hash=keyring.hash(token), user_id=user.id, created_by=actor_id, created_at=t, expires_at=t + PASSWORD_LINK_TTL
+        ),
+    )
+    audit.record(db, "user.password_link_created", user_id=user.id, username=user.username, actor_id=actor_id)
+    return f"{issuer}/setup-password/{token}"
+
+
+def _keeps_an_admin(db: Session, user: User) -> None:
+    """Refuse a change that takes `user` out of the active admins if they are the last one."""
+    locks.lock(db, ADMINS_LOCK)  # a row lock (job_runs) held until commit
+    db.refresh(user)  # read again under the lock
+    if user.is_admin and not user.disabled and store.count_active_admins(db) <= 1:
+        raise Refused(f"{user.username} is the last active admin. Make another user an admin first.")
+
+
+def set_disabled(db: Session, user: User, disabled: bool, *, actor_id: str | None = None, via: str = "admin") -> int:
+    """Disable (end every browser session) or enable a user; returns the sessions ended."""
+    if disabled == user.disabled:
+        return 0
+    if not disabled:
+        store.set_disabled(db, user.id, None)
+        audit.record(db, "user.enabled", user_id=user.id, username=user.username, actor_id=actor_id, via=via)
+        return 0
+    _keeps_an_admin(db, user)
+    store.set_disabled(db, user.id, now())
+    ended = sessions_store.remove_for_user(db, user.id)
+    audit.record(db, "user.disabled", user_id=user.id, username=user.username, actor_id=actor_id, via=via, sessions_ended=ended)
+    return ended
+
+
+def set_admin(db: Session, user: User, is_admin: bool, *, actor_id: str) -> None:
+    if is_admin == user.is_admin:
+        return
+    if not is_admin:
+        _keeps_an_admin(db, user)
+    store.set_admin(db, user.id, is_admin)
+    event = "user.admin_granted" if is_admin else "user.admin_removed"
+    audit.record(db, event, user_id=user.id, username=user.username, actor_id=actor_id)
+
+
+def set_groups(db: Session, user: User, groups: list[str], *, actor_id: str) -> None:
+    """Takes effect at the user's next consent or refresh (refresh drops scopes they lost)."""
+    before = list(user.groups or [])
+    if groups == before:
+        return
+    store.set_groups(db, user.id, groups)
+    audit.record(db, "user.groups_changed", user_id=user.id, username=user.username, actor_id=actor_id, groups=groups, before=before)
+
+
+def change_password(db: Session, user: User, *, current: str, new: str, repeat: str, keep_session_hash: str) -> int:
+    """The user's own password change: the current password first, then the new one twice.
+    Every other browser session of the user ends; returns how many."""
+    ok, _ = verify_password(user.password_hash, current)
+    if not ok:
+        audit.record(db, "user.password_change_failed", user_id=user.id, username=user.username)
+        raise Refused("Your current password is not correct.")
+    check_password(new)
+    if new != repeat:
+        raise Refused("The new passwords do not match.")
+    store.set_password_hash(db, user.id, hash_password(new))
+    ended = sessions_store.remove_others(db, user.id, keep_session_hash)
+    audit.record(db, "user.password_changed", user_id=user.id, username=user.username, sessions_ended=ended)
+    return ended
+
+
+def set_password_from_link(db: Session, link: PasswordSetupToken, user: User, *, password: str, repeat: str) -> bool:
+    """Set a password with a one-time link; False if the link was used meanwhile (it works once,
+    even for two submissions at once). Every browser session of the user ends."""
+    check_password(password)
+    if password != repeat:
+        raise Refused("The passwords do not match.")
+    if not password_links.take(db, link, now()):
+        return False
+    store.set_password_hash(db, user.id, hash_password(password))
+    sessions_store.remove_for_user(db, user.id)
+    audit.record(db, "user.password_set", user_id=user.id, username=user.username, via="link")
+    return True
