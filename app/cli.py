@@ -373,7 +373,6 @@ def _version() -> str:
 # -- argument parsing --------------------------------------------------------------------------
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ostiary", description="Ostiary, an OAuth 2.1 authorization server for MCP.")
     parser.add_argument("--version", action="version", version=f"ostiary {_version()}")

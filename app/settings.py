@@ -209,7 +209,9 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.replace("\n", ",").split(",") if part.strip()]
         return value
 
-    @field_validator("cimd_allowed_hosts", "trusted_proxies", "extra_hosts", "metrics_networks", "rate_limit_exempt", mode="before")
+    @field_validator(
+        "cimd_allowed_hosts", "trusted_proxies", "extra_hosts", "metrics_networks", "rate_limit_exempt", mode="before"
+    )
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):

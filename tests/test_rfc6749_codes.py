@@ -71,6 +71,40 @@ async def test_code_replay_revokes_rotated_successors_too(client, runtime):
     assert (await refresh(client, reg["client_id"], rotated["refresh_token"])).json()["error"] == "invalid_grant"
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param({"code_verifier": pkce()[0]}, id="another PKCE verifier"),
+        pytest.param({"code_verifier": None}, id="no PKCE verifier"),
+        pytest.param({"redirect_uri": "http://127.0.0.1:9876/other"}, id="another redirect_uri"),
+    ],
+)
+async def test_replay_without_proof_revokes_nothing(client, runtime, change):
+    """OAuth 2.1 §4.1.3 / §7.5.3: a replay only counts once the request proves what a redemption
+    needs (client, redirect_uri, PKCE verifier): a leaked code alone, sent with the public
+    client's id, must not let anyone revoke the tokens the code's holder received."""
+    reg = await signed_in_flow(client, runtime)
+    rs = admin_client(runtime)
+    code, verifier, _ = await obtain_code(client, reg["client_id"])
+    tokens = (await exchange(client, reg["client_id"], code, verifier)).json()
+    attempt = await exchange(client, reg["client_id"], code, verifier, **change)
+    assert attempt.status_code == 400
+    assert attempt.json()["error"] in ("invalid_grant", "invalid_request")
+    assert (await introspect(client, tokens["access_token"], rs)).json()["active"] is True
+    assert (await refresh(client, reg["client_id"], tokens["refresh_token"])).status_code == 200
+    assert audit_events(runtime, "code.replayed") == []
+
+
+async def test_a_failed_redemption_does_not_use_the_code_up(client, runtime):
+    """RFC 7636 §4.6: a wrong verifier is refused, and the holder of the right one still
+    redeems the code (it is used only by a redemption that succeeds)."""
+    reg = await signed_in_flow(client, runtime)
+    code, verifier, _ = await obtain_code(client, reg["client_id"])
+    wrong = await exchange(client, reg["client_id"], code, pkce()[0])
+    assert wrong.status_code == 400 and wrong.json()["error"] == "invalid_grant"
+    assert (await exchange(client, reg["client_id"], code, verifier)).status_code == 200
+
+
 async def test_replay_does_not_touch_other_codes(client, runtime):
     """RFC 6749 10.5: only what that code produced is revoked."""
     reg = await signed_in_flow(client, runtime)

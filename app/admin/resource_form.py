@@ -70,7 +70,9 @@ def to_spec(f: ResourceForm) -> ResourceSpec:
     ttl = None
     if f.token_ttl:
         if not f.token_ttl.isdigit():
-            raise Refused(f"Token lifetime: a number of seconds from {MIN_TTL} to {MAX_ACCESS_TOKEN_TTL}, or empty for the default.")
+            raise Refused(
+                f"Token lifetime: a number of seconds from {MIN_TTL} to {MAX_ACCESS_TOKEN_TTL}, or empty for the default."
+            )
         ttl = int(f.token_ttl)
     scopes = [
         ScopeSpec(row.name, row.description, row.is_default, parse_groups(row.groups) or None)

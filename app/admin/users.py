@@ -50,7 +50,11 @@ def create(browser: AdminDep, db: DbDep, runtime: RuntimeDep, form: FormDep):
             actor_id=browser.user.id,
             via="admin",
         )
-        link = user_service.new_password_link(db, runtime.keyring, runtime.settings.issuer, user, actor_id=browser.user.id) if by_link else None
+        link = (
+            user_service.new_password_link(db, runtime.keyring, runtime.settings.issuer, user, actor_id=browser.user.id)
+            if by_link
+            else None
+        )
     except Refused as exc:
         db.rollback()
         values.pop("password")

@@ -1,15 +1,29 @@
-"""The authorization endpoint's interaction: validate, then sign-in, then consent, then a code.
+"""The authorization endpoint's decision (RFC 6749 §4.1.1, OAuth 2.1 §4.1.1, OIDC Core §3.1.2).
 
-Until the client and its redirect URI are trusted, errors are rendered as a page; after that they
-go back to the client with `error`, `state` and `iss` (RFC 6749 §4.1.2.1, RFC 9207). A request
-that needs a page (sign-in or consent) is stored under an opaque handle, so those pages are
-pages of their own that survive a reload; a returning user whose consent covers the request gets
-the code at once.
+`validate` runs the request through authlib and our rules: until the client and its redirect
+URI are trusted an error is shown on a page; after that it goes back to the client with
+`error`, `state` and `iss` (RFC 6749 §4.1.2.1, RFC 9207). `decide` is pure: from the valid
+request, who is signed in, what they consented to before and what they just chose, the next
+step, as one of the outcomes below. app/web/authorize.py renders the outcome; the effects it
+needs (issue a code, record a denial) are the functions at the end of this module.
+
+The decision table (docs/architecture.md has it with the pages around it):
+
+| who / what                                            | outcome                       |
+|-------------------------------------------------------|-------------------------------|
+| nobody signed in, or prompt=login not yet honoured    | prompt=none: PromptError(login_required); else SignIn |
+| the user chose Deny                                   | Deny("user")                  |
+| the consent form must be shown again (expired form)   | AskConsent                    |
+| the policy allows none of the resource scopes asked   | Deny("policy")                |
+| the user chose Allow                                  | IssueCode(permitted, consent) |
+| new scopes to consent to, or prompt=consent           | prompt=none: PromptError(consent_required); else AskConsent |
+| the consent given before covers the request           | IssueCode(permitted)          |
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from authlib.oauth2.rfc6749 import AccessDeniedError, OAuth2Error
 from fastapi.responses import RedirectResponse
@@ -17,85 +31,223 @@ from sqlalchemy.orm import Session
 
 from app.infra.db import now
 from app.models import AuthorizationRequest, User
+from app.oauth import scopes as scope_policy
+from app.oauth.authorization_code import AuthorizationCodeGrant
 from app.oauth.catalogue import ResourceInfo
-from app.oauth.scopes import PROTOCOL_SCOPES
-from app.oauth.server import OstiaryServer, Request, error_redirect_url, using
-from app.security.secrets import new_token
+from app.oauth.clients import OAuthClient
+from app.oauth.errors import ConsentRequiredError, LoginRequiredError, error_redirect_url
+from app.oauth.server import OstiaryServer, Request, using
+from app.security.secrets import Keyring, new_token
 from app.services import audit
-from app.stores import grants as grants_store
 from app.stores import requests as requests_store
 
 
-class LoginRequiredError(OAuth2Error):
-    error = "login_required"  # OIDC Core §3.1.2.6
+@dataclass(frozen=True)
+class Validated:
+    """A valid authorization request."""
+
+    handler: AuthorizationCodeGrant  # authlib's grant object for it: it issues the code
+    redirect_uri: str
+
+    @property
+    def request(self) -> Request:
+        return self.handler.request
+
+    @property
+    def client(self) -> OAuthClient:
+        return self.handler.request.client  # type: ignore[no-any-return]
+
+    @property
+    def resource(self) -> ResourceInfo:
+        return self.handler.request.resource
+
+    @property
+    def scopes(self) -> list[str]:
+        return self.handler.request.scopes
+
+    @property
+    def prompts(self) -> frozenset[str]:
+        return self.handler.request.prompts
 
 
-class ConsentRequiredError(OAuth2Error):
-    error = "consent_required"  # OIDC Core §3.1.2.6
+# -- outcomes -----------------------------------------------------------------------------------
 
 
-@dataclass
-class Untrusted:
-    """An error to render as a page: the client or its redirect URI is not trusted."""
+@dataclass(frozen=True)
+class ShowError:
+    """The client or its redirect URI cannot be trusted: say so on a page, never redirect."""
 
     error: OAuth2Error
 
 
-def validate(server: OstiaryServer, db: Session, req: Request):
-    """The authlib grant for a valid request, a RedirectResponse carrying the error to a trusted
-    redirect URI, or Untrusted."""
+@dataclass(frozen=True)
+class RedirectError:
+    """Send the error to the client's (trusted) redirect URI."""
+
+    url: str
+
+
+@dataclass(frozen=True)
+class PromptError:
+    """prompt=none, and the user would have to act: login_required or consent_required (OIDC
+    Core §3.1.2.6), by redirect."""
+
+    error: type[OAuth2Error]
+
+
+@dataclass(frozen=True)
+class SignIn:
+    force: bool  # prompt=login: a fresh sign-in even with a session
+
+
+@dataclass(frozen=True)
+class AskConsent:
+    already: list[str]  # granted before, shown as such
+    new: list[str]  # what the user is asked for
+    refused: list[str]  # asked for, but the policy does not allow them for this user
+
+
+@dataclass(frozen=True)
+class IssueCode:
+    scopes: list[str]
+    record_consent: bool  # the user just allowed: merge these scopes into the consent
+
+
+@dataclass(frozen=True)
+class Deny:
+    reason: Literal["user", "policy"]
+
+
+Outcome = PromptError | SignIn | AskConsent | IssueCode | Deny
+Decision = Literal["allow", "deny", "show"]  # "show": the consent page again (a form to redo)
+
+
+def validate(server: OstiaryServer, db: Session, req: Request) -> Validated | ShowError | RedirectError:
+    """authlib's validation with our rules (app/oauth/authorization_code.py, pkce.py). A client
+    metadata document may be fetched: the caller commits what that wrote."""
     with using(db, fetch_documents=True):
         try:
-            return server.get_consent_grant(req)
+            handler = server.get_consent_grant(req)
         except OAuth2Error as error:
             if error.redirect_uri:
-                return RedirectResponse(error_redirect_url(error, server.issuer), status_code=302)
-            return Untrusted(error)
+                return RedirectError(error_redirect_url(error, server.issuer))
+            return ShowError(error)
+    return Validated(handler, handler.redirect_uri)
 
 
-def permitted_scopes(scopes: list[str], resource: ResourceInfo, user: User) -> list[str]:
-    """Access policy: the subset of scopes this user may grant (groups); protocol scopes always."""
-    return [s for s in scopes if s in PROTOCOL_SCOPES or resource.scopes[s].permits(user.groups)]
+def decide(
+    *,
+    prompts: frozenset[str],
+    scopes: list[str],
+    resource: ResourceInfo,
+    user: User | None,
+    auth_time: int | None,
+    requested_at: int | None,
+    consented: set[str],
+    decision: Decision | None = None,
+) -> Outcome:
+    """The next step for a valid request asking for `scopes` of `resource`. `requested_at` is
+    when a stored request was made (None on /authorize itself), `consented` the scopes of the
+    user's earlier consent to this client and resource."""
+    # OIDC Core §3.1.2.1 prompt=login: a sign-in after this request, even with a session.
+    stale = "login" in prompts and (requested_at is None or auth_time is None or auth_time < requested_at)
+    if user is None or stale:
+        if "none" in prompts:
+            return PromptError(LoginRequiredError)
+        return SignIn(force="login" in prompts)
+    if decision == "deny":
+        return Deny("user")
+    allowed = scope_policy.permitted(scopes, resource, user.groups)
+    ask = AskConsent(
+        already=[s for s in allowed if s in consented],
+        new=[s for s in allowed if s not in consented],
+        refused=[s for s in scopes if s not in allowed],
+    )
+    if decision == "show":
+        return ask
+    if scope_policy.refuses_all(scopes, allowed):
+        return Deny("policy")
+    if decision == "allow":
+        return IssueCode(allowed, record_consent=True)
+    if ask.new or "consent" in prompts:
+        if "none" in prompts:
+            return PromptError(ConsentRequiredError)
+        return ask
+    return IssueCode(allowed, record_consent=False)
 
 
-def asks_resource_scopes(scopes: list[str]) -> bool:
-    return any(s not in PROTOCOL_SCOPES for s in scopes)
+# -- the effects of an outcome -------------------------------------------------------------------
 
 
-def split_consent(scopes: list[str], granted: set[str]) -> tuple[list[str], list[str]]:
-    """(already granted, new) in request order: incremental consent asks only for what is new."""
-    return [s for s in scopes if s in granted], [s for s in scopes if s not in granted]
+def prompt_error(server: OstiaryServer, v: Validated, outcome: PromptError) -> RedirectResponse:
+    error = outcome.error(redirect_uri=v.redirect_uri, state=v.request.payload.state)
+    return RedirectResponse(error_redirect_url(error, server.issuer), status_code=302)
 
 
-def store_request(db: Session, runtime, grant) -> str:
-    """Persist the validated request; return the opaque handle the browser carries."""
+def issue_code(
+    server: OstiaryServer, db: Session, v: Validated, user: User, *, scopes: list[str], auth_time: int, consent_id: int | None
+) -> RedirectResponse:
+    """RFC 6749 §4.1.2: a code for the scopes the user holds, to the redirect URI."""
+    req = v.request
+    req.scopes, req.auth_time, req.consent_id = scopes, auth_time, consent_id
+    with using(db):
+        status, body, headers = v.handler.create_authorization_response(v.redirect_uri, user)
+    response = server.handle_response(status, body, headers)
+    assert isinstance(response, RedirectResponse)
+    return response
+
+
+def deny(server: OstiaryServer, db: Session, v: Validated, user: User, reason: Literal["user", "policy"]) -> RedirectResponse:
+    """RFC 6749 §4.1.2.1 access_denied, recorded."""
+    audit.record(
+        db,
+        "consent.denied",
+        user_id=user.id,
+        username=user.username,
+        client_id=v.client.client_id,
+        resource=v.resource.uri,
+        reason=reason,
+    )
+    description = "The user denied the request." if reason == "user" else "The user may not grant any of the requested scopes."
+    error = AccessDeniedError(description, redirect_uri=v.redirect_uri, state=v.request.payload.state)
+    return RedirectResponse(error_redirect_url(error, server.issuer), status_code=302)
+
+
+# -- a request waiting for sign-in and consent ----------------------------------------------------
+
+
+def store_request(db: Session, keyring: Keyring, ttl: int, v: Validated) -> str:
+    """Keep the valid request until the user has signed in and decided; return the opaque handle
+    the browser carries (only its HMAC is stored), so that the sign-in and consent pages are
+    pages of their own that survive a reload
+    (docs/decisions.md#pending-authorization-requests-are-kept-on-the-server)."""
     handle = new_token()
-    req = grant.request
+    req = v.request
     data = req.payload.data
     t = now()
     requests_store.add(
         db,
         AuthorizationRequest(
-            id_hash=runtime.keyring.hash(handle),
-            client_id=req.client.client_id,
-            redirect_uri=grant.redirect_uri,
+            id_hash=keyring.hash(handle),
+            client_id=v.client.client_id,
+            redirect_uri=v.redirect_uri,
             redirect_uri_in_request=bool(req.payload.redirect_uri),
-            resource_id=req.resource.id,
-            scope=" ".join(req.scopes),
+            resource_id=v.resource.id,
+            scope=" ".join(v.scopes),
             state=data.get("state"),
             code_challenge=data["code_challenge"],
             nonce=data.get("nonce"),
-            prompt=" ".join(sorted(req.prompts)) or None,
+            prompt=" ".join(sorted(v.prompts)) or None,
             created_at=t,
-            expires_at=t + runtime.settings.authorization_request_ttl,
+            expires_at=t + ttl,
         ),
     )
     return handle
 
 
-def replay_params(row: AuthorizationRequest, resource_uri: str) -> list[tuple[str, str]]:
-    """The stored request as authorization parameters again, to run through authlib once more
-    when the user has decided (the client may have been deleted meanwhile)."""
+def stored_params(row: AuthorizationRequest, resource_uri: str) -> list[tuple[str, str]]:
+    """The stored request as authorization parameters again, to validate once more when the
+    user comes back (the client may have been deleted or changed meanwhile)."""
     params = [
         ("response_type", "code"),
         ("client_id", row.client_id),
@@ -111,44 +263,3 @@ def replay_params(row: AuthorizationRequest, resource_uri: str) -> list[tuple[st
         if value:
             params.append((name, value))
     return params
-
-
-def issue_code(server: OstiaryServer, db: Session, grant, user: User, *, scopes: list[str], auth_time: int, grant_id: int | None):
-    req = grant.request
-    req.scopes = scopes
-    # authlib validates the request again inside create_authorization_response, which resolves
-    # req.scopes anew from the request: the code is saved with granted_scopes instead.
-    req.granted_scopes = scopes
-    req.auth_time = auth_time
-    req.grant_id = grant_id
-    with using(db):
-        return server.create_authorization_response(request=req, grant_user=user, grant=grant)
-
-
-def deny(server: OstiaryServer, db: Session, grant, user: User | None, reason: str) -> RedirectResponse:
-    req = grant.request
-    audit.record(
-        db,
-        "consent.denied",
-        user_id=user.id if user else None,
-        username=user.username if user else None,
-        client_id=req.client.client_id,
-        resource=req.resource.uri,
-        reason=reason,
-    )
-    error = AccessDeniedError(
-        "The user denied the request." if reason == "user" else "The user may not grant any of the requested scopes.",
-        redirect_uri=grant.redirect_uri,
-        state=req.payload.state,
-    )
-    return RedirectResponse(error_redirect_url(error, server.issuer), status_code=302)
-
-
-def prompt_error(server: OstiaryServer, grant, error_cls) -> RedirectResponse:
-    error = error_cls(redirect_uri=grant.redirect_uri, state=grant.request.payload.state)
-    return RedirectResponse(error_redirect_url(error, server.issuer), status_code=302)
-
-
-def current_grant_scopes(db: Session, user: User, grant) -> tuple[int | None, set[str]]:
-    row = grants_store.get(db, user.id, grant.request.client.client_id, grant.request.resource.id)
-    return (row.id, set(row.scope.split())) if row else (None, set())

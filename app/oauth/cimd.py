@@ -22,8 +22,8 @@ from app.infra.db import now
 from app.infra.fetch import Fetcher, FetchError
 from app.models import Client
 from app.models.client import KIND_METADATA_DOCUMENT
+from app.oauth.errors import safe_description
 from app.oauth.redirect_uris import InvalidRedirectUri, validate_registered
-from app.oauth.server import safe_description
 from app.services import audit, clients
 from app.settings import Settings
 from app.stores import clients as store
@@ -171,6 +171,8 @@ class MetadataDocuments:
         except (FetchError, InvalidDocument) as exc:
             log.info("client metadata document %s refused: %s", client_id, exc)
             audit.record(db, "client.metadata_refused", client_id=client_id, reason=str(exc)[:200])
-            raise InvalidClientError(description=safe_description(f"The app's metadata document could not be used: {exc}.")) from None
+            raise InvalidClientError(
+                description=safe_description(f"The app's metadata document could not be used: {exc}.")
+            ) from None
         expires = now() + cache_lifetime(fetched.headers, self._settings)
         return clients.cache_document(db, client_id, meta, expires_at=expires)

@@ -19,9 +19,10 @@ from authlib.oauth2.rfc7592 import ClientConfigurationEndpoint as _ClientConfigu
 from app.infra.db import now
 from app.models.client import KIND_DYNAMIC
 from app.oauth.clients import OAuthClient
+from app.oauth.errors import safe_description
 from app.oauth.redirect_uris import InvalidRedirectUri, is_loopback_redirect, validate_registered
 from app.oauth.scopes import InvalidScope, parse
-from app.oauth.server import current_db, safe_description
+from app.oauth.server import current_db
 from app.security.secrets import new_token
 from app.services import clients
 from app.stores import clients as store
@@ -173,7 +174,6 @@ class RegistrationEndpoint(ClientRegistrationEndpoint):
 
 def _path_client_id(request) -> str:
     return unquote(urlsplit(request.uri).path.rstrip("/").rsplit("/", 1)[-1])
-
 
 
 @dataclass

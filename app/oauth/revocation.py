@@ -12,7 +12,7 @@ from authlib.oauth2.rfc7009 import RevocationEndpoint as _RevocationEndpoint
 
 from app.infra.db import now
 from app.oauth import jwt_access
-from app.oauth.server import current_db
+from app.oauth.server import OstiaryServer, current_db
 from app.services import audit
 from app.stores import tokens as store
 
@@ -33,27 +33,27 @@ class AccessHandle:
         return self.claims.get("client_id") == client.client_id
 
 
-def find_token(runtime, token: str, hint: str | None):
+def find_token(server: OstiaryServer, token: str, hint: str | None) -> RefreshHandle | AccessHandle | None:
     """Look the token up as the hint says first, then as the other type (RFC 7009 §2.1)."""
     if not isinstance(token, str) or not token or len(token) > 8192:
         return None
     lookups = [_refresh, _access] if hint != "access_token" else [_access, _refresh]
     for lookup in lookups:
-        found = lookup(runtime, token)
+        found = lookup(server, token)
         if found is not None:
             return found
     return None
 
 
-def _refresh(runtime, token: str):
+def _refresh(server: OstiaryServer, token: str) -> RefreshHandle | None:
     if len(token) > 200 or token.count(".") == 2:
         return None
-    row = store.find_refresh(current_db(), runtime.keyring.hashes(token))
+    row = store.find_refresh(current_db(), server.keyring.hashes(token))
     return RefreshHandle(row) if row is not None else None
 
 
-def _access(runtime, token: str):
-    claims = jwt_access.decode(runtime, token)
+def _access(server: OstiaryServer, token: str) -> AccessHandle | None:
+    claims = jwt_access.decode(server.keys, server.issuer, token)
     return AccessHandle(claims) if claims is not None else None
 
 

@@ -11,7 +11,8 @@ from app.http import endpoints
 from app.http.body import FormDep, read_json
 from app.http.deps import DbDep, RuntimeDep
 from app.oauth import jwt_access
-from app.oauth.server import NO_STORE, dumps, json_request, oauth_request, repeated_parameter, safe_description, using
+from app.oauth.errors import NO_STORE, dumps, safe_description
+from app.oauth.server import json_request, oauth_request, repeated_parameter, using
 from app.security.hosts import client_ip
 from app.stores import tokens as tokens_store
 from app.stores import users as users_store
@@ -207,7 +208,7 @@ def _configure(request: Request, runtime, db, body):
 def userinfo(request: Request, runtime: RuntimeDep, db: DbDep):
     auth = request.headers.get("authorization", "")
     scheme, _, value = auth.partition(" ")
-    claims = jwt_access.decode(runtime, value.strip()) if scheme.lower() == "bearer" else None
+    claims = jwt_access.decode(runtime.keys, runtime.settings.issuer, value.strip()) if scheme.lower() == "bearer" else None
     if claims is not None and "openid" not in claims.get("scope", "").split():
         return _bearer_error(403, "insufficient_scope", "The token lacks the openid scope.")
     if claims is None or tokens_store.is_access_token_revoked(db, claims["jti"]):

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-# scope-token = 1*( %x21 / %x23-5B / %x5D-7E ); "*" is refused too: no wildcards (DESIGN).
+if TYPE_CHECKING:
+    from app.oauth.catalogue import ResourceInfo
+
+# scope-token = 1*( %x21 / %x23-5B / %x5D-7E ); "*" is refused too, no wildcards
+# (docs/decisions.md#unknown-and-wildcard-scopes-are-refused).
 _SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x29\x2b-\x5b\x5d-\x7e]{1,200}$")
 
 OPENID = "openid"
@@ -43,8 +48,8 @@ def join(scopes) -> str:
 
 def resolve(requested: str | None, catalogue: dict[str, bool]) -> list[str]:
     """The scopes an authorization request asks for, against a resource's catalogue
-    {name: is_default}. Empty or missing means the resource's default scopes (DESIGN, MCP
-    clients that send `scope=`). A name the resource does not declare is invalid_scope."""
+    {name: is_default}. Empty or missing means the resource's default scopes (MCP clients that
+    send `scope=`; docs/decisions.md#an-empty-scope-means-the-resources-default-scopes). A name the resource does not declare is invalid_scope."""
     names = parse(requested)
     unknown = [n for n in names if n not in catalogue and n not in PROTOCOL_SCOPES]
     if unknown:
@@ -53,3 +58,15 @@ def resolve(requested: str | None, catalogue: dict[str, bool]) -> list[str]:
     if not resource_scopes:
         names = names + [n for n, default in catalogue.items() if default and n not in names]
     return names
+
+
+def permitted(scopes: list[str], resource: ResourceInfo, groups: list[str] | None) -> list[str]:
+    """Access policy: the scopes this user may hold, in request order. Protocol scopes always; a
+    resource scope while the MCP server still declares it and, if the scope is limited to
+    groups, the user is in one of them (docs/decisions.md#access-policy-by-groups-is-applied-at-every-refresh)."""
+    return [s for s in scopes if s in PROTOCOL_SCOPES or (s in resource.scopes and resource.scopes[s].permits(groups))]
+
+
+def refuses_all(requested: list[str], allowed: list[str]) -> bool:
+    """True when the request asks for resource scopes and the policy allows none of them."""
+    return any(s not in PROTOCOL_SCOPES for s in requested) and not any(s not in PROTOCOL_SCOPES for s in allowed)

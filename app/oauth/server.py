@@ -1,18 +1,29 @@
-"""The authlib AuthorizationServer, wired to FastAPI and to our stores.
+"""authlib's AuthorizationServer, adapted to FastAPI and to our stores: the one adapter module.
 
-Built once at startup. authlib is synchronous: routes are plain `def` routes running in the
-thread pool, and the request's database session reaches authlib's hooks through a context
-variable (`query_client` receives no request).
+Built once at startup (app/runtime.py). authlib is synchronous: protocol routes are plain `def`
+routes running in the thread pool, and the request's database session reaches authlib's hooks
+through a context variable (`query_client` receives no request).
+
+authlib does the generic machinery: finding the grant for a request, client authentication
+(client_secret_basic, client_secret_post, none), authorization-request validation up to a
+trusted redirect URI, the RFC 7591/7592/7009/7662 endpoints, and its OAuth2Error hierarchy.
+Where it is less strict than OAuth 2.1 or MCP, or does not fit, we override, and say so:
+- `get_authorization_grant`, `get_token_grant`, `authenticate_client`: three authlib errors
+  that would be 500s or the wrong error code (each commented below).
+- The grants' `create_token_response`: authlib's token generator cannot set `aud` to the
+  resource (RFC 8707, RFC 9068), and rotation with a grace window and reuse detection
+  (OAuth 2.1 §4.3.1) does not fit its save/revoke hooks; tokens are issued by app/oauth/tokens.py
+  and persisted by the grants, so `save_token` is never called.
+- `handle_response`/`handle_error_response`: Starlette responses, 401 for invalid_client, and
+  `iss` on every error redirect (authlib's RFC 9207 extension cannot touch a Starlette response).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING
-from urllib.parse import urlencode
+from typing import TYPE_CHECKING, Any
 
 from authlib.oauth2 import AuthorizationServer
 from authlib.oauth2.rfc6749 import (
@@ -20,7 +31,6 @@ from authlib.oauth2.rfc6749 import (
     InvalidRequestError,
     OAuth2Error,
     OAuth2Request,
-    UnsupportedGrantTypeError,
     UnsupportedResponseTypeError,
 )
 from authlib.oauth2.rfc6749.requests import JsonPayload, JsonRequest, OAuth2Payload
@@ -29,19 +39,20 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import Headers
 
 from app.oauth.clients import OAuthClient
-
-_db: ContextVar[Session] = ContextVar("oauth_db")
-# Only the authorization endpoint may fetch a client's metadata document; /token uses the copy.
-_fetch_documents: ContextVar[bool] = ContextVar("fetch_documents", default=False)
-
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+from app.oauth.errors import NO_STORE, MissingGrantType, error_redirect_url, safe_description
 
 if TYPE_CHECKING:
-    from app.oauth.catalogue import Catalogue
+    from app.models import AuthorizationCode, RefreshToken
+    from app.oauth.catalogue import Catalogue, ResourceInfo
     from app.oauth.cimd import MetadataDocuments
     from app.security.secrets import Keyring
     from app.services.keys import KeyCache
     from app.settings import Settings
+
+_db: ContextVar[Session] = ContextVar("oauth_db")
+# Only the authorization endpoint may fetch a client's metadata document; /token uses the copy
+# (docs/decisions.md#the-token-endpoint-never-fetches-metadata-documents).
+_fetch_documents: ContextVar[bool] = ContextVar("fetch_documents", default=False)
 
 
 def current_db() -> Session:
@@ -59,11 +70,6 @@ def using(db: Session, *, fetch_documents: bool = False) -> Iterator[None]:
         _db.reset(token)
 
 
-def safe_description(text: str) -> str:
-    """RFC 6749 §5.2: error_description is limited to %x20-21 / %x23-5B / %x5D-7E."""
-    return "".join(c if 0x20 <= ord(c) <= 0x7E and c not in '"\\' else "?" for c in text)[:300]
-
-
 class Payload(OAuth2Payload):
     """Parameters of a request (query or form), keeping repeated ones to detect them."""
 
@@ -74,47 +80,49 @@ class Payload(OAuth2Payload):
         self._data = {k: v[0] for k, v in self._datalist.items()}
 
     @property
-    def data(self):
+    def data(self) -> dict[str, str]:
         return self._data
 
     @property
-    def datalist(self):
+    def datalist(self) -> dict[str, list[str]]:
         return self._datalist
 
 
 class Request(OAuth2Request):
+    """An authorization or token request, with what our grants learn about it on the way."""
+
+    # Set while validating (app/oauth/authorization_code.py, refresh.py):
+    resource: ResourceInfo  # the RFC 8707 resource, resolved from the catalogue
+    scopes: list[str]  # the scopes asked for (authorize) or kept (refresh)
+    prompts: frozenset[str]  # OIDC Core §3.1.2.1 prompt values
+    authorization_code: AuthorizationCode
+    refresh_token: RefreshToken
+    # Set when the user has decided (app/oauth/authorize.py), for the code to carry:
+    auth_time: int
+    consent_id: int | None
+
     def __init__(self, method: str, uri: str, headers: Headers, params: list[tuple[str, str]], form: bool):
         super().__init__(method, uri, headers=headers)
         self.payload = Payload(params)
         self._is_form = form
+        self.consent_id = None
 
     @property
-    def args(self):
+    def args(self) -> dict[str, str]:
         return {} if self._is_form else self.payload.data
 
     @property
-    def form(self):
+    def form(self) -> dict[str, str]:
         return self.payload.data if self._is_form else {}
 
 
 class JsonBody(JsonPayload):
-    def __init__(self, data: dict):
+    def __init__(self, data: dict[str, Any]):
         self._data = data
 
     @property
-    def data(self):
+    def data(self) -> dict[str, Any]:
         return self._data
-
-
-class MissingGrantType(UnsupportedGrantTypeError):
-    """RFC 6749 §5.2: a request without grant_type is invalid_request (a missing required
-    parameter), not unsupported_grant_type. A subclass, because authlib's token endpoint turns
-    only UnsupportedGrantTypeError from get_token_grant into an error response."""
-
-    error = "invalid_request"
-
-    def get_error_description(self):
-        return "Missing 'grant_type'."
 
 
 class OstiaryServer(AuthorizationServer):
@@ -133,14 +141,14 @@ class OstiaryServer(AuthorizationServer):
 
     # -- authlib's framework hooks ------------------------------------------------------------
 
-    def query_client(self, client_id):
+    def query_client(self, client_id: str | None) -> OAuthClient | None:
         if not client_id or len(client_id) > 2048:
             return None
         # Registered clients from the table; https client_ids through their metadata documents.
         row = self.documents.resolve(current_db(), client_id, refresh=_fetch_documents.get())
         return OAuthClient(row, self.keyring) if row is not None else None
 
-    def get_authorization_grant(self, request):
+    def get_authorization_grant(self, request: OAuth2Request) -> Any:
         response_type = request.payload.data.get("response_type")
         if response_type and safe_description(response_type) != response_type:
             # authlib quotes response_type in error_description, whose constructor refuses `"`
@@ -155,35 +163,35 @@ class OstiaryServer(AuthorizationServer):
             # once the redirect URI is trusted, as authlib decided).
             raise InvalidRequestError("Missing 'response_type'.", state=error.state, redirect_uri=error.redirect_uri) from None
 
-    def get_token_grant(self, request):
+    def get_token_grant(self, request: OAuth2Request) -> Any:
         if not request.payload.data.get("grant_type"):
-            raise MissingGrantType(None)
+            raise MissingGrantType(None)  # authlib would say unsupported_grant_type
         return super().get_token_grant(request)
 
-    def authenticate_client(self, request, methods, endpoint="token"):
+    def authenticate_client(self, request: OAuth2Request, methods: list[str], endpoint: str = "token") -> Any:
         try:
             return super().authenticate_client(request, methods, endpoint)
         except UnicodeDecodeError:
             # authlib decodes HTTP Basic credentials as UTF-8 and lets the error escape (a 500).
             raise InvalidClientError(description="Malformed client credentials.") from None
 
-    def save_token(self, token, request):  # tokens are persisted by the grants themselves
-        raise NotImplementedError
+    def save_token(self, token: dict[str, Any], request: OAuth2Request) -> None:
+        raise NotImplementedError("the grants persist what they issue (see the module docstring)")
 
-    def send_signal(self, name, *args, **kwargs):
+    def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
         pass
 
-    def create_oauth2_request(self, request) -> OAuth2Request:
+    def create_oauth2_request(self, request: Any) -> OAuth2Request:
         if isinstance(request, OAuth2Request):
             return request
         raise TypeError("build requests with oauth_request()")
 
-    def create_json_request(self, request) -> JsonRequest:
+    def create_json_request(self, request: Any) -> JsonRequest:
         if isinstance(request, JsonRequest):
             return request
         raise TypeError("build requests with json_request()")
 
-    def handle_response(self, status, body, headers):
+    def handle_response(self, status: int, body: Any, headers: Any) -> Response:
         headers = dict(headers or [])
         if status in (301, 302, 303, 307) and "Location" in headers:
             return RedirectResponse(headers.pop("Location"), status_code=302, headers=headers)
@@ -192,14 +200,14 @@ class OstiaryServer(AuthorizationServer):
             return JSONResponse(body, status_code=status, headers=headers)
         return Response(body or b"", status_code=status, headers=headers)
 
-    def handle_error_response(self, request, error: OAuth2Error):
+    def handle_error_response(self, request: OAuth2Request, error: OAuth2Error) -> Response:
         if error.redirect_uri:
             return RedirectResponse(error_redirect_url(error, self.issuer), status_code=302)
         status, body, headers = error(self.get_error_uri(request, error))
         headers = dict(headers)
         if isinstance(error, InvalidClientError):
             # RFC 6749 §5.2: 401 for a client that failed to authenticate; MCP clients re-register
-            # on it (a pruned or unknown client_id).
+            # on it (docs/decisions.md#unknown-or-deleted-clients-get-a-401).
             status = 401
             headers.setdefault("WWW-Authenticate", 'Basic realm="ostiary"')
         headers.update(NO_STORE)
@@ -208,27 +216,29 @@ class OstiaryServer(AuthorizationServer):
 
     # -- what the metadata document says we do ---------------------------------------------------
 
-    def capabilities(self) -> dict:
-        grant_types, response_types, auth_methods = [], [], []
-        for grant_cls, extensions in self._token_grants:
+    def capabilities(self) -> dict[str, Any]:
+        grant_types: list[str] = []
+        response_types: list[str] = []
+        auth_methods: list[str] = []
+        for grant_cls, _ in self._token_grants:
             grant_types.append(grant_cls.GRANT_TYPE)
             auth_methods += [m for m in grant_cls.TOKEN_ENDPOINT_AUTH_METHODS if m not in auth_methods]
         for grant_cls, _ in self._authorization_grants:
             response_types += sorted(grant_cls.RESPONSE_TYPES)
-        doc = {
+        doc: dict[str, Any] = {
             "response_types_supported": response_types,
             "response_modes_supported": ["query"],
             "grant_types_supported": grant_types,
             "token_endpoint_auth_methods_supported": auth_methods,
         }
-        for grant_cls, extensions in self._authorization_grants:
+        for _, extensions in self._authorization_grants:
             for ext in extensions or []:
                 if hasattr(ext, "SUPPORTED_CODE_CHALLENGE_METHOD"):
                     doc["code_challenge_methods_supported"] = list(ext.SUPPORTED_CODE_CHALLENGE_METHOD)
         for name, endpoints in self._endpoints.items():
-            for endpoint in endpoints:
-                field = {"revocation": "revocation_endpoint", "introspection": "introspection_endpoint"}.get(name)
-                if field:
+            field = {"revocation": "revocation_endpoint", "introspection": "introspection_endpoint"}.get(name)
+            if field:
+                for endpoint in endpoints:
                     doc[f"{field}_auth_methods_supported"] = list(endpoint.CLIENT_AUTH_METHODS)
         doc.update(
             {
@@ -247,14 +257,6 @@ class OstiaryServer(AuthorizationServer):
         return doc
 
 
-def error_redirect_url(error: OAuth2Error, issuer: str) -> str:
-    """The redirect for an error once the redirect URI is trusted: `error`, `error_description`,
-    `state` and, per RFC 9207 §2, `iss` (authlib's IssuerParameter extension cannot touch a
-    Starlette response, so it is added here)."""
-    params = [(k, v) for k, v in error.get_body() if v is not None] + [("iss", issuer)]
-    return add_query(error.redirect_uri, params)
-
-
 def repeated_parameter(params: list[tuple[str, str]], allowed: frozenset[str] = frozenset({"resource"})) -> str | None:
     """The first parameter sent more than once, if any. RFC 6749 §3.1/§3.2: "Request and
     response parameters MUST NOT be included more than once" (RFC 8707 §2 lets `resource`
@@ -267,20 +269,11 @@ def repeated_parameter(params: list[tuple[str, str]], allowed: frozenset[str] = 
     return None
 
 
-def add_query(uri: str, params: list[tuple[str, str]]) -> str:
-    sep = "&" if "?" in uri else "?"
-    return uri + sep + urlencode(params)
-
-
 def oauth_request(method: str, url: str, headers: Headers, params: list[tuple[str, str]], *, form: bool) -> Request:
     return Request(method, url, headers, params, form)
 
 
-def json_request(method: str, url: str, headers: Headers, body: dict | None) -> JsonRequest:
+def json_request(method: str, url: str, headers: Headers, body: dict[str, Any] | None) -> JsonRequest:
     req = JsonRequest(method, url, headers)
     req.payload = JsonBody(body if isinstance(body, dict) else {})
     return req
-
-
-def dumps(body: dict) -> bytes:
-    return json.dumps(body, separators=(",", ":")).encode()

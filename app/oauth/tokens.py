@@ -7,16 +7,24 @@ import json
 import uuid
 from typing import TYPE_CHECKING
 
+from authlib.oauth2.rfc6749 import InvalidGrantError
+from sqlalchemy.orm import Session
+
 from app.infra.db import now
-from app.models import User
-from app.oauth.catalogue import ResourceInfo
+from app.models import Client, User
+from app.oauth.catalogue import Catalogue, ResourceInfo
+from app.oauth.errors import InvalidTargetError
+from app.oauth.resource_indicators import InvalidResource, canonical_resource
 from app.oauth.scopes import OPENID, join
-from app.security.secrets import new_token
+from app.security.secrets import Keyring, new_token
+from app.stores import clients as clients_store
+from app.stores import grants as grants_store
 
 REFRESH_PREFIX = "ostrt_"
+TOUCH_EVERY = 3600  # how stale a client's last_used_at may get before a token request writes it
 
 if TYPE_CHECKING:
-    from app.runtime import Runtime
+    from app.oauth.server import OstiaryServer
 
 
 def new_jti() -> str:
@@ -57,7 +65,7 @@ def id_token_claims(*, issuer: str, user: User, client_id: str, auth_time: int, 
 
 
 def mint(
-    runtime: Runtime,
+    server: OstiaryServer,
     *,
     client_id: str,
     user: User,
@@ -72,7 +80,7 @@ def mint(
     jti = jti or new_jti()
     scope_str = join(scope)
     claims = access_token_claims(
-        issuer=runtime.settings.issuer,
+        issuer=server.settings.issuer,
         user_id=user.id,
         client_id=client_id,
         audience=resource.uri,
@@ -83,28 +91,28 @@ def mint(
         ttl=resource.token_ttl,
     )
     body = {
-        "access_token": runtime.keys.sign(claims, typ="at+jwt"),  # RFC 9068 §2.1
+        "access_token": server.keys.sign(claims, typ="at+jwt"),  # RFC 9068 §2.1
         "token_type": "Bearer",
         "expires_in": resource.token_ttl,
         "scope": scope_str,
     }
     if OPENID in scope:
-        body["id_token"] = runtime.keys.sign(
+        body["id_token"] = server.keys.sign(
             id_token_claims(
-                issuer=runtime.settings.issuer,
+                issuer=server.settings.issuer,
                 user=user,
                 client_id=client_id,
                 auth_time=auth_time,
                 nonce=nonce,
                 iat=t,
-                ttl=runtime.settings.id_token_ttl,
+                ttl=server.settings.id_token_ttl,
             )
         )
     return body, jti, claims["exp"]
 
 
 def new_refresh_token(
-    runtime: Runtime,
+    server: OstiaryServer,
     *,
     client_id: str,
     user_id: str,
@@ -121,7 +129,7 @@ def new_refresh_token(
     raw = new_token(REFRESH_PREFIX)
     t = now()
     row = dict(
-        token_hash=runtime.keyring.hash(raw),
+        token_hash=server.keyring.hash(raw),
         family_id=family_id,
         parent_id=parent_id,
         client_id=client_id,
@@ -131,7 +139,7 @@ def new_refresh_token(
         scope=scope,
         auth_time=auth_time,
         created_at=t,
-        expires_at=t + runtime.settings.refresh_token_ttl,
+        expires_at=t + server.settings.refresh_token_ttl,
         access_jti=access_jti,
         access_expires_at=access_expires_at,
     )
@@ -141,13 +149,42 @@ def new_refresh_token(
 # -- the cached successor of a rotated refresh token -----------------------------------------
 
 
-def seal_response(runtime: Runtime, body: dict, access_expires_at: int, parent_id: int) -> str:
+def seal_response(keyring: Keyring, body: dict, access_expires_at: int, parent_id: int) -> str:
     payload = json.dumps({"body": body, "exp": access_expires_at}, separators=(",", ":")).encode()
-    return runtime.keyring.encrypt(payload, b"refresh-successor:%d" % parent_id)
+    return keyring.encrypt(payload, b"refresh-successor:%d" % parent_id)
 
 
-def open_response(runtime: Runtime, sealed: str, parent_id: int) -> dict:
-    payload = json.loads(runtime.keyring.decrypt(sealed, b"refresh-successor:%d" % parent_id))
+def open_response(keyring: Keyring, sealed: str, parent_id: int) -> dict:
+    payload = json.loads(keyring.decrypt(sealed, b"refresh-successor:%d" % parent_id))
     body = payload["body"]
     body["expires_in"] = max(0, payload["exp"] - now())
     return body
+
+
+# -- what both token grants check and record ------------------------------------------------
+
+
+def bound_resource(catalogue: Catalogue, resource_id: int, sent: list[str], what: str) -> ResourceInfo:
+    """The resource a code or refresh token is bound to. RFC 8707 §2.2: a `resource` sent at the
+    token endpoint must be that one (MCP tokens have one audience)."""
+    resource = catalogue.by_id(resource_id)
+    if resource is None:
+        raise InvalidGrantError(f"The resource of this {what} no longer exists.")
+    if sent:
+        try:
+            same = len(sent) == 1 and canonical_resource(sent[0]) == resource.uri
+        except InvalidResource:
+            same = False
+        if not same:
+            raise InvalidTargetError(f"The resource does not match the one this {what} was issued for.")
+    return resource
+
+
+def touch_usage(db: Session, client: Client, consent_id: int | None) -> None:
+    """last_used_at of the client (the console, pruning) and of the consent, written at most every
+    TOUCH_EVERY seconds (docs/decisions.md#usage-timestamps-are-written-lazily)."""
+    t = now()
+    if (client.last_used_at or 0) < t - TOUCH_EVERY:
+        clients_store.mark_used(db, client.id, t)
+    if consent_id is not None:
+        grants_store.touch(db, consent_id, t)

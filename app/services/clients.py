@@ -82,7 +82,9 @@ def create_admin_client(
     return client, secret
 
 
-def register(db: Session, keyring: Keyring, meta: dict[str, Any], *, client_id: str, issued_at: int, secret: str | None) -> Client:
+def register(
+    db: Session, keyring: Keyring, meta: dict[str, Any], *, client_id: str, issued_at: int, secret: str | None
+) -> Client:
     """A dynamically registered client (RFC 7591 §3.2.1)."""
     row = Client(id=client_id, kind=KIND_DYNAMIC, secret_hash=keyring.hash(secret) if secret else None, created_at=issued_at)
     client = store.add(db, apply_metadata(row, meta))

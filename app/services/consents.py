@@ -1,6 +1,8 @@
-"""Revoking a consent (a grant), from the admin console or the user's own account page.
+"""Consents: what a user allowed a client to do at one MCP server (a `grants` row: user x client
+x resource, with its scopes). Incremental: each approval adds scopes to it
+(docs/decisions.md#consent-is-incremental-and-shows-only-what-is-new).
 
-Revoking deletes the grant, revokes every refresh-token family issued under it at once, and
+Revoking one (the admin console, or the user's own account page) deletes the row, revokes every refresh-token family issued under it at once, and
 records the jti of every live access token issued under it, so that introspection reports them
 inactive until they expire (RFC 7009 §2, RFC 7662 §2.2). A code not yet redeemed under the grant
 can no longer be redeemed. The next authorization asks the user for consent again.
@@ -11,7 +13,9 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from app.infra.db import now
-from app.models import Grant
+from app.models import Grant as Consent
+from app.models import User
+from app.oauth.catalogue import ResourceInfo
 from app.services import audit
 from app.stores import codes as codes_store
 from app.stores import grants as store
@@ -20,7 +24,30 @@ from app.stores import tokens as tokens_store
 from app.stores import users as users_store
 
 
-def revoke(db: Session, grant: Grant, *, actor_id: str, via: str) -> None:
+def current(db: Session, user_id: str, client_id: str, resource_id: int) -> tuple[int | None, set[str]]:
+    """(the consent's id, its scopes), or (None, empty) before the first consent."""
+    row = store.get(db, user_id, client_id, resource_id)
+    return (row.id, set(row.scope.split())) if row else (None, set())
+
+
+def give(db: Session, user: User, client_id: str, resource: ResourceInfo, scopes: list[str]) -> Consent:
+    """The user allowed these scopes: merge them into their consent (compare-and-set, so two
+    approvals at once both count) and record it."""
+    row = store.merge(db, user.id, client_id, resource.id, set(scopes))
+    audit.record(
+        db,
+        "consent.granted",
+        user_id=user.id,
+        username=user.username,
+        client_id=client_id,
+        resource=resource.uri,
+        scope=" ".join(scopes),
+        grant_scope=row.scope,
+    )
+    return row
+
+
+def revoke(db: Session, grant: Consent, *, actor_id: str, via: str) -> None:
     """`via`: "admin" (an admin revoked it) or "account" (the user disconnected the app)."""
     # The grant goes first: deleting its row waits for any refresh under it that is inserting a
     # successor right now, so the revocation below (a later statement) sees that successor too.

@@ -25,7 +25,6 @@ MAX_FAILURES = 10
 FAILURE_WINDOW = 15 * 60
 
 
-
 def _context(user_id: str) -> bytes:
     return b"totp:" + user_id.encode()
 

@@ -89,7 +89,14 @@ def create_user(
     except IntegrityError:  # the same name, created a moment ago elsewhere
         raise Refused(exists) from None
     audit.record(
-        db, "user.created", user_id=user.id, username=user.username, actor_id=actor_id, via=via, admin=is_admin, groups=groups or []
+        db,
+        "user.created",
+        user_id=user.id,
+        username=user.username,
+        actor_id=actor_id,
+        via=via,
+        admin=is_admin,
+        groups=groups or [],
     )
     return user
 
@@ -147,7 +154,9 @@ def set_groups(db: Session, user: User, groups: list[str], *, actor_id: str) -> 
     if groups == before:
         return
     store.set_groups(db, user.id, groups)
-    audit.record(db, "user.groups_changed", user_id=user.id, username=user.username, actor_id=actor_id, groups=groups, before=before)
+    audit.record(
+        db, "user.groups_changed", user_id=user.id, username=user.username, actor_id=actor_id, groups=groups, before=before
+    )
 
 
 def change_password(db: Session, user: User, *, current: str, new: str, repeat: str, keep_session_hash: str) -> int:

@@ -5,29 +5,23 @@ from sqlalchemy.orm import Session
 
 from app.models import AuthorizationCode
 
+_CODES = AuthorizationCode.__table__
+
 
 def add(db: Session, code: AuthorizationCode) -> None:
     db.add(code)
 
 
-def consume(
-    db: Session, hashes: list[str], client_id: str, at: int, access_jti: str, access_expires_at: int
-) -> AuthorizationCode | None:
-    """Mark the code used and return it, in one conditional UPDATE: of two concurrent
-    redemptions exactly one gets the row (RFC 6749 §4.1.2: "MUST NOT be used more than once")."""
+def redeem(db: Session, code_hash: str, *, at: int, access_jti: str, access_expires_at: int) -> bool:
+    """Mark the code used (and the access token it issues), in one conditional UPDATE: of two
+    concurrent redemptions exactly one wins (RFC 6749 §4.1.2: "MUST NOT be used more than once")."""
+    c = _CODES.c
     result = db.execute(
-        update(AuthorizationCode)
-        .where(
-            AuthorizationCode.code_hash.in_(hashes),
-            AuthorizationCode.client_id == client_id,
-            AuthorizationCode.consumed_at.is_(None),
-            AuthorizationCode.expires_at > at,
-        )
+        update(_CODES)
+        .where(c.code_hash == code_hash, c.consumed_at.is_(None), c.expires_at > at)
         .values(consumed_at=at, access_jti=access_jti, access_expires_at=access_expires_at)
-        .returning(AuthorizationCode),
-        execution_options={"synchronize_session": False},
     )
-    return result.scalars().first()
+    return result.rowcount == 1
 
 
 def find(db: Session, hashes: list[str]) -> AuthorizationCode | None:

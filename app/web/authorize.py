@@ -1,234 +1,229 @@
-"""/authorize and the consent page: the browser side of app/oauth/authorize.py."""
+"""/authorize and the consent page: the browser side of app/oauth/authorize.py.
+
+Both entry points validate the request, ask `decide` for the next step and render it: an error
+page, a redirect to the client, the sign-in page, the consent page, or a code. The request is
+stored under an opaque handle while the user signs in and decides (/consent/{handle}).
+"""
 
 from __future__ import annotations
 
 from urllib.parse import quote, urlsplit
 
 from fastapi import APIRouter, Request
-from fastapi.responses import RedirectResponse
+from fastapi.responses import RedirectResponse, Response
+from sqlalchemy.orm import Session
 
 from app.http import endpoints
-from app.http.body import FormDep
+from app.http.body import FormDep, form_params
 from app.http.deps import DbDep, RuntimeDep
+from app.infra.db import now
+from app.models import AuthorizationRequest
 from app.models.client import KIND_DYNAMIC, KIND_METADATA_DOCUMENT
 from app.oauth import authorize as flow
 from app.oauth.redirect_uris import is_loopback_redirect
 from app.oauth.server import oauth_request
+from app.runtime import Runtime
 from app.security.hosts import client_ip
-from app.services import audit
-from app.stores import grants as grants_store
+from app.services import consents
 from app.stores import requests as requests_store
 from app.web.browser import Browser, BrowserDep
 
 router = APIRouter()
 
 GONE = "This sign-in request has expired or was already completed. Go back to the app and start again."
+MAX_HANDLE = 100
+PROTOCOL_SCOPE_TEXT = {
+    "openid": "Know who you are (your user id and username)",
+    "offline_access": "Stay connected when you are not using the app",
+}
 
 
-def _error_page(browser: Browser, error) -> object:
-    description = getattr(error, "description", None) or "The request is not valid."
-    return browser.render(
-        "error.html",
-        400,
-        title="This app's request cannot be completed",
-        message=description,
-        detail=f"error: {error.error}. The app's redirect address could not be trusted, so you were not sent back to it.",
-    )
+@router.get(endpoints.AUTHORIZE.path, name="authorize")
+def authorize_get(request: Request, browser: BrowserDep, db: DbDep, runtime: RuntimeDep) -> Response:
+    return _authorize(request, browser, db, runtime, list(request.query_params.multi_items()))
 
 
-def _login(browser: Browser, handle: str, force: bool) -> RedirectResponse:
-    url = "/login?next=" + quote(f"/consent/{handle}", safe="")
-    if force:
-        url += "&prompt=login"
-    return browser.redirect(url)
+@router.post(endpoints.AUTHORIZE.path)
+def authorize_post(request: Request, browser: BrowserDep, db: DbDep, runtime: RuntimeDep, form: FormDep) -> Response:
+    # OAuth 2.1 §4.1.1: the authorization endpoint supports POST with a form body too.
+    return _authorize(request, browser, db, runtime, form_params(form))
 
 
-def _start(request: Request, browser: Browser, db, runtime, params: list[tuple[str, str]]):
+@router.get("/consent/{handle}")
+def consent_page(handle: str, request: Request, browser: BrowserDep, db: DbDep, runtime: RuntimeDep) -> Response:
+    resumed = _resume(request, browser, db, runtime, handle)
+    if isinstance(resumed, Response):
+        return resumed
+    v, row = resumed
+    return _render(browser, db, runtime, v, _decide(browser, db, v, row), handle=handle)
+
+
+@router.post("/consent/{handle}")
+def consent_decision(
+    handle: str, request: Request, browser: BrowserDep, db: DbDep, runtime: RuntimeDep, form: FormDep
+) -> Response:
+    resumed = _resume(request, browser, db, runtime, handle)
+    if isinstance(resumed, Response):
+        return resumed
+    v, row = resumed
+    decision = form.get("decision")
+    problem = None if browser.csrf_ok(form) else "This form has expired. Please decide again."
+    if problem is None and decision not in ("allow", "deny"):
+        problem = "Choose Allow or Deny."
+    outcome = _decide(browser, db, v, row, "show" if problem else decision)  # type: ignore[arg-type]
+    return _render(browser, db, runtime, v, outcome, handle=handle, problem=problem)
+
+
+# -- the steps ----------------------------------------------------------------------------------
+
+
+def _authorize(request: Request, browser: Browser, db: Session, runtime: Runtime, params: list[tuple[str, str]]) -> Response:
     # Before any work (a metadata-document fetch above all): one address cannot make us fetch
     # URLs or fill the authorization_requests table as fast as it likes.
     limited = browser.limited(client_ip(request), runtime.settings.authorize_rate_per_ip, "authorize-ip")
     if limited is not None:
         return limited
-    server = runtime.server
     req = oauth_request(
-        request.method, runtime.settings.issuer + "/authorize", request.headers, params, form=request.method == "POST"
+        request.method, runtime.settings.issuer + endpoints.AUTHORIZE.path, request.headers, params, form=request.method == "POST"
     )
-    result = flow.validate(server, db, req)
+    v = flow.validate(runtime.server, db, req)
     db.commit()  # a client metadata document fetched (or refused) while validating
-    if isinstance(result, flow.Untrusted):
-        return _error_page(browser, result.error)
-    if isinstance(result, RedirectResponse):
-        return result
-    grant = result
-    prompts = grant.request.prompts
-    user = browser.user if browser.signed_in and "login" not in prompts else None
-    if user is None:
-        if "none" in prompts:
-            return flow.prompt_error(server, grant, flow.LoginRequiredError)
-        handle = flow.store_request(db, runtime, grant)
-        db.commit()
-        return _login(browser, handle, force="login" in prompts)
-    return _continue(browser, db, runtime, grant, handle=None)
+    if not isinstance(v, flow.Validated):
+        return _render_refusal(browser, v)
+    return _render(browser, db, runtime, v, _decide(browser, db, v, None), handle=None)
 
 
-def _continue(browser: Browser, db, runtime, grant, handle: str | None):
-    """Signed in: skip consent when it already covers the request, else show the page."""
-    server = runtime.server
-    req = grant.request
-    user = browser.user
-    scopes = flow.permitted_scopes(req.scopes, req.resource, user)
-    if flow.asks_resource_scopes(req.scopes) and not flow.asks_resource_scopes(scopes):
-        _finish(db, runtime, handle)
-        response = flow.deny(server, db, grant, user, "policy")
-        db.commit()
-        return response
-    grant_id, granted = flow.current_grant_scopes(db, user, grant)
-    _, new = flow.split_consent(scopes, granted)
-    if new or "consent" in req.prompts:
-        if "none" in req.prompts:
-            return flow.prompt_error(server, grant, flow.ConsentRequiredError)
-        if handle is None:
-            handle = flow.store_request(db, runtime, grant)
-            db.commit()
-            return browser.redirect(f"/consent/{handle}")
-        return None  # the caller renders the consent page
-    if handle is not None and not _finish(db, runtime, handle):
-        return browser.render("error.html", 400, title="Request already completed", message=GONE)
-    response = flow.issue_code(server, db, grant, user, scopes=scopes, auth_time=browser.session.auth_time, grant_id=grant_id)
-    db.commit()
-    return response
-
-
-def _finish(db, runtime, handle: str | None) -> bool:
-    if handle is None:
-        return True
-    return requests_store.take(db, runtime.keyring.hashes(handle))
-
-
-@router.get(endpoints.AUTHORIZE.path, name="authorize")
-def authorize_get(request: Request, browser: BrowserDep, db: DbDep, runtime: RuntimeDep):
-    return _start(request, browser, db, runtime, list(request.query_params.multi_items()))
-
-
-@router.post(endpoints.AUTHORIZE.path)
-def authorize_post(request: Request, browser: BrowserDep, db: DbDep, runtime: RuntimeDep, form: FormDep):
-    # OAuth 2.1 §4.1.1: the authorization endpoint supports POST with a form body too.
-    return _start(request, browser, db, runtime, [(k, v) for k, v in form.multi_items() if isinstance(v, str)])
-
-
-def _resume(request: Request, browser: Browser, db, runtime, handle: str):
-    """(grant, row) for a stored request, or a response to return instead."""
-    if len(handle) > 100:
-        return browser.render("error.html", 404, title="Request not found", message=GONE)
-    from app.infra.db import now
-
-    row = requests_store.find(db, runtime.keyring.hashes(handle), now())
+def _resume(
+    request: Request, browser: Browser, db: Session, runtime: Runtime, handle: str
+) -> tuple[flow.Validated, AuthorizationRequest] | Response:
+    """The stored request, validated again (the client may have changed meanwhile)."""
+    row = requests_store.find(db, runtime.keyring.hashes(handle), now()) if len(handle) <= MAX_HANDLE else None
     if row is None:
         return browser.render("error.html", 404, title="Request not found", message=GONE)
-    force_login = "login" in (row.prompt or "").split()
-    if not browser.signed_in or (force_login and browser.session.auth_time < row.created_at):
-        return _login(browser, handle, force=force_login)
     resource = runtime.catalogue.by_id(row.resource_id)
     if resource is None:
         return browser.render(
             "error.html", 400, title="Resource removed", message="The MCP server of this request no longer exists."
         )
-    params = flow.replay_params(row, resource.uri)
-    req = oauth_request("GET", runtime.settings.issuer + "/authorize", request.headers, params, form=False)
-    result = flow.validate(runtime.server, db, req)
-    db.commit()  # a client metadata document fetched (or refused) while validating
-    if isinstance(result, flow.Untrusted):
-        return _error_page(browser, result.error)
-    if isinstance(result, RedirectResponse):
-        _finish(db, runtime, handle)
-        db.commit()
-        return result
-    return result
+    req = oauth_request(
+        "GET",
+        runtime.settings.issuer + endpoints.AUTHORIZE.path,
+        request.headers,
+        flow.stored_params(row, resource.uri),
+        form=False,
+    )
+    v = flow.validate(runtime.server, db, req)
+    if isinstance(v, flow.RedirectError):
+        requests_store.take(db, [row.id_hash])
+    db.commit()
+    if not isinstance(v, flow.Validated):
+        return _render_refusal(browser, v)
+    return v, row
 
 
-@router.get("/consent/{handle}")
-def consent_page(handle: str, request: Request, browser: BrowserDep, db: DbDep, runtime: RuntimeDep):
-    grant = _resume(request, browser, db, runtime, handle)
-    if not hasattr(grant, "request"):
-        return grant
-    answer = _continue(browser, db, runtime, grant, handle)
-    if answer is not None:
-        return answer
-    return _render_consent(browser, db, grant, handle)
+def _decide(
+    browser: Browser, db: Session, v: flow.Validated, row: AuthorizationRequest | None, decision: flow.Decision | None = None
+) -> flow.Outcome:
+    user = browser.user if browser.signed_in else None
+    consented = consents.current(db, user.id, v.client.client_id, v.resource.id)[1] if user is not None else set()
+    return flow.decide(
+        prompts=v.prompts,
+        scopes=v.scopes,
+        resource=v.resource,
+        user=user,
+        auth_time=browser.session.auth_time if user is not None and browser.session is not None else None,
+        requested_at=row.created_at if row is not None else None,
+        consented=consented,
+        decision=decision,
+    )
 
 
-def _render_consent(browser: Browser, db, grant, handle: str, status: int = 200, error: str | None = None):
-    req = grant.request
+def _render_refusal(browser: Browser, refusal: flow.ShowError | flow.RedirectError) -> Response:
+    if isinstance(refusal, flow.RedirectError):
+        return RedirectResponse(refusal.url, status_code=302)
+    description = getattr(refusal.error, "description", None) or "The request is not valid."
+    return browser.render(
+        "error.html",
+        400,
+        title="This app's request cannot be completed",
+        message=description,
+        detail=f"error: {refusal.error.error}. The app's redirect address could not be trusted, so you were not sent back to it.",
+    )
+
+
+def _render(
+    browser: Browser,
+    db: Session,
+    runtime: Runtime,
+    v: flow.Validated,
+    outcome: flow.Outcome,
+    *,
+    handle: str | None,
+    problem: str | None = None,
+) -> Response:
+    if isinstance(outcome, flow.PromptError):
+        return flow.prompt_error(runtime.server, v, outcome)
+    if isinstance(outcome, flow.SignIn):
+        if handle is None:
+            handle = _store(db, runtime, v)
+        url = "/login?next=" + quote(f"/consent/{handle}", safe="")
+        return browser.redirect(url + ("&prompt=login" if outcome.force else ""))
+    if isinstance(outcome, flow.AskConsent):
+        if handle is None:
+            return browser.redirect(f"/consent/{_store(db, runtime, v)}")
+        return _consent_page(browser, v, outcome, handle, 400 if problem else 200, problem)
+    # A final answer: the stored request is used up, once (two submissions: one wins).
+    if handle is not None and not _finish(db, runtime, handle):
+        return browser.render("error.html", 400, title="Request already completed", message=GONE)
     user = browser.user
-    client = req.client.row
-    resource = req.resource
-    scopes = flow.permitted_scopes(req.scopes, resource, user)
-    _, granted = flow.current_grant_scopes(db, user, grant)
-    already, new = flow.split_consent(scopes, granted)
-    refused = [s for s in req.scopes if s not in scopes]
+    assert user is not None and browser.session is not None
+    if isinstance(outcome, flow.Deny):
+        response: Response = flow.deny(runtime.server, db, v, user, outcome.reason)
+    else:
+        consent_id = consents.current(db, user.id, v.client.client_id, v.resource.id)[0]
+        if outcome.record_consent:
+            consent_id = consents.give(db, user, v.client.client_id, v.resource, outcome.scopes).id
+        response = flow.issue_code(
+            runtime.server, db, v, user, scopes=outcome.scopes, auth_time=browser.session.auth_time, consent_id=consent_id
+        )
+    db.commit()
+    return response
+
+
+def _store(db: Session, runtime: Runtime, v: flow.Validated) -> str:
+    handle = flow.store_request(db, runtime.keyring, runtime.settings.authorization_request_ttl, v)
+    db.commit()
+    return handle
+
+
+def _finish(db: Session, runtime: Runtime, handle: str) -> bool:
+    return requests_store.take(db, runtime.keyring.hashes(handle))
+
+
+def _consent_page(
+    browser: Browser, v: flow.Validated, ask: flow.AskConsent, handle: str, status: int, error: str | None
+) -> Response:
+    client = v.client.row
+    resource = v.resource
 
     def describe(name: str) -> str:
         if name in resource.scopes:
             return resource.scopes[name].description
-        return {
-            "openid": "Know who you are (your user id and username)",
-            "offline_access": "Stay connected when you are not using the app",
-        }.get(name, "")
+        return PROTOCOL_SCOPE_TEXT.get(name, "")
 
-    redirect_host = urlsplit(grant.redirect_uri).netloc or urlsplit(grant.redirect_uri).scheme + ":"
-    client_host = urlsplit(client.id).netloc if client.kind == KIND_METADATA_DOCUMENT else None
+    redirect = urlsplit(v.redirect_uri)
     return browser.render(
         "consent.html",
         status,
         handle=handle,
         client=client,
-        client_host=client_host,
+        client_host=urlsplit(client.id).netloc if client.kind == KIND_METADATA_DOCUMENT else None,
         unverified=client.kind == KIND_DYNAMIC,
         all_localhost=all(is_loopback_redirect(u) for u in client.redirect_uris or []),
-        redirect_host=redirect_host,
+        redirect_host=redirect.netloc or redirect.scheme + ":",
         resource=resource,
-        already=[(s, describe(s)) for s in already],
-        new=[(s, describe(s)) for s in new],
-        refused=refused,
+        already=[(s, describe(s)) for s in ask.already],
+        new=[(s, describe(s)) for s in ask.new],
+        refused=ask.refused,
         error=error,
     )
-
-
-@router.post("/consent/{handle}")
-def consent_decision(handle: str, request: Request, browser: BrowserDep, db: DbDep, runtime: RuntimeDep, form: FormDep):
-    grant = _resume(request, browser, db, runtime, handle)
-    if not hasattr(grant, "request"):
-        return grant
-    if not browser.csrf_ok(form):
-        return _render_consent(browser, db, grant, handle, 400, error="This form has expired. Please decide again.")
-    decision = form.get("decision")
-    if decision not in ("allow", "deny"):
-        return _render_consent(browser, db, grant, handle, 400, error="Choose Allow or Deny.")
-    if not _finish(db, runtime, handle):
-        return browser.render("error.html", 400, title="Request already completed", message=GONE)
-    server = runtime.server
-    user = browser.user
-    req = grant.request
-    if decision == "deny":
-        response = flow.deny(server, db, grant, user, "user")
-        db.commit()
-        return response
-    scopes = flow.permitted_scopes(req.scopes, req.resource, user)
-    if flow.asks_resource_scopes(req.scopes) and not flow.asks_resource_scopes(scopes):
-        response = flow.deny(server, db, grant, user, "policy")
-        db.commit()
-        return response
-    row = grants_store.merge(db, user.id, req.client.client_id, req.resource.id, set(scopes))
-    audit.record(
-        db,
-        "consent.granted",
-        user_id=user.id,
-        username=user.username,
-        client_id=req.client.client_id,
-        resource=req.resource.uri,
-        scope=" ".join(scopes),
-        grant_scope=row.scope,
-    )
-    response = flow.issue_code(server, db, grant, user, scopes=scopes, auth_time=browser.session.auth_time, grant_id=row.id)
-    db.commit()
-    return response

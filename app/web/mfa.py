@@ -38,7 +38,13 @@ def _enrol_page(browser: Browser, db, runtime, next_url: str, status: int = 200,
     db.commit()
     required = user.is_admin and runtime.settings.admin_mfa_required
     return browser.render(
-        "mfa.html", status, enabled=False, required=required, next=next_url, error=error, **mfa.enrolment(runtime.settings.issuer, user, secret)
+        "mfa.html",
+        status,
+        enabled=False,
+        required=required,
+        next=next_url,
+        error=error,
+        **mfa.enrolment(runtime.settings.issuer, user, secret),
     )
 
 
