@@ -325,10 +325,10 @@ def audit_events(runtime, event: str) -> list:
 def grant_rows(runtime) -> list:
     from sqlalchemy import select
 
-    from app.models import Grant
+    from app.models import Consent
 
     with runtime.sessions() as db:
-        return list(db.scalars(select(Grant).order_by(Grant.id)))
+        return list(db.scalars(select(Consent).order_by(Consent.id)))
 
 
 def user_row(runtime, username: str):

@@ -20,11 +20,11 @@ from urllib.parse import quote
 import pytest
 from sqlalchemy import select, text
 
-from app.models import AuditEvent, Client, Grant, User
+from app.models import AuditEvent, Client, Consent, User
 from app.models.client import KIND_DYNAMIC, KIND_METADATA_DOCUMENT
 from app.services import audit as audit_log
 from app.stores import clients as clients_store
-from app.stores import grants as grants_store
+from app.stores import consents as consents_store
 from app.stores import users as users_store
 from tests.support import (
     ISSUER,
@@ -314,7 +314,7 @@ async def test_consents_filter_by_user_client_and_resource_with_pagination(world
             row = clients_store.add(
                 db, Client(id=f"bulk-{i:02d}", kind=KIND_DYNAMIC, name=f"Bulk {i:02d}", redirect_uris=[REDIRECT])
             )
-            grants_store.merge(db, world.root.id, row.id, other.id, {"a"})
+            consents_store.merge(db, world.root.id, row.id, other.id, {"a"})
         db.commit()
     admin = world.admin
 
@@ -822,7 +822,7 @@ async def test_changing_a_scopes_groups_in_the_console_applies_at_the_next_refre
     _, verifier, decided = await consent_for(world.user, world.client_id, "notes:read notes:write")
     tokens = (await exchange(world.user, world.client_id, query(decided.headers["location"])["code"], verifier)).json()
     with runtime.sessions() as db:
-        resource_id = db.scalar(select(Grant.resource_id).where(Grant.scope == "notes:read notes:write"))
+        resource_id = db.scalar(select(Consent.resource_id).where(Consent.scope == "notes:read notes:write"))
     form = resource_form(
         POLICY_RESOURCE, "Notes", [("notes:read", "Read notes", True, ""), ("notes:write", "Change notes", False, "editors")]
     )
@@ -839,7 +839,7 @@ async def test_a_scope_removed_from_the_mcp_server_is_no_longer_refreshed(world,
     _, verifier, decided = await consent_for(world.user, world.client_id, "notes:read notes:write")
     tokens = (await exchange(world.user, world.client_id, query(decided.headers["location"])["code"], verifier)).json()
     with runtime.sessions() as db:
-        resource_id = db.scalar(select(Grant.resource_id).where(Grant.scope == "notes:read notes:write"))
+        resource_id = db.scalar(select(Consent.resource_id).where(Consent.scope == "notes:read notes:write"))
     only_read = resource_form(POLICY_RESOURCE, "Notes", [("notes:read", "Read notes", True, "")])
     assert (await submit(world.admin, f"/admin/resources/{resource_id}", only_read, csrf_page="/admin")).status_code == 303
     refreshed = await refresh(world.user, world.client_id, tokens["refresh_token"])

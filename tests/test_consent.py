@@ -9,7 +9,7 @@ import re
 import pytest
 from sqlalchemy import func, select, text
 
-from app.models import AuthorizationCode, Grant
+from app.models import AuthorizationCode, Consent
 from app.services.clients import create_admin_client
 from tests.support import (
     ISSUER,
@@ -58,7 +58,7 @@ async def decide(client, location: str, decision: str = "allow"):
 
 def grant_scope(runtime, client_id: str) -> str | None:
     with runtime.sessions() as db:
-        row = db.scalar(select(Grant).where(Grant.client_id == client_id))
+        row = db.scalar(select(Consent).where(Consent.client_id == client_id))
         return row.scope if row else None
 
 

@@ -30,7 +30,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from app.models import Client, Grant, Resource, SigningKey, User
+from app.models import Client, Consent, Resource, SigningKey, User
 from app.services import users as user_service
 from app.stores import users as users_store
 from tests.support import (
@@ -211,7 +211,7 @@ class Harness:
         reg = await self.alice()
         await obtain_code(self.browser, reg["client_id"])
         with self.runtime.sessions() as db:
-            grant = db.scalars(select(Grant)).one()
+            grant = db.scalars(select(Consent)).one()
             return reg, grant.id
 
     def user(self, username: str) -> User | None:
@@ -1674,7 +1674,7 @@ async def _(h: Harness):
     location, _ = await h.consent_handle(reg)
     r = await h.browser.post(location, data={"decision": "allow"})
     expect_page(r, 400, "This form has expired")
-    assert h.rows(Grant) == []
+    assert h.rows(Consent) == []
 
 
 @case("csrf-consent-deny-forged-400-no-redirect")
@@ -1701,7 +1701,7 @@ async def _(h: Harness):
     location, _ = await h.consent_handle(reg)
     r = await h.browser.post(location, data={"decision": "allow", "csrf_token": before})
     expect_page(r, 400, "This form has expired")
-    assert h.rows(Grant) == []
+    assert h.rows(Consent) == []
 
 
 @case("csrf-account-disconnect-missing-400-grant-kept")
@@ -1710,7 +1710,7 @@ async def _(h: Harness):
     _, grant_id = await h.grant_for_alice()
     r = await h.browser.post("/account/disconnect", data={"grant_id": str(grant_id), "confirm": "yes"})
     expect_expired_form(r)
-    assert [g.id for g in h.rows(Grant)] == [grant_id]
+    assert [g.id for g in h.rows(Consent)] == [grant_id]
 
 
 @case("csrf-account-password-other-browsers-token-400-unchanged")
@@ -1852,7 +1852,7 @@ async def _(h: Harness):
     c = await h.admin()
     r = await c.post("/admin/consents/revoke", data={"grant_id": str(grant_id), "confirm": "yes"})
     expect_expired_form(r)
-    assert [g.id for g in h.rows(Grant)] == [grant_id]
+    assert [g.id for g in h.rows(Consent)] == [grant_id]
 
 
 @case("csrf-admin-revoke-all-consents-missing-400-grants-kept")
@@ -1862,7 +1862,7 @@ async def _(h: Harness):
     c = await h.admin()
     r = await c.post("/admin/consents/revoke-all", data={"user_id": h.user("alice").id, "confirm": "yes"})
     expect_expired_form(r)
-    assert [g.id for g in h.rows(Grant)] == [grant_id]
+    assert [g.id for g in h.rows(Consent)] == [grant_id]
 
 
 @case("csrf-admin-delete-client-missing-400-client-kept")

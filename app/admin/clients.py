@@ -14,7 +14,7 @@ from app.http.deps import DbDep
 from app.models.client import KIND_ADMIN, KIND_DYNAMIC, KIND_METADATA_DOCUMENT
 from app.services.clients import delete_client
 from app.stores import clients as store
-from app.stores import grants as grants_store
+from app.stores import consents as consents_store
 
 router = APIRouter()
 
@@ -55,7 +55,7 @@ def client_page(browser: AdminDep, db: DbDep, id: str = "", done: str = ""):
         client=client,
         kind_label=KINDS.get(client.kind, client.kind),
         metadata_json=json.dumps(client.client_metadata or {}, indent=2, sort_keys=True),
-        rows=grants_store.search(db, client_id=client.id, limit=500),
+        rows=consents_store.search(db, client_id=client.id, limit=500),
         done=done_notice(done),
     )
 

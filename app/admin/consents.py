@@ -11,7 +11,7 @@ from app.http.body import FormDep
 from app.http.deps import DbDep
 from app.services import consents
 from app.stores import clients as clients_store
-from app.stores import grants as grants_store
+from app.stores import consents as consents_store
 from app.stores import resources as resources_store
 from app.stores import users as users_store
 from app.web.browser import safe_next
@@ -31,12 +31,12 @@ def consents_page(
         "client_search": client or None,
         "resource_id": resource_id,
     }
-    pager = Pager(page_number(page), grants_store.count(db, **where), {"user": user, "client": client, "resource": resource})
+    pager = Pager(page_number(page), consents_store.count(db, **where), {"user": user, "client": client, "resource": resource})
     exact_client = clients_store.get(db, client) if client else None
     return browser.render(
         "admin/consents.html",
         section="consents",
-        rows=grants_store.search(db, **where, limit=pager.per_page, offset=pager.offset),
+        rows=consents_store.search(db, **where, limit=pager.per_page, offset=pager.offset),
         pager=pager,
         filters={"user": user, "client": client, "resource": resource},
         resources=resources_store.all_resources(db),
@@ -50,7 +50,7 @@ def consents_page(
 def revoke(browser: AdminDep, db: DbDep, form: FormDep):
     require_csrf(browser, form)
     raw = str(form.get("grant_id") or "")
-    grant = grants_store.by_id(db, int(raw)) if raw.isdigit() else None
+    grant = consents_store.by_id(db, int(raw)) if raw.isdigit() else None
     back = safe_next(str(form.get("back") or ""), "/admin/consents")
     back = back if back.startswith("/admin") else "/admin/consents"
     if grant is None:
@@ -84,7 +84,7 @@ def revoke_all(browser: AdminDep, db: DbDep, form: FormDep):
     client = clients_store.get(db, str(form.get("client_id") or "")) if form.get("client_id") and user is None else None
     if user is None and client is None:
         return not_found(browser, "user or client")
-    ids = grants_store.ids_for(db, user_id=user.id) if user else grants_store.ids_for(db, client_id=client.id)
+    ids = consents_store.ids_for(db, user_id=user.id) if user else consents_store.ids_for(db, client_id=client.id)
     back = f"/admin/users/{user.id}" if user else "/admin/clients/detail?id=" + quote(client.id, safe="")
     if not confirmed(form):
         whose = f"user {user.username}" if user else f"client {client.name}"

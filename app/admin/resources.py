@@ -14,7 +14,7 @@ from app.http.deps import DbDep, RuntimeDep
 from app.models import Resource
 from app.services import Refused
 from app.services import resources as resource_service
-from app.stores import grants as grants_store
+from app.stores import consents as consents_store
 from app.stores import resources as store
 from app.web.browser import Browser
 
@@ -23,7 +23,7 @@ router = APIRouter()
 
 @router.get("/admin/resources")
 def resources_page(browser: AdminDep, db: DbDep):
-    grants = Counter(resource_id for resource_id, *_ in grants_store.scope_rows(db))
+    grants = Counter(resource_id for resource_id, *_ in consents_store.scope_rows(db))
     return browser.render("admin/resources.html", section="resources", resources=store.all_resources(db), grants=grants)
 
 

@@ -12,14 +12,14 @@ from app.models import Resource
 from app.oauth.scopes import PROTOCOL_SCOPES
 from app.stores import audit as audit_store
 from app.stores import clients as clients_store
-from app.stores import grants as grants_store
+from app.stores import consents as consents_store
 from app.stores import resources as resources_store
 from app.stores import users as users_store
 
 DAY = 86400
 ISSUED = ("token.issued", "token.refreshed")
 SIGNIN_FAILURES = ("login.failed", "login.mfa_failed")
-FAILURES = SIGNIN_FAILURES + ("token.reuse_detected", "code.replayed")
+FAILURES = (*SIGNIN_FAILURES, "token.reuse_detected", "code.replayed")
 CHART_DAYS = 14
 
 
@@ -28,7 +28,7 @@ def counts(db: Session) -> dict[str, int | dict[str, int]]:
     return {
         **users_store.counts(db),
         "clients": clients_store.counts_by_kind(db),
-        "grants": grants_store.count(db),
+        "grants": consents_store.count(db),
         "issued_24h": audit_store.count_since(db, ISSUED, t - DAY),
         "signin_failures_24h": audit_store.count_since(db, SIGNIN_FAILURES, t - DAY),
     }
@@ -136,6 +136,6 @@ def overview(db: Session) -> dict:
     return {
         "counts": counts(db),
         "resources": resources,
-        "usage": scope_usage(resources, grants_store.scope_rows(db)),
+        "usage": scope_usage(resources, consents_store.scope_rows(db)),
         "chart": chart(db),
     }

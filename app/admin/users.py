@@ -10,7 +10,7 @@ from app.http.body import FormDep
 from app.http.deps import DbDep, RuntimeDep
 from app.services import Refused, mfa
 from app.services import users as user_service
-from app.stores import grants as grants_store
+from app.stores import consents as consents_store
 from app.stores import users as store
 from app.web.browser import Browser
 
@@ -80,7 +80,7 @@ def _user_page(browser: Browser, db, user, status: int = 200, error: str | None 
         status,
         section="users",
         subject=user,
-        rows=grants_store.search(db, user_id=user.id, limit=500),
+        rows=consents_store.search(db, user_id=user.id, limit=500),
         recovery_left=mfa.recovery_codes_left(db, user) if user.mfa_enabled else 0,
         is_self=user.id == browser.user.id,
         error=error,

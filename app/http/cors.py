@@ -45,8 +45,8 @@ class PublicCORSMiddleware:
             if message["type"] == "http.response.start":
                 message = {
                     **message,
-                    "headers": list(message.get("headers", []))
-                    + [
+                    "headers": [
+                        *list(message.get("headers", [])),
                         (b"access-control-allow-origin", b"*"),
                         (b"access-control-expose-headers", EXPOSE_HEADERS),
                     ],

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.http import endpoints
 from app.http.deps import RuntimeDep
@@ -29,9 +29,8 @@ async def healthz():
 def readyz(runtime: RuntimeDep):
     try:
         with runtime.sessions() as db:
-            db.execute(text("SELECT 1"))
-            active = keys_store.by_state(db, ACTIVE)
-    except Exception:  # noqa: BLE001 - not ready is an answer, not an error
+            active = keys_store.by_state(db, ACTIVE)  # a query: the database answers
+    except SQLAlchemyError:  # not ready is an answer, not an error
         return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503, headers=NOT_READY)
     if not active:
         return JSONResponse({"status": "unavailable", "signing_key": "none active"}, status_code=503, headers=NOT_READY)
@@ -47,7 +46,7 @@ def prometheus_metrics(request: Request, runtime: RuntimeDep):
         )
     try:
         activated_at = runtime.keys.snapshot().activated_at
-    except Exception:  # noqa: BLE001 - metrics answer even when the keys cannot be read
+    except (SQLAlchemyError, RuntimeError):  # metrics answer even when the keys cannot be read
         activated_at = None
     body, content_type = metrics.render(activated_at)
     return Response(body, media_type=content_type, headers={"Cache-Control": "no-store"})

@@ -63,7 +63,7 @@ class RequestMiddleware:
                 headers = list(message.get("headers", []))
                 names = {n.lower() for n, _ in headers}
                 content_type = next((v for n, v in headers if n.lower() == b"content-type"), b"")
-                extra = list(COMMON_HEADERS) + [(b"x-request-id", request_id.encode())]
+                extra = [*list(COMMON_HEADERS), (b"x-request-id", request_id.encode())]
                 if content_type.startswith(b"text/html"):
                     extra += HTML_HEADERS
                 headers += [(n, v) for n, v in extra if n not in names]

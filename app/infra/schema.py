@@ -6,11 +6,10 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from app.infra.paths import MIGRATIONS
-
-_PG_MIGRATION_LOCK = 0x05714279  # pg_advisory_lock key: replicas starting together migrate one at a time
+from app.stores import jobs
 
 
 def _config() -> Config:
@@ -35,7 +34,7 @@ def is_current(engine: Engine) -> bool:
 def upgrade(engine: Engine) -> None:
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+            jobs.lock_migrations(conn)  # replicas starting together migrate one at a time
         config = _config()
         config.attributes["connection"] = conn
         command.upgrade(config, "head")

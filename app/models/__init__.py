@@ -3,7 +3,7 @@
 from app.models.audit import AuditEvent
 from app.models.authorization import AuthorizationCode, AuthorizationRequest
 from app.models.client import Client
-from app.models.grant import Grant
+from app.models.consent import Consent
 from app.models.job import JobRun
 from app.models.key import SigningKey
 from app.models.registration import InitialAccessToken
@@ -18,7 +18,7 @@ __all__ = [
     "AuthorizationRequest",
     "BrowserSession",
     "Client",
-    "Grant",
+    "Consent",
     "InitialAccessToken",
     "JobRun",
     "PasswordSetupToken",

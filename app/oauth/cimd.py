@@ -47,7 +47,7 @@ def url_problem(client_id: str) -> str | None:
     """CIMD §3: https, a path, no fragment, no user info, no dot segments."""
     try:
         parts = urlsplit(client_id)
-        parts.port  # noqa: B018
+        _ = parts.port  # raises on a bad port
     except ValueError:
         return "the client_id is not a valid URL"
     if parts.scheme != "https" or not parts.hostname:

@@ -11,7 +11,6 @@ import ipaddress
 import re
 from urllib.parse import urlsplit
 
-LOOPBACK_HOSTS = ("127.0.0.1", "[::1]", "localhost")
 FORBIDDEN_SCHEMES = {"javascript", "data", "file", "vbscript", "about", "blob", "filesystem", "ws", "wss"}
 MAX_LENGTH = 2000
 
@@ -51,7 +50,7 @@ def validate_registered(uri: str) -> str:
         raise InvalidRedirectUri("wildcards are not allowed in redirect URIs")
     try:
         parts = urlsplit(uri)
-        parts.port  # noqa: B018  (raises on a bad port)
+        _ = parts.port  # raises on a bad port
     except ValueError:
         raise InvalidRedirectUri(f"{uri!r} is not a valid URI") from None
     scheme = parts.scheme

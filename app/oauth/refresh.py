@@ -57,7 +57,7 @@ def narrowed_scope(requested: str | None, granted: str) -> list[str]:
 class RefreshTokenGrant(grants.RefreshTokenGrant):
     request: Request
     # OAuth 2.1 §4.3: public clients refresh too (they authenticate with `none`).
-    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]  # noqa: RUF012 (authlib's attribute)
+    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
 
     @hooked
     def validate_token_request(self) -> None:

@@ -229,7 +229,7 @@ class ClientConfigurationEndpoint(_ClientConfigurationEndpoint):
         }
 
     def create_read_client_response(self, client, request):
-        status, body, headers = super().create_read_client_response(client, request)
+        status, body, _ = super().create_read_client_response(client, request)
         return status, body, [("Cache-Control", "no-store"), ("Pragma", "no-cache")]
 
     def update_client(self, client, client_metadata, request):

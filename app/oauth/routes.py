@@ -5,10 +5,10 @@ from __future__ import annotations
 import base64
 from urllib.parse import unquote
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from app.http import endpoints
-from app.http.body import FormDep, read_json
+from app.http.body import FormDep, JsonDep
 from app.http.deps import DbDep, RuntimeDep
 from app.oauth import jwt_access
 from app.oauth.errors import NO_STORE, dumps, safe_description
@@ -164,7 +164,7 @@ def _token_client_id(request: Request, form) -> str:
 
 
 @registration_router.post(endpoints.REGISTER.path, name="register")
-def register(request: Request, runtime: RuntimeDep, db: DbDep, body=Depends(read_json)):
+def register(request: Request, runtime: RuntimeDep, db: DbDep, body: JsonDep):
     settings = runtime.settings
     limited = rate_limited(runtime, request, settings.registration_rate_per_ip, "register-ip") or rate_limited(
         runtime, request, settings.registration_rate_global, "register-global", "*"
@@ -191,7 +191,7 @@ def client_configuration(client_id: str, request: Request, runtime: RuntimeDep, 
 
 
 @router.put(endpoints.CLIENT_CONFIGURATION.path + "{client_id}")
-def client_configuration_update(client_id: str, request: Request, runtime: RuntimeDep, db: DbDep, body=Depends(read_json)):
+def client_configuration_update(client_id: str, request: Request, runtime: RuntimeDep, db: DbDep, body: JsonDep):
     return _configure(request, runtime, db, body)
 
 

@@ -18,7 +18,7 @@ from app.oauth.resource_indicators import InvalidResource, canonical_resource
 from app.oauth.scopes import OPENID, join
 from app.security.secrets import Keyring, new_token
 from app.stores import clients as clients_store
-from app.stores import grants as grants_store
+from app.stores import consents as consents_store
 
 REFRESH_PREFIX = "ostrt_"
 TOUCH_EVERY = 3600  # how stale a client's last_used_at may get before a token request writes it
@@ -187,4 +187,4 @@ def touch_usage(db: Session, client: Client, consent_id: int | None) -> None:
     if (client.last_used_at or 0) < t - TOUCH_EVERY:
         clients_store.mark_used(db, client.id, t)
     if consent_id is not None:
-        grants_store.touch(db, consent_id, t)
+        consents_store.touch(db, consent_id, t)

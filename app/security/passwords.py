@@ -3,6 +3,8 @@ an unknown user as for a known one, so that timing does not reveal which usernam
 
 from __future__ import annotations
 
+import contextlib
+
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
@@ -30,10 +32,8 @@ def verify_password(stored_hash: str | None, password: str) -> tuple[bool, str |
     if len(password) > MAX_LENGTH:
         password = password[:MAX_LENGTH]
     if not stored_hash:
-        try:
+        with contextlib.suppress(VerificationError):
             _hasher.verify(_DUMMY_HASH, password)
-        except VerificationError:
-            pass
         return False, None
     try:
         _hasher.verify(stored_hash, password)

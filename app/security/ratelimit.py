@@ -35,7 +35,6 @@ class RateLimiter:
     ):
         self.enabled = enabled
         self._exempt = exempt  # OSTIARY_RATE_LIMIT_EXEMPT: addresses never counted by hit_from
-        self.shared = redis_url is not None
         storage = storage_from_string(redis_url, socket_timeout=0.5) if redis_url else MemoryStorage()
         self._limiter = MovingWindowRateLimiter(storage)
         self._parsed: dict[str, list] = {}
@@ -114,5 +113,5 @@ class RateLimiter:
         try:
             for item in self._limits(rate):
                 self._limiter.clear(item, name, subject)
-        except Exception:  # noqa: BLE001
-            pass
+        except Exception:  # noqa: BLE001 - forgetting failures is best effort
+            log.warning("rate limiter storage unavailable; failures not reset")

@@ -14,6 +14,7 @@ import hmac
 import os
 import secrets as _secrets
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -77,7 +78,7 @@ class Keyring:
                 continue
             try:
                 return aead.decrypt(raw[:12], raw[12:], context)
-            except Exception:  # noqa: BLE001  (InvalidTag: wrong key or tampered)
+            except InvalidTag:  # the wrong key, or tampered with
                 break
         raise DecryptError("no secret in OSTIARY_SECRET_KEYS decrypts this value")
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from app.infra import metrics
+from app.infra.db import transaction
 from app.stores import audit as store
 
 log = logging.getLogger("ostiary.audit")
@@ -68,8 +69,6 @@ def record(
 
 def record_now(factory, event: str, **fields) -> None:
     """Record an event in a transaction of its own (for refusals that open no session)."""
-    from app.infra.db import transaction
-
     try:
         with transaction(factory) as db:
             record(db, event, **fields)

@@ -13,12 +13,11 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from app.infra.db import now
-from app.models import Grant as Consent
-from app.models import User
+from app.models import Consent, User
 from app.oauth.catalogue import ResourceInfo
 from app.services import audit
 from app.stores import codes as codes_store
-from app.stores import grants as store
+from app.stores import consents as store
 from app.stores import resources as resources_store
 from app.stores import tokens as tokens_store
 from app.stores import users as users_store

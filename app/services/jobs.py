@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from starlette.concurrency import run_in_threadpool
 
 from app.infra.db import transaction
-from app.services import cleanup, keys
+from app.services import cleanup, clients, keys
 from app.stores import jobs as job_locks
 
 log = logging.getLogger("ostiary.jobs")
@@ -26,12 +26,10 @@ def _key_rotation(runtime: Runtime) -> None:
 
 
 def _prune_clients(runtime: Runtime) -> None:
-    from app.services.clients import prune
-
     with transaction(runtime.sessions) as db:
         if not job_locks.claim(db, "prune-clients", interval=3600):
             return  # another replica ran it within the hour
-        pruned = prune(db, runtime.settings)
+        pruned = clients.prune(db, runtime.settings)
     if pruned:
         log.info("pruned %d unused dynamically registered clients", len(pruned))
 

@@ -191,7 +191,6 @@ class KeySnapshot:
     active_alg: str
     active_key: object  # joserfc key with the private part
     jwks_json: bytes
-    public_keys: dict[str, dict]  # kid -> public JWK
     keyset: KeySet  # the published keys, for verifying our own tokens
     activated_at: int | None = None
 
@@ -244,7 +243,6 @@ class KeyCache:
             active_alg=row.alg,
             active_key=key,
             jwks_json=json.dumps(jwks, separators=(",", ":")).encode(),
-            public_keys={r.kid: r.public_jwk for r in rows},
             keyset=KeySet.import_key_set({"keys": [r.public_jwk for r in rows]}),
             activated_at=row.activated_at,
         )

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import and_, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.models import Client
+from app.models import Client, InitialAccessToken, RefreshToken
 
 
 def get(db: Session, client_id: str) -> Client | None:
@@ -35,9 +35,6 @@ def by_registration_token(db: Session, hashes: list[str]) -> Client | None:
 def prunable(db: Session, *, kind: str, unused_before: int, idle_before: int, now_: int) -> list[Client]:
     """Dynamic clients never used and registered before `unused_before`, or last used before
     `idle_before` with no refresh token still alive."""
-    from sqlalchemy import and_, exists, or_
-
-    from app.models import RefreshToken
 
     live_token = exists().where(
         RefreshToken.client_id == Client.id, RefreshToken.revoked_at.is_(None), RefreshToken.expires_at > now_
@@ -52,13 +49,12 @@ def prunable(db: Session, *, kind: str, unused_before: int, idle_before: int, no
     return list(db.scalars(query.limit(1000)))
 
 
-def add_initial_token(db: Session, token) -> None:
+def add_initial_token(db: Session, token: InitialAccessToken) -> None:
     db.add(token)
 
 
 def use_initial_token(db: Session, hashes: list[str], at: int) -> bool:
     """Spend one use of an initial access token, in one conditional UPDATE."""
-    from app.models import InitialAccessToken
 
     result = db.execute(
         update(InitialAccessToken)
@@ -72,7 +68,6 @@ def use_initial_token(db: Session, hashes: list[str], at: int) -> bool:
 
 
 def _console_filter(query, *, kind: str | None, never_used: bool, search: str | None):
-    from sqlalchemy import or_
 
     if kind:
         query = query.where(Client.kind == kind)
@@ -92,13 +87,11 @@ def search(
 
 
 def count(db: Session, *, kind: str | None = None, never_used: bool = False, search: str | None = None) -> int:
-    from sqlalchemy import func
 
     query = _console_filter(select(func.count()).select_from(Client), kind=kind, never_used=never_used, search=search)
     return db.scalar(query) or 0
 
 
 def counts_by_kind(db: Session) -> dict[str, int]:
-    from sqlalchemy import func
 
     return {kind: n for kind, n in db.execute(select(Client.kind, func.count()).group_by(Client.kind))}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
-from sqlalchemy import update
+from sqlalchemy import Connection, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -13,6 +13,7 @@ from app.infra.db import now
 from app.models import JobRun
 
 WHO = f"{socket.gethostname()}:{os.getpid()}"
+_PG_MIGRATION_LOCK = 0x05714279  # the pg_advisory_xact_lock key of migrations
 
 
 def _ensure_row(db: Session, name: str) -> None:
@@ -34,3 +35,9 @@ def claim(db: Session, name: str, interval: int) -> bool:
         update(JobRun).where(JobRun.name == name, JobRun.last_run_at <= t - interval).values(last_run_at=t, last_run_by=WHO)
     )
     return result.rowcount == 1
+
+
+def lock_migrations(conn: Connection) -> None:
+    """PostgreSQL: hold the migration lock until the connection's transaction ends. (The
+    job_runs table may not exist yet, so this is an advisory lock, not a row.)"""
+    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})

@@ -10,7 +10,7 @@ from app.http.deps import DbDep
 from app.services import Refused, consents, mfa
 from app.services import users as user_service
 from app.stores import clients as clients_store
-from app.stores import grants as grants_store
+from app.stores import consents as consents_store
 from app.stores import resources as resources_store
 from app.web.browser import Browser, BrowserDep
 
@@ -29,7 +29,7 @@ def _page(browser: Browser, db, status: int = 200, *, password_error: str | None
     return browser.render(
         "account.html",
         status,
-        rows=grants_store.search(db, user_id=user.id, limit=500),
+        rows=consents_store.search(db, user_id=user.id, limit=500),
         recovery_left=mfa.recovery_codes_left(db, user) if user.mfa_enabled else 0,
         password_error=password_error,
         done=done,
@@ -51,7 +51,7 @@ def disconnect(browser: BrowserDep, db: DbDep, form: FormDep):
     if not browser.csrf_ok(form):
         return browser.render("error.html", 400, title="Form expired", message=EXPIRED_FORM)
     raw = str(form.get("grant_id") or "")
-    grant = grants_store.by_id(db, int(raw)) if raw.isdigit() else None
+    grant = consents_store.by_id(db, int(raw)) if raw.isdigit() else None
     if grant is None or grant.user_id != browser.user.id:
         return browser.render("error.html", 404, title="Not found", message="This app is not connected to your account.")
     if form.get("confirm") != "yes":

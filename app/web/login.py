@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from fastapi import APIRouter, Request
 
 from app.http.body import FormDep
@@ -69,7 +71,7 @@ def login(request: Request, browser: BrowserDep, db: DbDep, form: FormDep):
     audit.record(db, "login.password_ok" if needs_otp else "login.succeeded", user_id=user.id, username=user.username)
     db.commit()
     if needs_otp:
-        return browser.redirect("/login/otp?next=" + _quote(next_url))
+        return browser.redirect("/login/otp?next=" + quote(next_url, safe=""))
     return browser.redirect(next_url)
 
 
@@ -89,9 +91,3 @@ def logout(browser: BrowserDep, db: DbDep, form: FormDep):
     browser.end_session(db)
     db.commit()
     return browser.redirect("/login")
-
-
-def _quote(value: str) -> str:
-    from urllib.parse import quote
-
-    return quote(value, safe="")

@@ -31,7 +31,7 @@ def _gone(browser: Browser):
 
 @router.get("/setup-password/{token}")
 def page(token: str, browser: BrowserDep, db: DbDep, runtime: RuntimeDep):
-    row, user = _find(db, runtime, token)
+    _, user = _find(db, runtime, token)
     if user is None:
         return _gone(browser)
     return browser.render("setup_password.html", username=user.username, token=token, error=None)

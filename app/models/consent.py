@@ -6,7 +6,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.infra.db import Base, now
 
 
-class Grant(Base):
+class Consent(Base):
     """A user's consent: these scopes of this resource for this client (incremental, merged)."""
 
     __tablename__ = "grants"

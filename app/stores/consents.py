@@ -5,23 +5,23 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.infra.db import now
-from app.models import Grant
+from app.models import Client, Consent, Resource, User
 
 FRESH = {"populate_existing": True}
 
 
-def get(db: Session, user_id: str, client_id: str, resource_id: int) -> Grant | None:
+def get(db: Session, user_id: str, client_id: str, resource_id: int) -> Consent | None:
     return db.scalar(
-        select(Grant).where(Grant.user_id == user_id, Grant.client_id == client_id, Grant.resource_id == resource_id),
+        select(Consent).where(Consent.user_id == user_id, Consent.client_id == client_id, Consent.resource_id == resource_id),
         execution_options=FRESH,
     )
 
 
-def by_id(db: Session, grant_id: int) -> Grant | None:
-    return db.get(Grant, grant_id)
+def by_id(db: Session, grant_id: int) -> Consent | None:
+    return db.get(Consent, grant_id)
 
 
-def merge(db: Session, user_id: str, client_id: str, resource_id: int, scopes: set[str]) -> Grant:
+def merge(db: Session, user_id: str, client_id: str, resource_id: int, scopes: set[str]) -> Consent:
     """Add scopes to the user's grant for this client and resource (incremental consent).
 
     Compare-and-set on the scope string: two consents landing together (two tabs) both count."""
@@ -32,7 +32,9 @@ def merge(db: Session, user_id: str, client_id: str, resource_id: int, scopes: s
             if merged == grant.scope:
                 return grant
             result = db.execute(
-                update(Grant).where(Grant.id == grant.id, Grant.scope == grant.scope).values(scope=merged, updated_at=now()),
+                update(Consent)
+                .where(Consent.id == grant.id, Consent.scope == grant.scope)
+                .values(scope=merged, updated_at=now()),
                 execution_options={"synchronize_session": False},
             )
             if result.rowcount == 1:
@@ -41,7 +43,7 @@ def merge(db: Session, user_id: str, client_id: str, resource_id: int, scopes: s
             continue  # another consent changed the scopes meanwhile: merge into what it wrote
         try:
             with db.begin_nested():
-                grant = Grant(user_id=user_id, client_id=client_id, resource_id=resource_id, scope=" ".join(sorted(scopes)))
+                grant = Consent(user_id=user_id, client_id=client_id, resource_id=resource_id, scope=" ".join(sorted(scopes)))
                 db.add(grant)
             return grant
         except IntegrityError:  # another consent for the same triple just landed: merge into it
@@ -52,33 +54,32 @@ def merge(db: Session, user_id: str, client_id: str, resource_id: int, scopes: s
 def touch(db: Session, grant_id: int, at: int, every: int = 300) -> None:
     """Record use, writing only when the recorded time is older than `every` seconds (a Core
     statement: it runs on every token request)."""
-    c = Grant.__table__.c
+    c = Consent.__table__.c
     db.execute(
-        update(Grant.__table__)
+        update(Consent.__table__)
         .where(c.id == grant_id, or_(c.last_used_at.is_(None), c.last_used_at < at - every))
         .values(last_used_at=at)
     )
 
 
 def remove(db: Session, grant_id: int) -> int:
-    return db.execute(delete(Grant).where(Grant.id == grant_id)).rowcount
+    return db.execute(delete(Consent).where(Consent.id == grant_id)).rowcount
 
 
 # -- listing (admin console, account page) ----------------------------------------------------
 
 
 def _filtered(query, *, user_id: str | None, client_id: str | None, resource_id: int | None, client_search: str | None):
-    from app.models import Client
 
     if user_id is not None:
-        query = query.where(Grant.user_id == user_id)
+        query = query.where(Consent.user_id == user_id)
     if client_id is not None:
-        query = query.where(Grant.client_id == client_id)
+        query = query.where(Consent.client_id == client_id)
     if resource_id is not None:
-        query = query.where(Grant.resource_id == resource_id)
+        query = query.where(Consent.resource_id == resource_id)
     if client_search:
         query = query.where(
-            or_(Grant.client_id == client_search, Client.name.ilike("%" + _escape(client_search) + "%", escape="\\"))
+            or_(Consent.client_id == client_search, Client.name.ilike("%" + _escape(client_search) + "%", escape="\\"))
         )
     return query
 
@@ -98,16 +99,15 @@ def search(
     offset: int = 0,
 ) -> list[tuple]:
     """(grant, user, client, resource) rows, most recently changed first."""
-    from app.models import Client, Resource, User
 
     query = (
-        select(Grant, User, Client, Resource)
-        .join(User, User.id == Grant.user_id)
-        .join(Client, Client.id == Grant.client_id)
-        .join(Resource, Resource.id == Grant.resource_id)
+        select(Consent, User, Client, Resource)
+        .join(User, User.id == Consent.user_id)
+        .join(Client, Client.id == Consent.client_id)
+        .join(Resource, Resource.id == Consent.resource_id)
     )
     query = _filtered(query, user_id=user_id, client_id=client_id, resource_id=resource_id, client_search=client_search)
-    query = query.order_by(Grant.updated_at.desc(), Grant.id.desc()).limit(limit).offset(offset)
+    query = query.order_by(Consent.updated_at.desc(), Consent.id.desc()).limit(limit).offset(offset)
     return [tuple(row) for row in db.execute(query)]
 
 
@@ -119,23 +119,22 @@ def count(
     resource_id: int | None = None,
     client_search: str | None = None,
 ) -> int:
-    from app.models import Client
 
-    query = select(func.count()).select_from(Grant).join(Client, Client.id == Grant.client_id)
+    query = select(func.count()).select_from(Consent).join(Client, Client.id == Consent.client_id)
     query = _filtered(query, user_id=user_id, client_id=client_id, resource_id=resource_id, client_search=client_search)
     return db.scalar(query) or 0
 
 
 def ids_for(db: Session, *, user_id: str | None = None, client_id: str | None = None) -> list[int]:
-    query = select(Grant.id)
+    query = select(Consent.id)
     if user_id is not None:
-        query = query.where(Grant.user_id == user_id)
+        query = query.where(Consent.user_id == user_id)
     if client_id is not None:
-        query = query.where(Grant.client_id == client_id)
-    return list(db.scalars(query.order_by(Grant.id)))
+        query = query.where(Consent.client_id == client_id)
+    return list(db.scalars(query.order_by(Consent.id)))
 
 
 def scope_rows(db: Session) -> list[tuple[int, str, str, str]]:
     """(resource_id, scope, user_id, client_id) of every grant, for the scope-usage summary."""
-    query = select(Grant.resource_id, Grant.scope, Grant.user_id, Grant.client_id)
+    query = select(Consent.resource_id, Consent.scope, Consent.user_id, Consent.client_id)
     return [tuple(row) for row in db.execute(query)]
