@@ -6,7 +6,7 @@ the grace window (a lost response) returns the *same* successor, sealed on the p
 long as that successor has not been used itself
 (docs/decisions.md#a-retry-within-the-grace-window-gets-the-same-successor). Any other second
 use is reuse: every refresh token of the grant is revoked
-(docs/decisions.md#refresh-token-reuse-revokes-the-whole-grant). Of concurrent uses exactly one
+(docs/decisions.md#refresh-token-reuse-revokes-the-whole-consent). Of concurrent uses exactly one
 wins the conditional UPDATE.
 
 The states of a refresh token: live (unused) -> used (successor sealed on it, grace window) ->
