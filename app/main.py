@@ -57,7 +57,7 @@ def create_app(settings: Settings, *, run_jobs: bool = True, fetch_transport: ht
     app.include_router(oauth_routes.well_known_router)
     app.mount(prefix + "/static", StaticFiles(directory=str(TEMPLATES / "static")), name="static")
 
-    app.add_exception_handler(Denied, denied_handler)
+    app.add_exception_handler(Denied, denied_handler)  # type: ignore[arg-type]  # starlette passes only a Denied here
     errors.install(app, _page_renderer(runtime))
     # Outermost last: every response gets a request id, then the edge policy (proxies, Host,
     # TLS, sizes) runs before CORS and any route.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import calendar
 import time
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from app.admin.pages import AdminDep, Pager, page_number
 from app.http.deps import DbDep
@@ -34,7 +34,7 @@ def audit_page(
     since: str = "",
     until: str = "",
     page: str | None = None,
-):
+) -> Response:
     event, user, client = event.strip()[:64], user.strip()[:150], client.strip()[:2048]
     since, until = since.strip()[:10], until.strip()[:10]
     found = users_store.by_username(db, user) or users_store.get(db, user[:36]) if user else None
@@ -50,7 +50,7 @@ def audit_page(
     pager = Pager(page_number(page), store.count(db, where), params)
     events = store.search(db, where, limit=pager.per_page, offset=pager.offset)
     # Who: events that carry only ids (token.issued, code.issued ...) show the username too.
-    actors = {}
+    actors: dict[str, str] = {}
     for user_id in {e.actor_id for e in events if e.actor_id} | {e.user_id for e in events if e.user_id and not e.username}:
         row = users_store.get(db, user_id)
         actors[user_id] = row.username if row else user_id

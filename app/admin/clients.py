@@ -4,9 +4,10 @@ a detail page with its metadata and grants; delete (revokes everything issued to
 from __future__ import annotations
 
 import json
+from typing import Any
 from urllib.parse import quote
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from app.admin.pages import AdminDep, Pager, confirm, confirmed, done_notice, not_found, page_number, require_csrf
 from app.http.body import FormDep
@@ -24,14 +25,14 @@ KINDS = {KIND_DYNAMIC: "dynamic", KIND_METADATA_DOCUMENT: "metadata document", K
 @router.get("/admin/clients")
 def clients_page(
     browser: AdminDep, db: DbDep, kind: str = "", unused: str = "", q: str = "", page: str | None = None, done: str = ""
-):
+) -> Response:
     kind = kind if kind in KINDS else ""
     # "dynamic, never used": what registration hygiene would prune next.
     never_used = unused == "1"
     if never_used:
         kind = KIND_DYNAMIC
     q = q.strip()[:200]
-    where = {"kind": kind or None, "never_used": never_used, "search": q or None}
+    where: dict[str, Any] = {"kind": kind or None, "never_used": never_used, "search": q or None}
     pager = Pager(page_number(page), store.count(db, **where), {"kind": kind, "unused": unused if never_used else "", "q": q})
     return browser.render(
         "admin/clients.html",
@@ -45,7 +46,7 @@ def clients_page(
 
 
 @router.get("/admin/clients/detail")
-def client_page(browser: AdminDep, db: DbDep, id: str = "", done: str = ""):
+def client_page(browser: AdminDep, db: DbDep, id: str = "", done: str = "") -> Response:
     client = store.get(db, id[:2048]) if id else None
     if client is None:
         return not_found(browser, "client")
@@ -61,8 +62,9 @@ def client_page(browser: AdminDep, db: DbDep, id: str = "", done: str = ""):
 
 
 @router.post("/admin/clients/delete")
-def delete(browser: AdminDep, db: DbDep, form: FormDep):
+def delete(browser: AdminDep, db: DbDep, form: FormDep) -> Response:
     require_csrf(browser, form)
+    assert browser.user is not None  # AdminDep: an admin is signed in
     client = store.get(db, str(form.get("client_id") or "")[:2048])
     if client is None:
         return not_found(browser, "client")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import quote
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from app.admin.pages import AdminDep, Pager, confirm, confirmed, done_notice, not_found, page_number, require_csrf
 from app.http.body import FormDep
@@ -22,11 +23,11 @@ router = APIRouter()
 @router.get("/admin/consents")
 def consents_page(
     browser: AdminDep, db: DbDep, user: str = "", client: str = "", resource: str = "", page: str | None = None, done: str = ""
-):
+) -> Response:
     user, client = user.strip()[:150], client.strip()[:2048]
     found_user = users_store.by_username(db, user) if user else None
     resource_id = int(resource) if resource.isdigit() else None
-    where = {
+    where: dict[str, Any] = {
         "user_id": found_user.id if found_user else ("-" if user else None),  # unknown user: nothing
         "client_search": client or None,
         "resource_id": resource_id,
@@ -47,8 +48,9 @@ def consents_page(
 
 
 @router.post("/admin/consents/revoke")
-def revoke(browser: AdminDep, db: DbDep, form: FormDep):
+def revoke(browser: AdminDep, db: DbDep, form: FormDep) -> Response:
     require_csrf(browser, form)
+    assert browser.user is not None  # AdminDep: an admin is signed in
     raw = str(form.get("grant_id") or "")
     grant = consents_store.by_id(db, int(raw)) if raw.isdigit() else None
     back = safe_next(str(form.get("back") or ""), "/admin/consents")
@@ -77,23 +79,29 @@ def revoke(browser: AdminDep, db: DbDep, form: FormDep):
 
 
 @router.post("/admin/consents/revoke-all")
-def revoke_all(browser: AdminDep, db: DbDep, form: FormDep):
+def revoke_all(browser: AdminDep, db: DbDep, form: FormDep) -> Response:
     """Bulk revocation: every consent of one user, or every consent given to one client."""
     require_csrf(browser, form)
+    assert browser.user is not None  # AdminDep: an admin is signed in
     user = users_store.get(db, str(form.get("user_id") or "")) if form.get("user_id") else None
     client = clients_store.get(db, str(form.get("client_id") or "")) if form.get("client_id") and user is None else None
-    if user is None and client is None:
+    if user is not None:
+        ids = consents_store.ids_for(db, user_id=user.id)
+        back = f"/admin/users/{user.id}"
+        whose, fields = f"user {user.username}", {"user_id": user.id}
+    elif client is not None:
+        ids = consents_store.ids_for(db, client_id=client.id)
+        back = "/admin/clients/detail?id=" + quote(client.id, safe="")
+        whose, fields = f"client {client.name}", {"client_id": client.id}
+    else:
         return not_found(browser, "user or client")
-    ids = consents_store.ids_for(db, user_id=user.id) if user else consents_store.ids_for(db, client_id=client.id)
-    back = f"/admin/users/{user.id}" if user else "/admin/clients/detail?id=" + quote(client.id, safe="")
     if not confirmed(form):
-        whose = f"user {user.username}" if user else f"client {client.name}"
         return confirm(
             browser,
             title=f"Revoke all {len(ids)} consents of {whose}?",
             message="Every refresh token issued under them stops working at once and their access tokens are reported inactive.",
             action="/admin/consents/revoke-all",
-            fields={"user_id": user.id} if user else {"client_id": client.id},
+            fields=fields,
             back=back,
         )
     count = consents.revoke_many(db, ids, actor_id=browser.user.id, via="admin")

@@ -8,8 +8,9 @@ refused with the reason, and the admin may rotate anyway.
 from __future__ import annotations
 
 import re
+from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from app.admin.pages import AdminDep, confirm, confirmed, require_csrf
 from app.http.body import FormDep
@@ -22,7 +23,7 @@ router = APIRouter()
 
 
 @router.get("/admin/keys")
-def keys_page(browser: AdminDep, db: DbDep, done: str = ""):
+def keys_page(browser: AdminDep, db: DbDep, done: str = "") -> Response:
     settings = browser.runtime.settings
     rows = store.all_keys(db)
     active = next((k for k in rows if k.state == ACTIVE), None)
@@ -41,9 +42,10 @@ def keys_page(browser: AdminDep, db: DbDep, done: str = ""):
 
 
 @router.post("/admin/keys/rotate")
-def rotate(browser: AdminDep, db: DbDep, runtime: RuntimeDep, form: FormDep):
+def rotate(browser: AdminDep, db: DbDep, runtime: RuntimeDep, form: FormDep) -> Response:
     require_csrf(browser, form)
-    question = {
+    assert browser.user is not None  # AdminDep: an admin is signed in
+    question: dict[str, Any] = {  # confirm()'s keyword arguments
         "title": "Rotate the signing keys now?",
         "message": "The next key becomes the active key and signs every new token; the active key is retired and stays "
         "published until the tokens it signed have expired; a new next key is published.",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from app.admin import stats
 from app.admin.pages import AdminDep
@@ -12,5 +12,5 @@ router = APIRouter()
 
 
 @router.get("/admin")
-def overview(browser: AdminDep, db: DbDep):
+def overview(browser: AdminDep, db: DbDep) -> Response:
     return browser.render("admin/overview.html", section="overview", **stats.overview(db))

@@ -14,6 +14,7 @@ from urllib.parse import quote, urlencode
 
 from fastapi import Depends, Request
 from fastapi.responses import Response
+from starlette.datastructures import FormData
 
 from app.web.browser import Browser, BrowserDep
 
@@ -43,6 +44,7 @@ def _here(request: Request, browser: Browser) -> str:
 def _admin(request: Request, browser: BrowserDep) -> Browser:
     if not browser.signed_in:
         raise Denied(browser.login_redirect(_here(request, browser)))
+    assert browser.user is not None and browser.session is not None  # signed in
     if not browser.user.is_admin:
         raise Denied(
             browser.render("error.html", 403, title="Forbidden", message="Only administrators can use the admin console.")
@@ -61,12 +63,12 @@ def _admin(request: Request, browser: BrowserDep) -> Browser:
 AdminDep = Annotated[Browser, Depends(_admin)]
 
 
-def require_csrf(browser: Browser, form) -> None:
+def require_csrf(browser: Browser, form: FormData) -> None:
     if not browser.csrf_ok(form):
         raise Denied(browser.render("error.html", 400, title="Form expired", message=EXPIRED_FORM))
 
 
-def confirmed(form) -> bool:
+def confirmed(form: FormData) -> bool:
     return form.get("confirm") == "yes"
 
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
+
+from starlette.datastructures import FormData
 
 from app.models import Resource
 from app.services import Refused
@@ -49,7 +52,7 @@ def from_resource(resource: Resource | None) -> ResourceForm:
     return ResourceForm(resource.uri, resource.name, str(resource.token_ttl or ""), rows).with_empty_rows()
 
 
-def from_form(form) -> ResourceForm:
+def from_form(form: FormData) -> ResourceForm:
     def text(key: str, limit: int) -> str:
         return str(form.get(key) or "").strip()[:limit]
 
@@ -88,7 +91,7 @@ def well_known_url(resource_uri: str) -> str:
     return f"{parts.scheme}://{parts.netloc}/.well-known/oauth-protected-resource{parts.path}"
 
 
-def snippet(settings: Settings, resource: Resource) -> dict:
+def snippet(settings: Settings, resource: Resource) -> dict[str, Any]:
     """What an MCP server's author configures: its RFC 9728 metadata, and how to verify tokens."""
     document = {
         "resource": resource.uri,

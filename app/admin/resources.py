@@ -5,13 +5,17 @@ from __future__ import annotations
 
 from collections import Counter
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
+from sqlalchemy.orm import Session
+from starlette.datastructures import FormData
 
 from app.admin import resource_form
 from app.admin.pages import AdminDep, done_notice, not_found, require_csrf
+from app.admin.resource_form import ResourceForm
 from app.http.body import FormDep
 from app.http.deps import DbDep, RuntimeDep
 from app.models import Resource
+from app.runtime import Runtime
 from app.services import Refused
 from app.services import resources as resource_service
 from app.stores import consents as consents_store
@@ -22,12 +26,14 @@ router = APIRouter()
 
 
 @router.get("/admin/resources")
-def resources_page(browser: AdminDep, db: DbDep):
+def resources_page(browser: AdminDep, db: DbDep) -> Response:
     grants = Counter(resource_id for resource_id, *_ in consents_store.scope_rows(db))
     return browser.render("admin/resources.html", section="resources", resources=store.all_resources(db), grants=grants)
 
 
-def _form_page(browser: Browser, resource: Resource | None, form, status: int = 200, error: str | None = None, done: str = ""):
+def _form_page(
+    browser: Browser, resource: Resource | None, form: ResourceForm, status: int = 200, error: str | None = None, done: str = ""
+) -> Response:
     settings = browser.runtime.settings
     return browser.render(
         "admin/resource.html",
@@ -44,12 +50,12 @@ def _form_page(browser: Browser, resource: Resource | None, form, status: int = 
 
 
 @router.get("/admin/resources/new")
-def new_page(browser: AdminDep):
+def new_page(browser: AdminDep) -> Response:
     return _form_page(browser, None, resource_form.from_resource(None))
 
 
 @router.get("/admin/resources/{resource_id}")
-def edit_page(resource_id: int, browser: AdminDep, db: DbDep, done: str = ""):
+def edit_page(resource_id: int, browser: AdminDep, db: DbDep, done: str = "") -> Response:
     resource = store.get(db, resource_id)
     if resource is None:
         return not_found(browser, "MCP server")
@@ -57,20 +63,21 @@ def edit_page(resource_id: int, browser: AdminDep, db: DbDep, done: str = ""):
 
 
 @router.post("/admin/resources/new")
-def create(browser: AdminDep, db: DbDep, runtime: RuntimeDep, form: FormDep):
+def create(browser: AdminDep, db: DbDep, runtime: RuntimeDep, form: FormDep) -> Response:
     return _save(browser, db, runtime, None, form)
 
 
 @router.post("/admin/resources/{resource_id}")
-def update(resource_id: int, browser: AdminDep, db: DbDep, runtime: RuntimeDep, form: FormDep):
+def update(resource_id: int, browser: AdminDep, db: DbDep, runtime: RuntimeDep, form: FormDep) -> Response:
     resource = store.get(db, resource_id)
     if resource is None:
         return not_found(browser, "MCP server")
     return _save(browser, db, runtime, resource, form)
 
 
-def _save(browser: Browser, db, runtime, resource: Resource | None, form):
+def _save(browser: Browser, db: Session, runtime: Runtime, resource: Resource | None, form: FormData) -> Response:
     require_csrf(browser, form)
+    assert browser.user is not None  # AdminDep: an admin is signed in
     submitted = resource_form.from_form(form)
     try:
         if resource is not None and len(resource.scopes) > resource_form.MAX_ROWS:

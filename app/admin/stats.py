@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -131,7 +132,7 @@ def chart(db: Session) -> Chart:
     return daily_chart(audit_store.daily_counts(db, ISSUED, since), audit_store.daily_counts(db, FAILURES, since), today)
 
 
-def overview(db: Session) -> dict:
+def overview(db: Session) -> dict[str, Any]:
     resources = resources_store.all_resources(db)
     return {
         "counts": counts(db),

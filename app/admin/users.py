@@ -3,11 +3,16 @@ password link, grants)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from collections.abc import Callable
+
+from fastapi import APIRouter, Response
+from sqlalchemy.orm import Session
+from starlette.datastructures import FormData
 
 from app.admin.pages import AdminDep, Pager, confirm, confirmed, done_notice, not_found, page_number, require_csrf
 from app.http.body import FormDep
 from app.http.deps import DbDep, RuntimeDep
+from app.models import User
 from app.services import Refused, mfa
 from app.services import users as user_service
 from app.stores import consents as consents_store
@@ -20,7 +25,7 @@ USER_NOTICES = ("created", "disabled", "enabled", "admin", "groups", "mfa_reset"
 
 
 @router.get("/admin/users")
-def users_page(browser: AdminDep, db: DbDep, q: str = "", page: str | None = None):
+def users_page(browser: AdminDep, db: DbDep, q: str = "", page: str | None = None) -> Response:
     q = q.strip()[:150]
     pager = Pager(page_number(page), store.count(db, q or None), {"q": q})
     return browser.render(
@@ -35,17 +40,18 @@ def users_page(browser: AdminDep, db: DbDep, q: str = "", page: str | None = Non
 
 
 @router.post("/admin/users")
-def create(browser: AdminDep, db: DbDep, runtime: RuntimeDep, form: FormDep):
+def create(browser: AdminDep, db: DbDep, runtime: RuntimeDep, form: FormDep) -> Response:
     require_csrf(browser, form)
+    assert browser.user is not None  # AdminDep: an admin is signed in
     values = {k: str(form.get(k) or "") for k in ("username", "password", "password_mode", "groups")}
-    values["is_admin"] = form.get("is_admin") == "on"
+    is_admin = form.get("is_admin") == "on"
     by_link = values["password_mode"] == "link"
     try:
         user = user_service.create_user(
             db,
             username=values["username"],
             password=None if by_link else values["password"],
-            is_admin=values["is_admin"],
+            is_admin=is_admin,
             groups=user_service.parse_groups(values["groups"]),
             actor_id=browser.user.id,
             via="admin",
@@ -65,7 +71,7 @@ def create(browser: AdminDep, db: DbDep, runtime: RuntimeDep, form: FormDep):
             users=store.all_users(db, limit=50),
             q="",
             pager=None,
-            form=values,
+            form={**values, "is_admin": is_admin},
             error=str(exc),
         )
     db.commit()
@@ -74,7 +80,10 @@ def create(browser: AdminDep, db: DbDep, runtime: RuntimeDep, form: FormDep):
     return browser.redirect(f"/admin/users/{user.id}?done=created")
 
 
-def _user_page(browser: Browser, db, user, status: int = 200, error: str | None = None, done: str = ""):
+def _user_page(
+    browser: Browser, db: Session, user: User, status: int = 200, error: str | None = None, done: str = ""
+) -> Response:
+    assert browser.user is not None  # AdminDep: an admin is signed in
     return browser.render(
         "admin/user.html",
         status,
@@ -89,23 +98,25 @@ def _user_page(browser: Browser, db, user, status: int = 200, error: str | None 
 
 
 @router.get("/admin/users/{user_id}")
-def user_page(user_id: str, browser: AdminDep, db: DbDep, done: str = ""):
+def user_page(user_id: str, browser: AdminDep, db: DbDep, done: str = "") -> Response:
     user = store.get(db, user_id[:36])
     if user is None:
         return not_found(browser, "user")
     return _user_page(browser, db, user, done=done_notice(done, *USER_NOTICES))
 
 
-def _subject(browser: Browser, db, user_id: str, form):
+def _subject(browser: Browser, db: Session, user_id: str, form: FormData) -> User | None:
     require_csrf(browser, form)
     return store.get(db, user_id[:36])
 
 
 @router.post("/admin/users/{user_id}/disable")
-def disable(user_id: str, browser: AdminDep, db: DbDep, form: FormDep):
+def disable(user_id: str, browser: AdminDep, db: DbDep, form: FormDep) -> Response:
     user = _subject(browser, db, user_id, form)
     if user is None:
         return not_found(browser, "user")
+    assert browser.user is not None  # AdminDep: an admin is signed in
+    actor_id = browser.user.id
     if not confirmed(form):
         return confirm(
             browser,
@@ -116,22 +127,26 @@ def disable(user_id: str, browser: AdminDep, db: DbDep, form: FormDep):
             fields={},
             back=f"/admin/users/{user.id}",
         )
-    return _apply(browser, db, user, lambda: user_service.set_disabled(db, user, True, actor_id=browser.user.id), "disabled")
+    return _apply(browser, db, user, lambda: user_service.set_disabled(db, user, True, actor_id=actor_id), "disabled")
 
 
 @router.post("/admin/users/{user_id}/enable")
-def enable(user_id: str, browser: AdminDep, db: DbDep, form: FormDep):
+def enable(user_id: str, browser: AdminDep, db: DbDep, form: FormDep) -> Response:
     user = _subject(browser, db, user_id, form)
     if user is None:
         return not_found(browser, "user")
-    return _apply(browser, db, user, lambda: user_service.set_disabled(db, user, False, actor_id=browser.user.id), "enabled")
+    assert browser.user is not None  # AdminDep: an admin is signed in
+    actor_id = browser.user.id
+    return _apply(browser, db, user, lambda: user_service.set_disabled(db, user, False, actor_id=actor_id), "enabled")
 
 
 @router.post("/admin/users/{user_id}/admin")
-def admin_flag(user_id: str, browser: AdminDep, db: DbDep, form: FormDep):
+def admin_flag(user_id: str, browser: AdminDep, db: DbDep, form: FormDep) -> Response:
     user = _subject(browser, db, user_id, form)
     if user is None:
         return not_found(browser, "user")
+    assert browser.user is not None  # AdminDep: an admin is signed in
+    actor_id = browser.user.id
     make_admin = form.get("is_admin") == "yes"
     if not make_admin and not confirmed(form):
         return confirm(
@@ -142,29 +157,33 @@ def admin_flag(user_id: str, browser: AdminDep, db: DbDep, form: FormDep):
             fields={"is_admin": "no"},
             back=f"/admin/users/{user.id}",
         )
-    response = _apply(browser, db, user, lambda: user_service.set_admin(db, user, make_admin, actor_id=browser.user.id), "admin")
+    response = _apply(browser, db, user, lambda: user_service.set_admin(db, user, make_admin, actor_id=actor_id), "admin")
     if not make_admin and user.id == browser.user.id and response.status_code == 303:
         return browser.redirect("/account")
     return response
 
 
 @router.post("/admin/users/{user_id}/groups")
-def groups(user_id: str, browser: AdminDep, db: DbDep, form: FormDep):
+def groups(user_id: str, browser: AdminDep, db: DbDep, form: FormDep) -> Response:
     user = _subject(browser, db, user_id, form)
     if user is None:
         return not_found(browser, "user")
+    assert browser.user is not None  # AdminDep: an admin is signed in
+    actor_id = browser.user.id
 
-    def change():
-        user_service.set_groups(db, user, user_service.parse_groups(str(form.get("groups") or "")), actor_id=browser.user.id)
+    def change() -> None:
+        user_service.set_groups(db, user, user_service.parse_groups(str(form.get("groups") or "")), actor_id=actor_id)
 
     return _apply(browser, db, user, change, "groups")
 
 
 @router.post("/admin/users/{user_id}/reset-mfa")
-def reset_mfa(user_id: str, browser: AdminDep, db: DbDep, form: FormDep):
+def reset_mfa(user_id: str, browser: AdminDep, db: DbDep, form: FormDep) -> Response:
     user = _subject(browser, db, user_id, form)
     if user is None:
         return not_found(browser, "user")
+    assert browser.user is not None  # AdminDep: an admin is signed in
+    actor_id = browser.user.id
     if not confirmed(form):
         return confirm(
             browser,
@@ -175,20 +194,21 @@ def reset_mfa(user_id: str, browser: AdminDep, db: DbDep, form: FormDep):
             fields={},
             back=f"/admin/users/{user.id}",
         )
-    return _apply(browser, db, user, lambda: mfa.reset(db, user, actor_id=browser.user.id), "mfa_reset")
+    return _apply(browser, db, user, lambda: mfa.reset(db, user, actor_id=actor_id), "mfa_reset")
 
 
 @router.post("/admin/users/{user_id}/password-link")
-def password_link(user_id: str, browser: AdminDep, db: DbDep, runtime: RuntimeDep, form: FormDep):
+def password_link(user_id: str, browser: AdminDep, db: DbDep, runtime: RuntimeDep, form: FormDep) -> Response:
     user = _subject(browser, db, user_id, form)
     if user is None:
         return not_found(browser, "user")
+    assert browser.user is not None  # AdminDep: an admin is signed in
     link = user_service.new_password_link(db, runtime.keyring, runtime.settings.issuer, user, actor_id=browser.user.id)
     db.commit()
     return browser.render("admin/password_link.html", section="users", subject=user, link=link, created=False)
 
 
-def _apply(browser: Browser, db, user, change, done: str):
+def _apply(browser: Browser, db: Session, user: User, change: Callable[[], object], done: str) -> Response:
     try:
         change()
     except Refused as exc:

@@ -6,6 +6,8 @@ from another origin. HTML pages and the admin console never get CORS headers.
 
 from __future__ import annotations
 
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
 from app.http.endpoints import endpoint_for
 
 ALLOW_HEADERS = b"Authorization, Content-Type, MCP-Protocol-Version"
@@ -13,11 +15,11 @@ EXPOSE_HEADERS = b"WWW-Authenticate, Retry-After"
 
 
 class PublicCORSMiddleware:
-    def __init__(self, app, prefix: str):
+    def __init__(self, app: ASGIApp, prefix: str):
         self.app = app
         self.prefix = prefix  # the issuer's path; the well-known documents are also at the root
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not endpoint_for(scope["path"].removeprefix(self.prefix)).cors:
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
@@ -41,7 +43,7 @@ class PublicCORSMiddleware:
             await send({"type": "http.response.body", "body": b""})
             return
 
-        async def send_cors(message):
+        async def send_cors(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message = {
                     **message,

@@ -18,7 +18,8 @@ from app.runtime import Runtime
 
 
 async def get_runtime(request: Request) -> Runtime:
-    return request.app.state.runtime
+    runtime: Runtime = request.app.state.runtime
+    return runtime
 
 
 async def get_db(request: Request) -> AsyncIterator[Session]:

@@ -8,9 +8,10 @@ reaches the application, so hostile input never gets as far as a 500.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.http.endpoints import endpoint_for
 from app.security.hosts import HostPolicy, ProxyPolicy
@@ -28,7 +29,7 @@ class BodyTooLarge(HTTPException):
 
 
 class EdgeMiddleware:
-    def __init__(self, app, settings: Settings, render_page: Callable[[int, str, str], bytes]):
+    def __init__(self, app: ASGIApp, settings: Settings, render_page: Callable[[int, str, str], bytes]):
         self.app = app
         self.hosts = HostPolicy(settings)
         self.proxies = ProxyPolicy(settings.trusted_proxies)
@@ -38,7 +39,7 @@ class EdgeMiddleware:
         self.max_body_protocol = settings.max_body_protocol
         self.render_page = render_page
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope["path"].removeprefix(self.prefix) if self.prefix else scope["path"]
@@ -74,7 +75,7 @@ class EdgeMiddleware:
         started = False
         received = 0
 
-        async def counting_receive():
+        async def counting_receive() -> Message:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
@@ -83,7 +84,7 @@ class EdgeMiddleware:
                     raise BodyTooLarge(limit)
             return message
 
-        async def tracking_send(message):
+        async def tracking_send(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
@@ -99,7 +100,7 @@ class EdgeMiddleware:
         finally:
             request_context.reset(token)
 
-    def _apply_proxy_headers(self, scope) -> None:
+    def _apply_proxy_headers(self, scope: Scope) -> None:
         if not self.proxies.enabled:
             return
         client = scope.get("client")
@@ -121,7 +122,7 @@ class EdgeMiddleware:
             value = forwarded_host.split(",")[0].strip().encode("latin-1", "replace")
             scope["headers"] = [(n, v) for n, v in headers if n != b"host"] + [(b"host", value)]
 
-    async def _refuse(self, scope, send, status: int, error: str, description: str) -> None:
+    async def _refuse(self, scope: Scope, send: Send, status: int, error: str, description: str) -> None:
         accept = _header(scope["headers"], b"accept") or ""
         if "text/html" in accept:
             body = self.render_page(status, "This request cannot be served", description)
@@ -144,12 +145,13 @@ class EdgeMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
-def _header(headers, name: bytes) -> str | None:
+def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str | None:
     for key, value in headers:
         if key == name:
             return value.decode("latin-1")
     return None
 
 
-def _request_id(scope) -> str | None:
-    return (scope.get("state") or {}).get("request_id")
+def _request_id(scope: Scope) -> str | None:
+    request_id: str | None = (scope.get("state") or {}).get("request_id")
+    return request_id

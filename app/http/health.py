@@ -21,12 +21,12 @@ NOT_READY = {"Retry-After": "5", "Cache-Control": "no-store"}
 
 
 @router.get(endpoints.HEALTHZ.path)
-async def healthz():
+async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get(endpoints.READYZ.path)
-def readyz(runtime: RuntimeDep):
+@router.get(endpoints.READYZ.path, response_model=None)  # a dict, or a JSONResponse when not ready
+def readyz(runtime: RuntimeDep) -> JSONResponse | dict[str, str]:
     try:
         with runtime.sessions() as db:
             active = keys_store.by_state(db, ACTIVE)  # a query: the database answers
@@ -38,7 +38,7 @@ def readyz(runtime: RuntimeDep):
 
 
 @router.get(endpoints.METRICS.path)
-def prometheus_metrics(request: Request, runtime: RuntimeDep):
+def prometheus_metrics(request: Request, runtime: RuntimeDep) -> Response:
     """Prometheus exposition, to the networks in OSTIARY_METRICS_NETWORKS only."""
     if not runtime.metrics_networks(client_ip(request)):
         return JSONResponse(

@@ -8,6 +8,8 @@ import re
 import secrets
 import time
 
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
 from app.infra import metrics
 from app.services.audit import RequestContext, request_context
 
@@ -30,7 +32,7 @@ HTML_HEADERS = [
 COMMON_HEADERS = [(b"x-content-type-options", b"nosniff")]
 
 
-def route_label(scope) -> str:
+def route_label(scope: Scope) -> str:
     """The route's template ("/consent/{handle}"), never the raw path: paths can carry one-time
     handles and links, which must not reach metrics labels or logs."""
     route = scope.get("route")
@@ -38,10 +40,10 @@ def route_label(scope) -> str:
 
 
 class RequestMiddleware:
-    def __init__(self, app):
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
@@ -56,7 +58,7 @@ class RequestMiddleware:
         token = request_context.set(RequestContext(ip=client[0] if client else None, request_id=request_id))
         status = 500
 
-        async def send_with_headers(message):
+        async def send_with_headers(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]

@@ -11,10 +11,13 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
-from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy import Connection, Engine, MetaData, create_engine, event
+from sqlalchemy.engine.interfaces import DBAPIConnection, DBAPICursor, ExecutionContext
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -48,7 +51,7 @@ def make_engine(url: str) -> Engine:
         )
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record):
+        def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
             cur = dbapi_conn.cursor()
             if not url.endswith(":memory:") and url != "sqlite://":
                 cur.execute("PRAGMA journal_mode=WAL")
@@ -109,13 +112,20 @@ def _serialize_writers(engine: Engine) -> None:
     gate = WriterGate(SQLITE_BUSY_TIMEOUT_MS / 1000)
 
     @event.listens_for(engine, "before_cursor_execute")
-    def _enter(conn, cursor, statement, parameters, context, executemany):
+    def _enter(
+        conn: Connection,
+        cursor: DBAPICursor,
+        statement: str,
+        parameters: Any,
+        context: ExecutionContext | None,
+        executemany: bool,
+    ) -> None:
         info = conn.info
         if not info.get("writer_gate") and statement.lstrip()[:9].upper().startswith(_WRITES):
             info["writer_gate"] = gate.enter()
 
     @event.listens_for(engine, "checkin")
-    def _leave(dbapi_conn, record):
+    def _leave(dbapi_conn: DBAPIConnection | None, record: ConnectionPoolEntry) -> None:
         if record.info.pop("writer_gate", False):
             gate.leave()
 

@@ -17,10 +17,13 @@ import ipaddress
 import socket
 import ssl
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import httpcore
 import httpx
+from httpcore._backends.sync import SyncStream
 
 MAX_BODY = 5 * 1024
 
@@ -49,7 +52,14 @@ class _GuardedBackend(httpcore.SyncBackend):
         super().__init__()
         self._allowed_hosts = allowed_hosts
 
-    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
         infos = _resolve(host, port)
         addresses = [info[4][0] for info in infos]
         if host.lower() not in self._allowed_hosts:
@@ -70,11 +80,11 @@ class _GuardedBackend(httpcore.SyncBackend):
                 continue
             for option in socket_options or []:
                 sock.setsockopt(*option)
-            return httpcore._backends.sync.SyncStream(sock)
+            return SyncStream(sock)
         raise httpcore.ConnectError(str(error)) from error
 
 
-def _resolve(host: str, port: int):
+def _resolve(host: str, port: int) -> Sequence[tuple[socket.AddressFamily, socket.SocketKind, int, str, tuple[Any, ...]]]:
     try:
         return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:

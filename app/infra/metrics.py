@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
@@ -20,7 +21,7 @@ SIGNIN_FAILURES = Counter("ostiary_signin_failures_total", "Failed sign-ins (pas
 RATE_LIMITED = Counter("ostiary_rate_limited_total", "Requests refused by a rate limit", ["limit"])
 ACTIVE_KEY_AGE = Gauge("ostiary_active_signing_key_age_seconds", "Age of the active signing key")
 
-_FROM_EVENT = {
+_FROM_EVENT: dict[str, Callable[[], None]] = {
     "token.issued": lambda: TOKENS_ISSUED.labels("authorization_code").inc(),
     "token.refreshed": lambda: TOKENS_ISSUED.labels("refresh_token").inc(),
     "token.reuse_detected": REFRESH_REUSE.inc,

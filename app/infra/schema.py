@@ -19,7 +19,10 @@ def _config() -> Config:
 
 
 def head() -> str:
-    return ScriptDirectory.from_config(_config()).get_current_head()
+    revision = ScriptDirectory.from_config(_config()).get_current_head()
+    if revision is None:
+        raise RuntimeError(f"no migrations in {MIGRATIONS}")
+    return revision
 
 
 def current(engine: Engine) -> str | None:

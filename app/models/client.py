@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import JSON, BigInteger, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -25,7 +27,7 @@ class Client(Base):
     scope: Mapped[str | None] = mapped_column(Text)
     application_type: Mapped[str | None] = mapped_column(String(20))
     # Everything the client registered or published, unknown fields included (RFC 7591 §2).
-    client_metadata: Mapped[dict] = mapped_column("metadata", JSON, default=dict)
+    client_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     registration_token_hash: Mapped[str | None] = mapped_column(String(64), index=True)
     # Client ID Metadata Documents: when the cached document must be fetched again.
     metadata_expires_at: Mapped[int | None] = mapped_column(BigInteger)

@@ -100,7 +100,8 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         # and `\` (RFC 6749 5.2) with a ValueError: a 500 instead of the error page.
         if request.payload.redirect_uri and not client.check_redirect_uri(request.payload.redirect_uri):
             raise InvalidRequestError("The redirect_uri is not registered for this client.")
-        return grants.AuthorizationCodeGrant.validate_authorization_redirect_uri(request, client)  # type: ignore[no-any-return]
+        redirect_uri: str = grants.AuthorizationCodeGrant.validate_authorization_redirect_uri(request, client)
+        return redirect_uri
 
     def validate_authorization_request(self) -> str:
         # authlib checks client, redirect URI (error page until both are trusted), response

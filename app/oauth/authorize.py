@@ -55,7 +55,8 @@ class Validated:
 
     @property
     def client(self) -> OAuthClient:
-        return self.handler.request.client  # type: ignore[no-any-return]
+        client: OAuthClient = self.handler.request.client
+        return client
 
     @property
     def resource(self) -> ResourceInfo:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.models import Resource
 from app.settings import Settings
 from app.stores import resources as store
 
@@ -60,7 +61,7 @@ class Catalogue:
             self._by_id = {i.id: i for i in infos}
             self._loaded_at = time.monotonic()
 
-    def _info(self, row) -> ResourceInfo:
+    def _info(self, row: Resource) -> ResourceInfo:
         ttl = min(row.token_ttl or self._settings.access_token_ttl, 3600)
         scopes = {
             s.name: ScopeInfo(

@@ -13,8 +13,10 @@ import logging
 import re
 import time
 from email.utils import parsedate_to_datetime
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import httpx
 from authlib.oauth2.rfc6749 import InvalidClientError
 from sqlalchemy.orm import Session
 
@@ -65,7 +67,7 @@ def url_problem(client_id: str) -> str | None:
     return None
 
 
-def cache_lifetime(headers, settings: Settings, at: float | None = None) -> int:
+def cache_lifetime(headers: httpx.Headers, settings: Settings, at: float | None = None) -> int:
     """Seconds to keep a document: Cache-Control max-age, else Expires, within floor/ceiling."""
     at = time.time() if at is None else at
     lifetime = None
@@ -86,7 +88,7 @@ def cache_lifetime(headers, settings: Settings, at: float | None = None) -> int:
     return max(settings.cimd_cache_min, min(settings.cimd_cache_max, lifetime))
 
 
-def validate_document(client_id: str, body: bytes) -> dict:
+def validate_document(client_id: str, body: bytes) -> dict[str, Any]:
     """The document's metadata, checked and with known client quirks tolerated."""
     try:
         doc = json.loads(body)

@@ -7,20 +7,22 @@ server's credentials) may introspect any token; any other client only its own (R
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint as _IntrospectionEndpoint
 
 from app.infra.db import now
 from app.models.client import KIND_ADMIN
+from app.oauth.clients import OAuthClient
 from app.oauth.revocation import AccessHandle, RefreshHandle, find_token
-from app.oauth.server import current_db
+from app.oauth.server import Request, current_db
 from app.stores import tokens as store
 from app.stores import users as users_store
 
 
 @dataclass
 class Introspected:
-    handle: object
+    handle: RefreshHandle | AccessHandle
     active: bool
 
     def is_expired(self) -> bool:
@@ -33,7 +35,7 @@ class Introspected:
 class IntrospectionEndpoint(_IntrospectionEndpoint):
     CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
 
-    def query_token(self, token_string, token_type_hint):
+    def query_token(self, token_string: str, token_type_hint: str | None) -> Introspected | None:
         handle = find_token(self.server, token_string, token_type_hint)
         if handle is None:
             return None
@@ -47,12 +49,12 @@ class IntrospectionEndpoint(_IntrospectionEndpoint):
         user = users_store.get(db, user_id) if active and user_id else None
         return Introspected(handle, active and user is not None and not user.disabled)
 
-    def check_permission(self, token, client, request):
+    def check_permission(self, token: Introspected, client: OAuthClient, request: Request) -> bool:
         if client.row.kind == KIND_ADMIN:
             return True
         return token.handle.check_client(client)
 
-    def introspect_token(self, token):
+    def introspect_token(self, token: Introspected) -> dict[str, Any]:
         handle = token.handle
         if isinstance(handle, AccessHandle):
             c = handle.claims

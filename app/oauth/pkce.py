@@ -12,6 +12,8 @@ from authlib.oauth2.rfc6749 import InvalidGrantError, InvalidRequestError
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oauth2.rfc7636.challenge import CODE_VERIFIER_PATTERN, compare_s256_code_challenge
 
+from app.oauth.authorization_code import AuthorizationCodeGrant
+
 # RFC 7636 §4.2: BASE64URL(SHA256(verifier)) is always 43 characters.
 S256_CHALLENGE = re.compile(r"^[A-Za-z0-9_-]{43}$")
 
@@ -48,16 +50,16 @@ class S256CodeChallenge(CodeChallenge):
     SUPPORTED_CODE_CHALLENGE_METHOD = ["S256"]
     CODE_CHALLENGE_METHODS = {"S256": compare_s256_code_challenge}
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__(required=True)
 
-    def validate_code_challenge(self, grant, redirect_uri):
+    def validate_code_challenge(self, grant: AuthorizationCodeGrant, redirect_uri: str) -> None:
         payload = grant.request.payload
         problem = challenge_problem(payload.data.get("code_challenge"), payload.data.get("code_challenge_method"))
         if problem:
             raise InvalidRequestError(problem, redirect_uri=redirect_uri)
 
-    def validate_code_verifier(self, grant, result):
+    def validate_code_verifier(self, grant: AuthorizationCodeGrant, result: object) -> None:
         # Checked for every client, confidential ones included (OAuth 2.1 §4.1.3).
         code = grant.request.authorization_code
         problem = verifier_problem(grant.request.form.get("code_verifier"), code.code_challenge)

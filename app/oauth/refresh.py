@@ -59,7 +59,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
     # OAuth 2.1 §4.3: public clients refresh too (they authenticate with `none`).
     TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
 
-    @hooked
+    @hooked  # type: ignore[untyped-decorator]  # authlib ships no type information
     def validate_token_request(self) -> None:
         # authlib's version answers one invalid_grant for unknown, revoked and expired tokens and
         # does not check the scope's syntax; this one says which, and binds the resource.
@@ -82,6 +82,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
 
     def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
         db = current_db()
+        row: RefreshToken | None  # None if it vanished after a lost race (below)
         row = self.request.refresh_token
         resource = self.request.resource
         client = self.request.client

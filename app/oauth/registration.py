@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from authlib.oauth2.rfc6749 import AccessDeniedError
+from authlib.oauth2.rfc6749.requests import JsonRequest
 from authlib.oauth2.rfc6750 import InvalidTokenError
 from authlib.oauth2.rfc7591 import ClientRegistrationEndpoint, InvalidClientMetadataError
 from authlib.oauth2.rfc7591.errors import InvalidRedirectURIError
 from authlib.oauth2.rfc7592 import ClientConfigurationEndpoint as _ClientConfigurationEndpoint
 
 from app.infra.db import now
-from app.models.client import KIND_DYNAMIC
+from app.models.client import KIND_DYNAMIC, Client
 from app.oauth.clients import OAuthClient
 from app.oauth.errors import safe_description
 from app.oauth.redirect_uris import InvalidRedirectUri, is_loopback_redirect, validate_registered
@@ -39,7 +41,7 @@ def _bad(description: str) -> InvalidClientMetadataError:
     return InvalidClientMetadataError(description)
 
 
-def client_metadata(data: dict) -> dict:
+def client_metadata(data: object) -> dict[str, Any]:
     """The metadata to register: validated, defaults filled in, unsupported values dropped.
 
     Raises InvalidRedirectURIError / InvalidClientMetadataError (RFC 7591 §3.2.2).
@@ -116,14 +118,14 @@ def client_metadata(data: dict) -> dict:
 REGISTRATION_TOKEN_PREFIX = "ostrat_"
 
 
-def bearer(request) -> str | None:
+def bearer(request: JsonRequest) -> str | None:
     scheme, _, value = (request.headers.get("Authorization") or "").partition(" ")
     value = value.strip()
     return value if scheme.lower() == "bearer" and value and len(value) <= 200 else None
 
 
 class RegistrationEndpoint(ClientRegistrationEndpoint):
-    def authenticate_token(self, request):
+    def authenticate_token(self, request: JsonRequest) -> bool:
         runtime = self.server
         if runtime.settings.registration == "open":
             return True  # MCP clients need open registration
@@ -133,17 +135,17 @@ class RegistrationEndpoint(ClientRegistrationEndpoint):
             raise InvalidTokenError(description="A valid initial access token is required to register.")
         return True
 
-    def extract_client_metadata(self, request):
+    def extract_client_metadata(self, request: JsonRequest) -> dict[str, Any]:
         return client_metadata(request.payload.data)
 
-    def get_server_metadata(self):
+    def get_server_metadata(self) -> dict[str, Any]:
         return {}
 
-    def create_registration_response(self, request):
+    def create_registration_response(self, request: JsonRequest) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
         if not self.authenticate_token(request):
             raise AccessDeniedError()
         meta = self.extract_client_metadata(request)
-        info = {"client_id": clients.new_client_id(), "client_id_issued_at": int(time.time())}
+        info: dict[str, Any] = {"client_id": clients.new_client_id(), "client_id_issued_at": int(time.time())}
         if meta["token_endpoint_auth_method"] != "none":
             info["client_secret"] = clients.new_secret()
             info["client_secret_expires_at"] = 0  # RFC 7591 §3.2.1: 0 means it does not expire
@@ -152,7 +154,7 @@ class RegistrationEndpoint(ClientRegistrationEndpoint):
         # RFC 7591 §3.2.1: 201 with every registered field; secrets make it no-store.
         return 201, body, [("Cache-Control", "no-store"), ("Pragma", "no-cache")]
 
-    def generate_client_registration_info(self, client, request):
+    def generate_client_registration_info(self, client: Client, request: JsonRequest) -> dict[str, str]:
         # RFC 7592 §3: where and with what the client manages its registration.
         token = new_token(REGISTRATION_TOKEN_PREFIX)
         client.registration_token_hash = self.server.keyring.hash(token)
@@ -161,7 +163,7 @@ class RegistrationEndpoint(ClientRegistrationEndpoint):
             "registration_access_token": token,
         }
 
-    def save_client(self, client_info, client_metadata, request):
+    def save_client(self, client_info: dict[str, Any], client_metadata: dict[str, Any], request: JsonRequest) -> Client:
         return clients.register(
             current_db(),
             self.server.keyring,
@@ -172,7 +174,7 @@ class RegistrationEndpoint(ClientRegistrationEndpoint):
         )
 
 
-def _path_client_id(request) -> str:
+def _path_client_id(request: JsonRequest) -> str:
     return unquote(urlsplit(request.uri).path.rstrip("/").rsplit("/", 1)[-1])
 
 
@@ -180,7 +182,7 @@ def _path_client_id(request) -> str:
 class RegistrationToken:
     client_id: str
 
-    def check_client(self, client) -> bool:
+    def check_client(self, client: OAuthClient) -> bool:
         return client.client_id == self.client_id
 
 
@@ -188,7 +190,7 @@ class ClientConfigurationEndpoint(_ClientConfigurationEndpoint):
     """RFC 7592: read, update and delete a dynamically registered client with its
     registration access token."""
 
-    def authenticate_token(self, request):
+    def authenticate_token(self, request: JsonRequest) -> RegistrationToken:
         token = bearer(request)
         row = store.by_registration_token(current_db(), self.server.keyring.hashes(token)) if token else None
         # RFC 7592 §2: an invalid registration access token gets 401 (RFC 6750 §3.1); another
@@ -197,47 +199,49 @@ class ClientConfigurationEndpoint(_ClientConfigurationEndpoint):
             raise InvalidTokenError(description="The registration access token is missing or invalid.")
         return RegistrationToken(row.id)
 
-    def authenticate_client(self, request):
+    def authenticate_client(self, request: JsonRequest) -> OAuthClient | None:
         row = store.get(current_db(), _path_client_id(request))
         if row is None or row.kind != KIND_DYNAMIC:
             return None
         return OAuthClient(row, self.server.keyring)
 
-    def revoke_access_token(self, request, token):
+    def revoke_access_token(self, request: JsonRequest, token: RegistrationToken) -> None:
         pass  # the token belongs to no existing client: nothing to revoke
 
-    def check_permission(self, client, request):
+    def check_permission(self, client: OAuthClient, request: JsonRequest) -> bool:
         return True
 
-    def get_server_metadata(self):
+    def get_server_metadata(self) -> dict[str, Any]:
         return {}
 
-    def extract_client_metadata(self, request):
+    def extract_client_metadata(self, request: JsonRequest) -> dict[str, Any]:
         data = dict(request.payload.data)
         data.pop("client_id", None)
         data.pop("client_secret", None)
         return client_metadata(data)
 
-    def introspect_client(self, client):
+    def introspect_client(self, client: OAuthClient) -> dict[str, Any]:
         row = client.row
         return {**row.client_metadata, "client_id": row.id, "client_id_issued_at": row.created_at}
 
-    def generate_client_registration_info(self, client, request):
+    def generate_client_registration_info(self, client: OAuthClient, request: JsonRequest) -> dict[str, str | None]:
         return {
             "registration_client_uri": f"{self.server.issuer}/register/{quote(client.client_id, safe='')}",
             "registration_access_token": bearer(request),
         }
 
-    def create_read_client_response(self, client, request):
+    def create_read_client_response(
+        self, client: OAuthClient, request: JsonRequest
+    ) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
         status, body, _ = super().create_read_client_response(client, request)
         return status, body, [("Cache-Control", "no-store"), ("Pragma", "no-cache")]
 
-    def update_client(self, client, client_metadata, request):
+    def update_client(self, client: OAuthClient, client_metadata: dict[str, Any], request: JsonRequest) -> OAuthClient:
         row = client.row
         if client_metadata["token_endpoint_auth_method"] != row.token_endpoint_auth_method:
             raise InvalidClientMetadataError("The token_endpoint_auth_method cannot change.")
         clients.update_registration(current_db(), row, client_metadata)
         return client
 
-    def delete_client(self, client, request):
+    def delete_client(self, client: OAuthClient, request: JsonRequest) -> None:
         clients.delete_client(current_db(), client.row, reason="self")

@@ -7,29 +7,32 @@ introspection reports it inactive until it expires.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from authlib.oauth2.rfc7009 import RevocationEndpoint as _RevocationEndpoint
 
 from app.infra.db import now
+from app.models import RefreshToken
 from app.oauth import jwt_access
-from app.oauth.server import OstiaryServer, current_db
+from app.oauth.clients import OAuthClient
+from app.oauth.server import OstiaryServer, Request, current_db
 from app.services import audit
 from app.stores import tokens as store
 
 
 @dataclass
 class RefreshHandle:
-    row: object
+    row: RefreshToken
 
-    def check_client(self, client) -> bool:
+    def check_client(self, client: OAuthClient) -> bool:
         return self.row.client_id == client.client_id
 
 
 @dataclass
 class AccessHandle:
-    claims: dict
+    claims: dict[str, Any]
 
-    def check_client(self, client) -> bool:
+    def check_client(self, client: OAuthClient) -> bool:
         return self.claims.get("client_id") == client.client_id
 
 
@@ -61,16 +64,16 @@ class RevocationEndpoint(_RevocationEndpoint):
     # OAuth 2.1 §2.4: public clients revoke their own tokens with client_id alone.
     CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
 
-    def query_token(self, token_string, token_type_hint):
+    def query_token(self, token_string: str, token_type_hint: str | None) -> RefreshHandle | AccessHandle | None:
         return find_token(self.server, token_string, token_type_hint)
 
-    def authenticate_token(self, request, client):
+    def authenticate_token(self, request: Request, client: OAuthClient) -> RefreshHandle | AccessHandle | None:
         self.check_params(request, client)
         token = self.query_token(request.form["token"], request.form.get("token_type_hint"))
         # RFC 7009 §2.2: a token of another client is treated as invalid: answer 200, do nothing.
         return token if token is not None and token.check_client(client) else None
 
-    def revoke_token(self, token, request):
+    def revoke_token(self, token: RefreshHandle | AccessHandle, request: Request) -> None:
         db = current_db()
         if isinstance(token, RefreshHandle):
             count = store.revoke(db, at=now(), reason="revoked", family_id=token.row.family_id)

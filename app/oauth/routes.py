@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 from urllib.parse import unquote
 
 from fastapi import APIRouter, Request, Response
+from sqlalchemy.orm import Session
+from starlette.datastructures import FormData
 
 from app.http import endpoints
 from app.http.body import FormDep, JsonDep
 from app.http.deps import DbDep, RuntimeDep
 from app.oauth import jwt_access
 from app.oauth.errors import NO_STORE, dumps, safe_description
+from app.oauth.server import Request as OAuthRequest
 from app.oauth.server import json_request, oauth_request, repeated_parameter, using
 from app.security.hosts import client_ip
 from app.stores import tokens as tokens_store
@@ -29,7 +33,7 @@ def _metadata(request: Request) -> Response:
 
 @well_known_router.get("/.well-known/oauth-authorization-server{path:path}", include_in_schema=False)
 @well_known_router.get("/.well-known/openid-configuration{path:path}", include_in_schema=False)
-def metadata(request: Request, path: str = ""):
+def metadata(request: Request, path: str = "") -> Response:
     # RFC 8414 §3.1: with an issuer path, the well-known segment goes between host and path.
     runtime = request.app.state.runtime
     if path != runtime.settings.issuer_path:
@@ -42,13 +46,13 @@ def metadata(request: Request, path: str = ""):
 
 
 @router.get("/.well-known/openid-configuration", include_in_schema=False)
-def metadata_appended(request: Request):
+def metadata_appended(request: Request) -> Response:
     # OIDC Discovery §4 appends the well-known segment to an issuer that has a path.
     return _metadata(request)
 
 
 @router.get(endpoints.JWKS.path, name="jwks")
-def jwks(runtime: RuntimeDep):
+def jwks(runtime: RuntimeDep) -> Response:
     snap = runtime.keys.snapshot()
     return Response(
         snap.jwks_json,
@@ -60,11 +64,11 @@ def jwks(runtime: RuntimeDep):
 # -- token endpoint and friends ---------------------------------------------------------------
 
 
-def _form_params(form) -> list[tuple[str, str]]:
+def _form_params(form: FormData) -> list[tuple[str, str]]:
     return [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
 
 
-def _protocol_request(runtime, request: Request, form):
+def _protocol_request(runtime: RuntimeDep, request: Request, form: FormData) -> OAuthRequest | Response:
     """The authlib request of a form POST, or an invalid_request response for a repeated
     parameter (RFC 6749 §3.2)."""
     params = _form_params(form)
@@ -79,13 +83,13 @@ def _protocol_request(runtime, request: Request, form):
     return oauth_request("POST", _endpoint_url(runtime, request), request.headers, params, form=True)
 
 
-def _endpoint_url(runtime, request: Request) -> str:
+def _endpoint_url(runtime: RuntimeDep, request: Request) -> str:
     # authlib refuses plain-http URLs except on loopback; the issuer is what clients called.
     return runtime.settings.issuer + request.url.path.removeprefix(runtime.settings.issuer_path)
 
 
 @router.post(endpoints.TOKEN.path, name="token")
-def token(request: Request, runtime: RuntimeDep, db: DbDep, form: FormDep):
+def token(request: Request, runtime: RuntimeDep, db: DbDep, form: FormDep) -> Response:
     settings = runtime.settings
     limited = rate_limited(runtime, request, settings.token_rate_per_ip, "token-ip") or rate_limited(
         # Per client_id *and* address: a metadata-document client_id (VS Code's) is shared by
@@ -102,35 +106,35 @@ def token(request: Request, runtime: RuntimeDep, db: DbDep, form: FormDep):
     if isinstance(req, Response):
         return req
     with using(db):
-        response = runtime.server.create_token_response(req)
+        response: Response = runtime.server.create_token_response(req)
     db.commit()  # also on errors: a consumed code or a revoked family must stay so
     response.headers.update(NO_STORE)  # RFC 6749 §5.1
     return response
 
 
 @router.post(endpoints.REVOKE.path, name="revoke")
-def revoke(request: Request, runtime: RuntimeDep, db: DbDep, form: FormDep):
+def revoke(request: Request, runtime: RuntimeDep, db: DbDep, form: FormDep) -> Response:
     req = _protocol_request(runtime, request, form)
     if isinstance(req, Response):
         return req
     with using(db):
-        response = runtime.server.create_endpoint_response("revocation", req)
+        response: Response = runtime.server.create_endpoint_response("revocation", req)
     db.commit()
     return response
 
 
 @router.post(endpoints.INTROSPECT.path, name="introspect")
-def introspect(request: Request, runtime: RuntimeDep, db: DbDep, form: FormDep):
+def introspect(request: Request, runtime: RuntimeDep, db: DbDep, form: FormDep) -> Response:
     req = _protocol_request(runtime, request, form)
     if isinstance(req, Response):
         return req
     with using(db):
-        response = runtime.server.create_endpoint_response("introspection", req)
+        response: Response = runtime.server.create_endpoint_response("introspection", req)
     response.headers.update(NO_STORE)
     return response
 
 
-def rate_limited(runtime, request: Request, rate: str, name: str, subject: str | None = None) -> Response | None:
+def rate_limited(runtime: RuntimeDep, request: Request, rate: str, name: str, subject: str | None = None) -> Response | None:
     """429 with Retry-After and an RFC 6749 error body when `subject` (default: the caller's
     address) is over `rate`. Callers from OSTIARY_RATE_LIMIT_EXEMPT are not counted."""
     wait = runtime.limiter.hit_from(client_ip(request), rate, name, subject)
@@ -149,7 +153,7 @@ def too_many_requests(wait: int) -> Response:
     )
 
 
-def _token_client_id(request: Request, form) -> str:
+def _token_client_id(request: Request, form: FormData) -> str:
     """The client_id a token request names (form or HTTP Basic), for its rate limit only."""
     client_id = form.get("client_id")
     if isinstance(client_id, str) and client_id:
@@ -164,7 +168,7 @@ def _token_client_id(request: Request, form) -> str:
 
 
 @registration_router.post(endpoints.REGISTER.path, name="register")
-def register(request: Request, runtime: RuntimeDep, db: DbDep, body: JsonDep):
+def register(request: Request, runtime: RuntimeDep, db: DbDep, body: JsonDep) -> Response:
     settings = runtime.settings
     limited = rate_limited(runtime, request, settings.registration_rate_per_ip, "register-ip") or rate_limited(
         runtime, request, settings.registration_rate_global, "register-global", "*"
@@ -173,7 +177,7 @@ def register(request: Request, runtime: RuntimeDep, db: DbDep, body: JsonDep):
         return limited
     req = json_request("POST", _endpoint_url(runtime, request), request.headers, body)
     with using(db):
-        response = runtime.server.create_endpoint_response("client_registration", req)
+        response: Response = runtime.server.create_endpoint_response("client_registration", req)
     if response.status_code < 400:
         db.commit()
     else:
@@ -186,26 +190,26 @@ def register(request: Request, runtime: RuntimeDep, db: DbDep, body: JsonDep):
 # have no "/", and a plain segment keeps "/register" from redirecting to "/register/".
 @router.get(endpoints.CLIENT_CONFIGURATION.path + "{client_id}", name="client_configuration")
 @router.delete(endpoints.CLIENT_CONFIGURATION.path + "{client_id}")
-def client_configuration(client_id: str, request: Request, runtime: RuntimeDep, db: DbDep):
+def client_configuration(client_id: str, request: Request, runtime: RuntimeDep, db: DbDep) -> Response:
     return _configure(request, runtime, db, None)
 
 
 @router.put(endpoints.CLIENT_CONFIGURATION.path + "{client_id}")
-def client_configuration_update(client_id: str, request: Request, runtime: RuntimeDep, db: DbDep, body: JsonDep):
+def client_configuration_update(client_id: str, request: Request, runtime: RuntimeDep, db: DbDep, body: JsonDep) -> Response:
     return _configure(request, runtime, db, body)
 
 
-def _configure(request: Request, runtime, db, body):
+def _configure(request: Request, runtime: RuntimeDep, db: Session, body: dict[str, Any] | None) -> Response:
     # RFC 7592 §2: the registration access token authenticates every call.
     req = json_request(request.method, _endpoint_url(runtime, request), request.headers, body)
     with using(db):
-        response = runtime.server.create_endpoint_response("client_configuration", req)
+        response: Response = runtime.server.create_endpoint_response("client_configuration", req)
     db.commit()
     return response
 
 
 @router.api_route(endpoints.USERINFO.path, methods=["GET", "POST"], name="userinfo")
-def userinfo(request: Request, runtime: RuntimeDep, db: DbDep):
+def userinfo(request: Request, runtime: RuntimeDep, db: DbDep) -> Response:
     auth = request.headers.get("authorization", "")
     scheme, _, value = auth.partition(" ")
     claims = jwt_access.decode(runtime.keys, runtime.settings.issuer, value.strip()) if scheme.lower() == "bearer" else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ def parse(scope: str | None) -> list[str]:
     return result
 
 
-def join(scopes) -> str:
+def join(scopes: Iterable[str]) -> str:
     return " ".join(sorted(set(scopes)))
 
 

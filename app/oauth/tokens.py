@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from authlib.oauth2.rfc6749 import InvalidGrantError
 from sqlalchemy.orm import Session
@@ -33,7 +33,7 @@ def new_jti() -> str:
 
 def access_token_claims(
     *, issuer: str, user_id: str, client_id: str, audience: str, scope: str, auth_time: int, jti: str, iat: int, ttl: int
-) -> dict:
+) -> dict[str, Any]:
     """RFC 9068 §2.2: iss, exp, aud, sub, client_id, iat, jti (+ scope, auth_time)."""
     return {
         "iss": issuer,
@@ -49,7 +49,9 @@ def access_token_claims(
     }
 
 
-def id_token_claims(*, issuer: str, user: User, client_id: str, auth_time: int, nonce: str | None, iat: int, ttl: int) -> dict:
+def id_token_claims(
+    *, issuer: str, user: User, client_id: str, auth_time: int, nonce: str | None, iat: int, ttl: int
+) -> dict[str, Any]:
     claims = {
         "iss": issuer,
         "sub": user.id,
@@ -74,7 +76,7 @@ def mint(
     auth_time: int,
     nonce: str | None = None,
     jti: str | None = None,
-) -> tuple[dict, str, int]:
+) -> tuple[dict[str, Any], str, int]:
     """The token response body without a refresh token, the access token's jti and expiry."""
     t = now()
     jti = jti or new_jti()
@@ -124,7 +126,7 @@ def new_refresh_token(
     parent_id: int | None,
     access_jti: str,
     access_expires_at: int,
-) -> tuple[str, dict]:
+) -> tuple[str, dict[str, Any]]:
     """A new refresh token: the raw value (returned once) and the row to insert (its HMAC)."""
     raw = new_token(REFRESH_PREFIX)
     t = now()
@@ -149,14 +151,14 @@ def new_refresh_token(
 # -- the cached successor of a rotated refresh token -----------------------------------------
 
 
-def seal_response(keyring: Keyring, body: dict, access_expires_at: int, parent_id: int) -> str:
+def seal_response(keyring: Keyring, body: dict[str, Any], access_expires_at: int, parent_id: int) -> str:
     payload = json.dumps({"body": body, "exp": access_expires_at}, separators=(",", ":")).encode()
     return keyring.encrypt(payload, b"refresh-successor:%d" % parent_id)
 
 
-def open_response(keyring: Keyring, sealed: str, parent_id: int) -> dict:
+def open_response(keyring: Keyring, sealed: str, parent_id: int) -> dict[str, Any]:
     payload = json.loads(keyring.decrypt(sealed, b"refresh-successor:%d" % parent_id))
-    body = payload["body"]
+    body: dict[str, Any] = payload["body"]
     body["expires_in"] = max(0, payload["exp"] - now())
     return body
 

@@ -6,8 +6,11 @@ Pure functions; app/web/edge.py applies them to every request.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from functools import lru_cache
 from urllib.parse import urlsplit
+
+from starlette.requests import Request
 
 from app.settings import Settings, is_loopback_host
 
@@ -90,7 +93,7 @@ class ProxyPolicy:
         return hops[0] if hops else peer
 
 
-def client_ip(request) -> str:
+def client_ip(request: Request) -> str:
     """The caller's address, as EdgeMiddleware resolved it from trusted proxy headers."""
     return request.client.host if request.client else "unknown"
 
@@ -104,19 +107,19 @@ def _is_ip(value: str) -> bool:
 
 
 @lru_cache(maxsize=4096)
-def _parse(address: str):
+def _parse(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         return ipaddress.ip_address(address)
     except ValueError:
         return None
 
 
-def _in_networks(address: str, networks) -> bool:
+def _in_networks(address: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
     ip = _parse(address)
     return ip is not None and any(ip in net for net in networks)
 
 
-def network_check(networks: list[str]):
+def network_check(networks: list[str]) -> Callable[[str], bool]:
     """A test `address -> bool` for membership of `networks` (CIDR strings, "*" for any)."""
     if "*" in networks:
         return lambda address: True

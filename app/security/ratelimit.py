@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from limits import parse_many
+from limits import RateLimitItem, parse_many
 from limits.storage import MemoryStorage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
@@ -37,20 +37,20 @@ class RateLimiter:
         self._exempt = exempt  # OSTIARY_RATE_LIMIT_EXEMPT: addresses never counted by hit_from
         storage = storage_from_string(redis_url, socket_timeout=0.5) if redis_url else MemoryStorage()
         self._limiter = MovingWindowRateLimiter(storage)
-        self._parsed: dict[str, list] = {}
+        self._parsed: dict[str, list[RateLimitItem]] = {}
         self._on_refused = on_refused
         # Each (limit, subject) is reported once per window by this process, not once per request:
         # a flood must not become a flood of audit rows.
         self._reported: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
 
-    def _limits(self, rate: str):
+    def _limits(self, rate: str) -> list[RateLimitItem]:
         parsed = self._parsed.get(rate)
         if parsed is None:
             parsed = self._parsed[rate] = parse_many(rate)
         return parsed
 
-    def _wait(self, item, name: str, subject: str) -> int:
+    def _wait(self, item: RateLimitItem, name: str, subject: str) -> int:
         reset_at, _ = self._limiter.get_window_stats(item, name, subject)
         return max(1, math.ceil(reset_at - time.time()))
 

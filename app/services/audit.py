@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.infra import metrics
 from app.infra.db import transaction
@@ -37,7 +38,7 @@ def record(
     actor_id: str | None = None,
     client_id: str | None = None,
     resource: str | None = None,
-    **details,
+    **details: Any,
 ) -> None:
     ctx = request_context.get()
     store.add(
@@ -67,7 +68,7 @@ def record(
     log.info(event, extra={"fields": {k: v for k, v in line.items() if v is not None}})
 
 
-def record_now(factory, event: str, **fields) -> None:
+def record_now(factory: sessionmaker[Session], event: str, **fields: Any) -> None:
     """Record an event in a transaction of its own (for refusals that open no session)."""
     try:
         with transaction(factory) as db:

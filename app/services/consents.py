@@ -51,9 +51,11 @@ def revoke(db: Session, grant: Consent, *, actor_id: str, via: str) -> None:
     # The grant goes first: deleting its row waits for any refresh under it that is inserting a
     # successor right now, so the revocation below (a later statement) sees that successor too.
     store.remove(db, grant.id)
-    triple = dict(user_id=grant.user_id, client_id=grant.client_id, resource_id=grant.resource_id)
-    access = tokens_store.revoke(db, at=now(), reason=f"consent_revoked_{via}", **triple)
-    codes_store.expire_unredeemed(db, **triple, at=now())
+    user_id, client_id, resource_id = grant.user_id, grant.client_id, grant.resource_id
+    access = tokens_store.revoke(
+        db, at=now(), reason=f"consent_revoked_{via}", user_id=user_id, client_id=client_id, resource_id=resource_id
+    )
+    codes_store.expire_unredeemed(db, user_id=user_id, client_id=client_id, resource_id=resource_id, at=now())
     user = users_store.get(db, grant.user_id)
     resource = resources_store.get(db, grant.resource_id)
     audit.record(

@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from joserfc import jwt
 from joserfc.jwk import ECKey, KeySet, RSAKey
@@ -61,6 +62,7 @@ def _context(kid: str) -> bytes:
 
 
 def new_key(alg: str, state: str, keyring: Keyring) -> SigningKey:
+    key: RSAKey | ECKey
     if alg == "RS256":
         key = RSAKey.generate_key(RSA_BITS, auto_kid=True)
     elif alg == "ES256":
@@ -68,6 +70,7 @@ def new_key(alg: str, state: str, keyring: Keyring) -> SigningKey:
     else:  # pragma: no cover - Settings allows only these two
         raise ValueError(f"unsupported signing algorithm {alg}")
     kid = key.kid  # RFC 7638 thumbprint
+    assert kid is not None  # auto_kid=True always sets it
     public = {**key.as_dict(private=False), "kid": kid, "alg": alg, "use": "sig"}
     pem = key.as_pem(private=True)
     t = now()
@@ -82,7 +85,7 @@ def new_key(alg: str, state: str, keyring: Keyring) -> SigningKey:
     )
 
 
-def private_key(row: SigningKey, keyring: Keyring):
+def private_key(row: SigningKey, keyring: Keyring) -> RSAKey | ECKey:
     pem = keyring.decrypt(row.private_key_enc, _context(row.kid))
     cls = RSAKey if row.alg == "RS256" else ECKey
     return cls.import_key(pem, parameters={"kid": row.kid, "alg": row.alg, "use": "sig"})
@@ -189,7 +192,7 @@ def delete_expired_if_any(db: Session, settings: Settings) -> None:
 class KeySnapshot:
     active_kid: str
     active_alg: str
-    active_key: object  # joserfc key with the private part
+    active_key: RSAKey | ECKey  # joserfc key with the private part
     jwks_json: bytes
     keyset: KeySet  # the published keys, for verifying our own tokens
     activated_at: int | None = None
@@ -247,7 +250,7 @@ class KeyCache:
             activated_at=row.activated_at,
         )
 
-    def sign(self, claims: dict, typ: str = "JWT") -> str:
+    def sign(self, claims: dict[str, Any], typ: str = "JWT") -> str:
         """Sign with the single active key, naming it in the header (RFC 7515 §4.1.4)."""
         snap = self.snapshot()
         header = {"alg": snap.active_alg, "kid": snap.active_kid, "typ": typ}

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import func, literal_column, or_, select
+from sqlalchemy import ColumnElement, Select, Table, func, literal_column, or_, select
 from sqlalchemy.orm import Session
 
 from app.models import AuditEvent
@@ -10,10 +11,11 @@ from app.models import AuditEvent
 DAY = 86400
 
 
-_TABLE = AuditEvent.__table__
+_TABLE = cast(Table, AuditEvent.__table__)  # declarative types __table__ as any FromClause
+_Query = TypeVar("_Query", bound=Select[*tuple[Any, ...]])
 
 
-def add(db: Session, **values) -> None:
+def add(db: Session, **values: Any) -> None:
     # A Core INSERT on the table: an audit row is written once and never read back in the same
     # request, so it needs none of the ORM's unit of work (about a quarter of the cost; the
     # token endpoint writes one per request).
@@ -33,11 +35,11 @@ class Filter:
     since: int | None = None
     until: int | None = None
 
-    def apply(self, query):
+    def apply(self, query: _Query) -> _Query:
         if self.event:
             query = query.where(AuditEvent.event == self.event)
         if self.user_id or self.username:
-            who = []
+            who: list[ColumnElement[bool]] = []
             if self.user_id:
                 who += [AuditEvent.user_id == self.user_id, AuditEvent.actor_id == self.user_id]
             if self.username:

@@ -6,9 +6,12 @@ a large backlog drains over several batches instead of one long transaction.
 
 from __future__ import annotations
 
-from sqlalchemy import delete, or_, select, update
-from sqlalchemy.orm import Session
+from typing import Any, cast
 
+from sqlalchemy import ColumnElement, CursorResult, delete, or_, select, update
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from app.infra.db import Base
 from app.models import (
     AuditEvent,
     AuthorizationCode,
@@ -21,10 +24,12 @@ from app.models import (
 )
 
 
-def _delete_batch(db: Session, model, key, condition, limit: int) -> int:
+def _delete_batch(
+    db: Session, model: type[Base], key: InstrumentedAttribute[Any], condition: ColumnElement[bool], limit: int
+) -> int:
     ids = select(key).where(condition).limit(limit).scalar_subquery()
     result = db.execute(delete(model).where(key.in_(ids)), execution_options={"synchronize_session": False})
-    return result.rowcount or 0
+    return cast(CursorResult[Any], result).rowcount or 0
 
 
 def expired_requests(db: Session, t: int, limit: int) -> int:
@@ -60,7 +65,7 @@ def sealed_successors(db: Session, used_before: int, limit: int) -> int:
         update(RefreshToken).where(RefreshToken.id.in_(ids)).values(successor_enc=None),
         execution_options={"synchronize_session": False},
     )
-    return result.rowcount or 0
+    return cast(CursorResult[Any], result).rowcount or 0
 
 
 def expired_revoked_access_tokens(db: Session, t: int, limit: int) -> int:

@@ -1,9 +1,13 @@
 from __future__ import annotations
 
-from sqlalchemy import and_, delete, exists, func, or_, select, update
+from typing import Any, TypeVar, cast
+
+from sqlalchemy import CursorResult, Select, and_, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.models import Client, InitialAccessToken, RefreshToken
+
+_Query = TypeVar("_Query", bound=Select[*tuple[Any, ...]])
 
 
 def get(db: Session, client_id: str) -> Client | None:
@@ -21,7 +25,7 @@ def add(db: Session, client: Client) -> Client:
 
 
 def remove(db: Session, client_id: str) -> int:
-    return db.execute(delete(Client).where(Client.id == client_id)).rowcount
+    return cast(CursorResult[Any], db.execute(delete(Client).where(Client.id == client_id))).rowcount
 
 
 def mark_used(db: Session, client_id: str, at: int) -> None:
@@ -61,13 +65,13 @@ def use_initial_token(db: Session, hashes: list[str], at: int) -> bool:
         .where(InitialAccessToken.token_hash.in_(hashes), InitialAccessToken.expires_at > at, InitialAccessToken.uses_left > 0)
         .values(uses_left=InitialAccessToken.uses_left - 1)
     )
-    return result.rowcount == 1
+    return cast(CursorResult[Any], result).rowcount == 1
 
 
 # -- the admin console ------------------------------------------------------------------------
 
 
-def _console_filter(query, *, kind: str | None, never_used: bool, search: str | None):
+def _console_filter(query: _Query, *, kind: str | None, never_used: bool, search: str | None) -> _Query:
 
     if kind:
         query = query.where(Client.kind == kind)

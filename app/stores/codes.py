@@ -1,11 +1,13 @@
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, Table, select, update
 from sqlalchemy.orm import Session
 
 from app.models import AuthorizationCode
 
-_CODES = AuthorizationCode.__table__
+_CODES = cast(Table, AuthorizationCode.__table__)  # declarative types __table__ as any FromClause
 
 
 def add(db: Session, code: AuthorizationCode) -> None:
@@ -21,7 +23,7 @@ def redeem(db: Session, code_hash: str, *, at: int, access_jti: str, access_expi
         .where(c.code_hash == code_hash, c.consumed_at.is_(None), c.expires_at > at)
         .values(consumed_at=at, access_jti=access_jti, access_expires_at=access_expires_at)
     )
-    return result.rowcount == 1
+    return cast(CursorResult[Any], result).rowcount == 1
 
 
 def find(db: Session, hashes: list[str]) -> AuthorizationCode | None:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from sqlalchemy import delete, func, or_, select, update
+from typing import Any, TypeVar, cast
+
+from sqlalchemy import CursorResult, Select, Table, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -8,6 +10,7 @@ from app.infra.db import now
 from app.models import Client, Consent, Resource, User
 
 FRESH = {"populate_existing": True}
+_Query = TypeVar("_Query", bound=Select[*tuple[Any, ...]])
 
 
 def get(db: Session, user_id: str, client_id: str, resource_id: int) -> Consent | None:
@@ -37,7 +40,7 @@ def merge(db: Session, user_id: str, client_id: str, resource_id: int, scopes: s
                 .values(scope=merged, updated_at=now()),
                 execution_options={"synchronize_session": False},
             )
-            if result.rowcount == 1:
+            if cast(CursorResult[Any], result).rowcount == 1:
                 grant.scope = merged
                 return grant
             continue  # another consent changed the scopes meanwhile: merge into what it wrote
@@ -54,22 +57,23 @@ def merge(db: Session, user_id: str, client_id: str, resource_id: int, scopes: s
 def touch(db: Session, grant_id: int, at: int, every: int = 300) -> None:
     """Record use, writing only when the recorded time is older than `every` seconds (a Core
     statement: it runs on every token request)."""
-    c = Consent.__table__.c
+    table = cast(Table, Consent.__table__)  # declarative types __table__ as any FromClause
+    c = table.c
     db.execute(
-        update(Consent.__table__)
-        .where(c.id == grant_id, or_(c.last_used_at.is_(None), c.last_used_at < at - every))
-        .values(last_used_at=at)
+        update(table).where(c.id == grant_id, or_(c.last_used_at.is_(None), c.last_used_at < at - every)).values(last_used_at=at)
     )
 
 
 def remove(db: Session, grant_id: int) -> int:
-    return db.execute(delete(Consent).where(Consent.id == grant_id)).rowcount
+    return cast(CursorResult[Any], db.execute(delete(Consent).where(Consent.id == grant_id))).rowcount
 
 
 # -- listing (admin console, account page) ----------------------------------------------------
 
 
-def _filtered(query, *, user_id: str | None, client_id: str | None, resource_id: int | None, client_search: str | None):
+def _filtered(
+    query: _Query, *, user_id: str | None, client_id: str | None, resource_id: int | None, client_search: str | None
+) -> _Query:
 
     if user_id is not None:
         query = query.where(Consent.user_id == user_id)
@@ -97,7 +101,7 @@ def search(
     client_search: str | None = None,
     limit: int = 50,
     offset: int = 0,
-) -> list[tuple]:
+) -> list[tuple[Consent, User, Client, Resource]]:
     """(grant, user, client, resource) rows, most recently changed first."""
 
     query = (
@@ -108,7 +112,7 @@ def search(
     )
     query = _filtered(query, user_id=user_id, client_id=client_id, resource_id=resource_id, client_search=client_search)
     query = query.order_by(Consent.updated_at.desc(), Consent.id.desc()).limit(limit).offset(offset)
-    return [tuple(row) for row in db.execute(query)]
+    return [(grant, user, client, resource) for grant, user, client, resource in db.execute(query)]
 
 
 def count(
@@ -137,4 +141,4 @@ def ids_for(db: Session, *, user_id: str | None = None, client_id: str | None = 
 def scope_rows(db: Session) -> list[tuple[int, str, str, str]]:
     """(resource_id, scope, user_id, client_id) of every grant, for the scope-usage summary."""
     query = select(Consent.resource_id, Consent.scope, Consent.user_id, Consent.client_id)
-    return [tuple(row) for row in db.execute(query)]
+    return [(resource_id, scope, user_id, client_id) for resource_id, scope, user_id, client_id in db.execute(query)]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Any, cast
 
-from sqlalchemy import Connection, text, update
+from sqlalchemy import Connection, CursorResult, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -34,7 +35,7 @@ def claim(db: Session, name: str, interval: int) -> bool:
     result = db.execute(
         update(JobRun).where(JobRun.name == name, JobRun.last_run_at <= t - interval).values(last_run_at=t, last_run_by=WHO)
     )
-    return result.rowcount == 1
+    return cast(CursorResult[Any], result).rowcount == 1
 
 
 def lock_migrations(conn: Connection) -> None:

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import delete, func, or_, select, update
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.infra.db import now
@@ -25,7 +27,7 @@ def enable(db: Session, user_id: str, at: int, step: int) -> bool:
         .where(User.id == user_id, User.totp_enabled_at.is_(None), User.totp_secret_enc.is_not(None))
         .values(totp_enabled_at=at, totp_last_step=step, updated_at=at)
     )
-    return result.rowcount == 1
+    return cast(CursorResult[Any], result).rowcount == 1
 
 
 def use_step(db: Session, user_id: str, step: int) -> bool:
@@ -37,7 +39,7 @@ def use_step(db: Session, user_id: str, step: int) -> bool:
         .values(totp_last_step=step),
         execution_options={"synchronize_session": False},
     )
-    return result.rowcount == 1
+    return cast(CursorResult[Any], result).rowcount == 1
 
 
 def replace_recovery_codes(db: Session, user_id: str, hashes: list[str]) -> None:
@@ -50,7 +52,7 @@ def replace_recovery_codes(db: Session, user_id: str, hashes: list[str]) -> None
 def use_recovery_code(db: Session, user_id: str, hashes: list[str]) -> bool:
     """Spend a recovery code: of two concurrent uses exactly one deletes the row."""
     result = db.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user_id, RecoveryCode.code_hash.in_(hashes)))
-    return result.rowcount == 1
+    return cast(CursorResult[Any], result).rowcount == 1
 
 
 def recovery_codes_left(db: Session, user_id: str) -> int:

@@ -3,7 +3,9 @@ is stored; using the link deletes its row in one conditional DELETE."""
 
 from __future__ import annotations
 
-from sqlalchemy import delete, select
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, delete, select
 from sqlalchemy.orm import Session
 
 from app.models import PasswordSetupToken
@@ -26,7 +28,7 @@ def take(db: Session, row: PasswordSetupToken, at: int) -> bool:
     result = db.execute(
         delete(PasswordSetupToken).where(PasswordSetupToken.token_hash == row.token_hash, PasswordSetupToken.expires_at > at)
     )
-    return result.rowcount == 1
+    return cast(CursorResult[Any], result).rowcount == 1
 
 
 def remove_for_user(db: Session, user_id: str) -> None:
@@ -34,4 +36,5 @@ def remove_for_user(db: Session, user_id: str) -> None:
 
 
 def remove_expired(db: Session, at: int) -> int:
-    return db.execute(delete(PasswordSetupToken).where(PasswordSetupToken.expires_at <= at)).rowcount
+    result = db.execute(delete(PasswordSetupToken).where(PasswordSetupToken.expires_at <= at))
+    return cast(CursorResult[Any], result).rowcount

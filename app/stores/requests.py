@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from sqlalchemy import delete, select, update
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, delete, select, update
 from sqlalchemy.orm import Session
 
 from app.models import AuthorizationRequest
@@ -22,4 +24,5 @@ def bind_user(db: Session, id_hash: str, user_id: str) -> None:
 
 def take(db: Session, hashes: list[str]) -> bool:
     """Finish the request once: of two submissions of the same consent form, one wins."""
-    return db.execute(delete(AuthorizationRequest).where(AuthorizationRequest.id_hash.in_(hashes))).rowcount == 1
+    result = db.execute(delete(AuthorizationRequest).where(AuthorizationRequest.id_hash.in_(hashes)))
+    return cast(CursorResult[Any], result).rowcount == 1

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
@@ -32,7 +34,9 @@ def remove(db: Session, resource: Resource) -> None:
     db.execute(delete(Resource).where(Resource.id == resource.id))
 
 
-def save(db: Session, resource: Resource, *, uri: str, name: str, token_ttl: int | None, scopes: list[dict]) -> Resource:
+def save(
+    db: Session, resource: Resource, *, uri: str, name: str, token_ttl: int | None, scopes: list[dict[str, Any]]
+) -> Resource:
     """Update a resource and its scopes in place. `scopes` are dicts of ResourceScope fields in
     catalogue order; a scope keeps its row when its name stays, others are added or deleted."""
     resource.uri, resource.name, resource.token_ttl = uri, name, token_ttl

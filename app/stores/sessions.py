@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from sqlalchemy import delete, select, update
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, delete, select, update
 from sqlalchemy.orm import Session
 
 from app.models import BrowserSession
@@ -23,7 +25,7 @@ def remove(db: Session, id_hash: str) -> None:
 
 
 def remove_for_user(db: Session, user_id: str) -> int:
-    return db.execute(delete(BrowserSession).where(BrowserSession.user_id == user_id)).rowcount
+    return cast(CursorResult[Any], db.execute(delete(BrowserSession).where(BrowserSession.user_id == user_id))).rowcount
 
 
 def promote(db: Session, id_hash: str, amr: list[str], at: int) -> None:
@@ -32,6 +34,5 @@ def promote(db: Session, id_hash: str, amr: list[str], at: int) -> None:
 
 def remove_others(db: Session, user_id: str, keep_id_hash: str) -> int:
     """End every session of a user but this one (after a password change)."""
-    return db.execute(
-        delete(BrowserSession).where(BrowserSession.user_id == user_id, BrowserSession.id_hash != keep_id_hash)
-    ).rowcount
+    result = db.execute(delete(BrowserSession).where(BrowserSession.user_id == user_id, BrowserSession.id_hash != keep_id_hash))
+    return cast(CursorResult[Any], result).rowcount

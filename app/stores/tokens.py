@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, Table, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -9,10 +11,10 @@ from app.models import AuthorizationCode, RefreshToken, RevokedAccessToken
 FRESH = {"populate_existing": True}
 
 
-_REFRESH = RefreshToken.__table__
+_REFRESH = cast(Table, RefreshToken.__table__)  # declarative types __table__ as any FromClause
 
 
-def add_refresh(db: Session, values: dict) -> None:
+def add_refresh(db: Session, values: dict[str, Any]) -> None:
     """INSERT a new refresh token (a Core statement on the table: this request never reads the
     row back, so the ORM's unit of work would only cost time on the hot path)."""
     db.execute(_REFRESH.insert(), [values])
@@ -35,7 +37,7 @@ def claim_refresh(db: Session, token_id: int, at: int, successor_enc: str) -> bo
         .where(c.id == token_id, c.used_at.is_(None), c.revoked_at.is_(None))
         .values(used_at=at, successor_enc=successor_enc)
     )
-    return result.rowcount == 1
+    return cast(CursorResult[Any], result).rowcount == 1
 
 
 def successor_of(db: Session, token_id: int) -> RefreshToken | None:
@@ -77,6 +79,7 @@ def revoke(
         (AuthorizationCode.access_jti, AuthorizationCode.access_expires_at, codes),
     ):
         for jti, exp in db.execute(select(jti_column, exp_column).where(*where, jti_column.is_not(None), exp_column > at)):
+            assert jti is not None and exp is not None  # the WHERE clause excludes NULLs
             live[jti] = max(live.get(jti, 0), exp)
     revoke_access_tokens(db, list(live.items()), at, reason)
     return len(live)

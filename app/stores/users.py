@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import unicodedata
+from typing import Any, TypeVar
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session
 
 from app.infra.db import now
 from app.models import User
+
+_Query = TypeVar("_Query", bound=Select[*tuple[Any, ...]])
 
 
 def normalize_username(username: str) -> str:
@@ -30,7 +33,7 @@ def add(db: Session, user: User) -> User:
     return user
 
 
-def _search(query, search: str | None):
+def _search(query: _Query, search: str | None) -> _Query:
     if search:
         query = query.where(User.username.contains(normalize_username(search), autoescape=True))
     return query

@@ -3,7 +3,8 @@ verification."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
+from sqlalchemy.orm import Session
 
 from app.http.body import FormDep
 from app.http.deps import DbDep
@@ -20,12 +21,13 @@ EXPIRED_FORM = "This form has expired. Please try again."
 
 
 @router.get("/")
-def home(browser: BrowserDep):
+def home(browser: BrowserDep) -> Response:
     return browser.redirect("/account" if browser.signed_in else "/login")
 
 
-def _page(browser: Browser, db, status: int = 200, *, password_error: str | None = None, done: str = ""):
+def _page(browser: Browser, db: Session, status: int = 200, *, password_error: str | None = None, done: str = "") -> Response:
     user = browser.user
+    assert user is not None  # the callers required sign-in
     return browser.render(
         "account.html",
         status,
@@ -37,17 +39,18 @@ def _page(browser: Browser, db, status: int = 200, *, password_error: str | None
 
 
 @router.get("/account")
-def account(browser: BrowserDep, db: DbDep, done: str = ""):
+def account(browser: BrowserDep, db: DbDep, done: str = "") -> Response:
     if not browser.signed_in:
         return browser.login_redirect("/account")
     return _page(browser, db, done=done[:20])
 
 
 @router.post("/account/disconnect")
-def disconnect(browser: BrowserDep, db: DbDep, form: FormDep):
+def disconnect(browser: BrowserDep, db: DbDep, form: FormDep) -> Response:
     """Revoke the user's consent for one app: the same revocation as the admin's."""
     if not browser.signed_in:
         return browser.login_redirect("/account")
+    assert browser.user is not None  # signed in
     if not browser.csrf_ok(form):
         return browser.render("error.html", 400, title="Form expired", message=EXPIRED_FORM)
     raw = str(form.get("grant_id") or "")
@@ -56,6 +59,7 @@ def disconnect(browser: BrowserDep, db: DbDep, form: FormDep):
         return browser.render("error.html", 404, title="Not found", message="This app is not connected to your account.")
     if form.get("confirm") != "yes":
         client, resource = clients_store.get(db, grant.client_id), resources_store.get(db, grant.resource_id)
+        assert client is not None and resource is not None  # the consent's foreign keys
         return browser.render(
             "confirm.html",
             title=f"Disconnect {client.name}?",
@@ -71,12 +75,13 @@ def disconnect(browser: BrowserDep, db: DbDep, form: FormDep):
 
 
 @router.post("/account/password")
-def change_password(browser: BrowserDep, db: DbDep, form: FormDep):
+def change_password(browser: BrowserDep, db: DbDep, form: FormDep) -> Response:
     if not browser.signed_in:
         return browser.login_redirect("/account")
     if not browser.csrf_ok(form):
         return _page(browser, db, 400, password_error=EXPIRED_FORM)
     user = browser.user
+    assert user is not None and browser.session is not None  # signed in
     current, new, repeat = (str(form.get(k) or "") for k in ("current_password", "new_password", "repeat_password"))
     try:
         user_service.change_password(db, user, current=current, new=new, repeat=repeat, keep_session_hash=browser.session.id_hash)

@@ -8,12 +8,13 @@ an idle and an absolute timeout.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 from urllib.parse import quote
 
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
+from starlette.datastructures import FormData
 
 from app.http.deps import DbDep, RuntimeDep
 from app.infra.db import now
@@ -24,6 +25,7 @@ from app.stores import sessions as store
 from app.stores import users as users_store
 
 TOUCH_EVERY = 60  # seconds: how stale last_seen_at may get before a request writes it
+_Response = TypeVar("_Response", bound=Response)
 
 if TYPE_CHECKING:
     from app.runtime import Runtime
@@ -55,8 +57,10 @@ class Browser:
     def csrf_token(self) -> str:
         return csrf.token_for(self.runtime.keyring, self.csrf_cookie, self.session_hash)
 
-    def csrf_ok(self, form) -> bool:
+    def csrf_ok(self, form: FormData | None) -> bool:
         submitted = form.get(csrf.FIELD) if form is not None else None
+        if not isinstance(submitted, str):
+            submitted = None  # absent (a form's fields are text: read_form refuses files)
         return not self.new_csrf_cookie and csrf.is_valid(self.runtime.keyring, self.csrf_cookie, self.session_hash, submitted)
 
     # -- sign-in / sign-out ---------------------------------------------------------------
@@ -95,7 +99,7 @@ class Browser:
 
     # -- responses --------------------------------------------------------------------------
 
-    def apply_cookies(self, response: Response) -> Response:
+    def apply_cookies(self, response: _Response) -> _Response:
         secure = self.runtime.settings.is_https
         if self.new_csrf_cookie:
             self.cookies_to_set.append((cookie_names(self.runtime)[1], self.csrf_cookie, None))
@@ -108,7 +112,7 @@ class Browser:
         self.cookies_to_set.clear()
         return response
 
-    def render(self, template: str, status_code: int = 200, **context) -> HTMLResponse:
+    def render(self, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         env = self.runtime.templates
         html = env.get_template(template).render(
             csrf_field=csrf.FIELD,

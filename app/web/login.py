@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 
 from app.http.body import FormDep
 from app.http.deps import DbDep
@@ -22,7 +22,7 @@ LOCKED = "Too many failed sign-ins for this account."
 
 
 @router.get("/login")
-def login_page(browser: BrowserDep, next: str | None = None, prompt: str | None = None):
+def login_page(browser: BrowserDep, next: str | None = None, prompt: str | None = None) -> Response:
     # prompt=login (OIDC Core §3.1.2.1): the app asked for a fresh sign-in.
     if browser.signed_in and prompt != "login":
         return browser.redirect(safe_next(next))
@@ -31,8 +31,8 @@ def login_page(browser: BrowserDep, next: str | None = None, prompt: str | None 
 
 
 @router.post("/login")
-def login(request: Request, browser: BrowserDep, db: DbDep, form: FormDep):
-    next_url = safe_next(form.get("next"))
+def login(request: Request, browser: BrowserDep, db: DbDep, form: FormDep) -> Response:
+    next_url = safe_next(str(form.get("next") or ""))
     username = str(form.get("username") or "")[:150]
     password = str(form.get("password") or "")
     if not browser.csrf_ok(form):
@@ -76,14 +76,14 @@ def login(request: Request, browser: BrowserDep, db: DbDep, form: FormDep):
 
 
 @router.get("/logout")
-def logout_page(browser: BrowserDep):
+def logout_page(browser: BrowserDep) -> Response:
     if browser.session is None:
         return browser.redirect("/login")
     return browser.render("logout.html")
 
 
 @router.post("/logout")
-def logout(browser: BrowserDep, db: DbDep, form: FormDep):
+def logout(browser: BrowserDep, db: DbDep, form: FormDep) -> Response:
     if not browser.csrf_ok(form):
         return browser.render("logout.html", 400, error=EXPIRED_FORM)
     if browser.user is not None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
+from sqlalchemy.orm import Session
 
 from app.http.body import FormDep
 from app.http.deps import DbDep, RuntimeDep
 from app.infra.db import now
+from app.runtime import Runtime
 from app.services import audit, mfa
 from app.stores import sessions as sessions_store
 from app.web.browser import Browser, BrowserDep, safe_next
@@ -28,8 +30,11 @@ TOO_MANY = "Too many wrong codes. Wait a few minutes, then try again."
 # -- enrolment ----------------------------------------------------------------------------------
 
 
-def _enrol_page(browser: Browser, db, runtime, next_url: str, status: int = 200, error: str | None = None):
+def _enrol_page(
+    browser: Browser, db: Session, runtime: Runtime, next_url: str, status: int = 200, error: str | None = None
+) -> Response:
     user = browser.user
+    assert user is not None  # the callers required sign-in
     if user.mfa_enabled:
         return browser.render(
             "mfa.html", status, enabled=True, recovery_left=mfa.recovery_codes_left(db, user), next=next_url, error=error
@@ -49,16 +54,17 @@ def _enrol_page(browser: Browser, db, runtime, next_url: str, status: int = 200,
 
 
 @router.get("/account/mfa")
-def enrol_page(browser: BrowserDep, db: DbDep, runtime: RuntimeDep, next: str | None = None):
+def enrol_page(browser: BrowserDep, db: DbDep, runtime: RuntimeDep, next: str | None = None) -> Response:
     if not browser.signed_in:
         return browser.login_redirect("/account/mfa")
     return _enrol_page(browser, db, runtime, safe_next(next, ""))
 
 
 @router.post("/account/mfa")
-def enrol(browser: BrowserDep, db: DbDep, runtime: RuntimeDep, form: FormDep):
+def enrol(browser: BrowserDep, db: DbDep, runtime: RuntimeDep, form: FormDep) -> Response:
     if not browser.signed_in:
         return browser.login_redirect("/account/mfa")
+    assert browser.user is not None and browser.session is not None  # signed in
     next_url = safe_next(str(form.get("next") or ""), "")
     if not browser.csrf_ok(form):
         return _enrol_page(browser, db, runtime, next_url, 400, EXPIRED_FORM)
@@ -82,7 +88,7 @@ def _owes_code(browser: Browser) -> bool:
 
 
 @router.get("/login/otp")
-def code_page(browser: BrowserDep, next: str | None = None):
+def code_page(browser: BrowserDep, next: str | None = None) -> Response:
     if browser.signed_in:
         return browser.redirect(safe_next(next))
     if not _owes_code(browser):
@@ -91,7 +97,7 @@ def code_page(browser: BrowserDep, next: str | None = None):
 
 
 @router.post("/login/otp")
-def check_code(browser: BrowserDep, db: DbDep, runtime: RuntimeDep, form: FormDep):
+def check_code(browser: BrowserDep, db: DbDep, runtime: RuntimeDep, form: FormDep) -> Response:
     next_url = safe_next(str(form.get("next") or ""))
     if browser.signed_in:
         return browser.redirect(next_url)
@@ -100,6 +106,7 @@ def check_code(browser: BrowserDep, db: DbDep, runtime: RuntimeDep, form: FormDe
     if not browser.csrf_ok(form):
         return browser.render("login_otp.html", 400, next=next_url, error=EXPIRED_FORM)
     user = browser.user
+    assert user is not None and browser.session is not None  # _owes_code checked both
     if mfa.too_many_failures(db, user):
         audit.record(db, "login.mfa_failed", user_id=user.id, username=user.username, reason="too_many_failures")
         db.commit()
