@@ -1,4 +1,4 @@
-"""The account page and TOTP two-step verification (issue 5 §2, §4), over HTTP on the real app.
+"""The account page and TOTP two-step verification, over HTTP on the real app.
 
 /account: connected apps with Disconnect (the same revocation as the admin's: RFC 6749 §5.2
 invalid_grant at /token, RFC 7662 active=false at /introspect), password change. TOTP (RFC 6238):

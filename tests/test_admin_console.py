@@ -1,4 +1,4 @@
-"""The admin console (issue 5 §1, §3, §5, §6), over HTTP on the real app and database.
+"""The admin console, over HTTP on the real app and database.
 
 Who may do what: anonymous browsers are sent to sign in, signed-in users who are not admins get
 403, admins get the page; every state-changing form is POST with a CSRF token, destructive ones
@@ -747,7 +747,7 @@ async def test_admin_actions_show_who_acted(world, runtime):
     assert "alice" in page and "by root" in page
 
 
-# -- access policy: groups (issue 5 §3) -------------------------------------------------------
+# -- access policy: groups (docs/decisions.md#access-policy-by-groups-is-applied-at-every-refresh) --
 
 POLICY_RESOURCE = "https://notes.example.com/mcp"
 
@@ -851,7 +851,7 @@ async def test_a_scope_removed_from_the_mcp_server_is_no_longer_refreshed(world,
     assert gone.status_code == 400 and gone.json()["error"] == "invalid_grant"
 
 
-# -- bootstrap (issue 5 §6) -------------------------------------------------------------------
+# -- bootstrap --------------------------------------------------------------------------------
 
 
 async def test_cli_created_admin_signs_in_straight_to_the_console(settings, client, runtime):

@@ -111,7 +111,7 @@ async def start(client, client_id: str = CLIENT_ID, **extra) -> httpx.Response:
 
 
 def assert_error_page(response: httpx.Response, *fragments: str) -> None:
-    """DESIGN "Errors": until the client is trusted, /authorize renders a page, never redirects."""
+    """RFC 6749 §4.1.2.1: until the client is trusted, /authorize renders a page, never redirects."""
     assert response.status_code == 400, (response.status_code, response.headers, response.text[:500])
     assert response.headers["content-type"].startswith("text/html")
     assert "location" not in response.headers
@@ -195,7 +195,7 @@ async def test_consent_has_no_localhost_warning_when_a_redirect_uri_is_not_local
     assert 'class="notice"' not in page.text
 
 
-# -- refused documents: an error page, never a redirect (CIMD §4.1, §6; DESIGN "Errors") -------
+# -- refused documents: an error page, never a redirect (CIMD §4.1, §6; RFC 6749 §4.1.2.1) -----
 
 
 def _json(doc: dict, **headers) -> Callable[[httpx.Request], httpx.Response]:
@@ -413,8 +413,9 @@ async def test_expired_document_that_now_fails_is_not_used(client, runtime, host
 
 
 async def test_errors_are_not_cached(client, runtime, hosts):
-    """CIMD §7 / DESIGN: a failed fetch is not remembered; the next request fetches again and
-    succeeds as soon as the document is good."""
+    """CIMD §7, docs/decisions.md#metadata-documents-are-cached-between-a-floor-and-a-ceiling: a
+    failed fetch is not remembered; the next request fetches again and succeeds as soon as the
+    document is good."""
     await signed_in(client, runtime)
     hosts.answer(CLIENT_ID, lambda r: httpx.Response(500))
     assert_error_page(await start(client))
@@ -469,7 +470,7 @@ async def test_stored_expiry_follows_the_ceiling_setting(client, runtime, hosts,
     assert 540 <= stored(runtime).metadata_expires_at - int(time.time()) <= 600
 
 
-# -- documents of shipping clients (issue 4 "Tolerate known client quirks") ---------------------
+# -- documents of shipping clients (docs/decisions.md#chatgpt-and-claude-desktop-metadata-quirks-are-tolerated) --
 
 
 async def test_chatgpt_style_document_with_auth_methods_supported_is_accepted(client, runtime, hosts):

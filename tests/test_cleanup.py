@@ -1,7 +1,7 @@
-"""Expired-data cleanup (issue 6 §6): codes, authorization requests, sessions, spent refresh
-tokens, revoked-token records and old audit rows are deleted by a periodic job in bounded
-batches; nothing that is still needed (a live token, a used token that reuse detection needs,
-a successor inside its grace window) is touched."""
+"""Expired-data cleanup (docs/decisions.md#expired-data-is-deleted-in-bounded-batches): codes,
+authorization requests, sessions, spent refresh tokens, revoked-token records and old audit rows
+are deleted by a periodic job in bounded batches; nothing that is still needed (a live token, a
+used token that reuse detection needs, a successor inside its grace window) is touched."""
 
 from __future__ import annotations
 
@@ -77,9 +77,9 @@ async def test_expired_codes_requests_and_sessions_go_live_ones_stay(client, new
 
 
 async def test_sealed_successor_is_forgotten_after_the_grace_window_and_reuse_is_still_caught(client, runtime):
-    """DESIGN (refresh tokens): the successor is kept encrypted on its parent only until the grace
-    window closes. After cleanup the parent row stays, so its reuse still revokes the family
-    (OAuth 2.1 §4.3.1)."""
+    """docs/decisions.md#a-retry-within-the-grace-window-gets-the-same-successor: the successor is
+    kept encrypted on its parent only until the grace window closes. After cleanup the parent row
+    stays, so its reuse still revokes the family (OAuth 2.1 §4.3.1)."""
     reg = await signed_in_flow(client, runtime)
     rs = admin_client(runtime)
     first = await tokens_for(client, reg["client_id"])

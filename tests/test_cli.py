@@ -1,4 +1,4 @@
-"""The operator CLI (issue 2 §4), each command through a real `ostiary` process, against the
+"""The operator CLI, each command through a real `ostiary` process, against the
 test database (a throwaway SQLite file, or PostgreSQL with OSTIARY_TEST_DATABASE_URL).
 
 The forms are a contract. Bad arguments or values: a usage message on stderr, exit 2, and
@@ -254,7 +254,8 @@ def test_clients_add_confidential_secret_printed_once_hash_stored(ostiary):
     assert len(secret) >= 43
     assert "shown once" in result.stderr
     dump = database_text(ostiary.url)
-    assert secret not in dump  # DESIGN: no bearer secret stored in clear
+    # No bearer secret stored in clear (docs/decisions.md#bearer-secrets-are-stored-as-keyed-hmacs).
+    assert secret not in dump
     ((stored_id, method, secret_hash, uris),) = ostiary.rows(
         "SELECT id, token_endpoint_auth_method, secret_hash, redirect_uris FROM clients"
     )

@@ -1,8 +1,9 @@
-"""Registration hygiene (issue 4 item 4): `last_used_at` is tracked per client; dynamically
-registered clients never used within 24 h of registering, and those idle for 90 days with no live
-refresh token, are deleted by the periodic job and by `ostiary clients prune`; operator-created
-and metadata-document clients never are. A pruned client gets 401 `invalid_client` at /token,
-which makes MCP clients register again (TypeScript SDK: drop credentials and re-register)."""
+"""Registration hygiene (docs/decisions.md#unused-registered-clients-are-pruned): `last_used_at`
+is tracked per client; dynamically registered clients never used within 24 h of registering, and
+those idle for 90 days with no live refresh token, are deleted by the periodic job and by
+`ostiary clients prune`; operator-created and metadata-document clients never are. A pruned
+client gets 401 `invalid_client` at /token, which makes MCP clients register again (TypeScript
+SDK: drop credentials and re-register)."""
 
 from __future__ import annotations
 
@@ -156,9 +157,10 @@ async def run_prune_cli(runtime, database_url) -> None:
     [pytest.param(run_prune_function, id="app.services.clients.prune"), pytest.param(run_prune_cli, id="ostiary clients prune")],
 )
 async def test_pruning_rules(client, runtime, clean_db, run_prune):
-    """Issue 4 item 4: never used within 24 h of registering -> deleted; idle 90 days with no
-    live refresh token -> deleted; everything else, and every operator-created or metadata
-    document client, kept. Each deletion and the run are audited."""
+    """docs/decisions.md#unused-registered-clients-are-pruned: never used within 24 h of
+    registering -> deleted; idle 90 days with no live refresh token -> deleted; everything else,
+    and every operator-created or metadata document client, kept. Each deletion and the run are
+    audited."""
     cases = await prune_scenario(client, runtime)
     await run_prune(runtime, clean_db)
     remaining = client_ids(runtime)
@@ -174,8 +176,9 @@ async def test_pruning_rules(client, runtime, clean_db, run_prune):
 
 
 async def test_pruned_client_gets_invalid_client_at_the_token_endpoint(client, runtime):
-    """DESIGN: a reaped client gets 401 invalid_client (not invalid_grant), which tells MCP
-    clients to register again; its refresh token and the code exchange both say so."""
+    """docs/decisions.md#unknown-or-deleted-clients-get-a-401: a reaped client gets 401
+    invalid_client (not invalid_grant), which tells MCP clients to register again; its refresh
+    token and the code exchange both say so."""
     cases = await prune_scenario(client, runtime)
     with runtime.sessions() as db:
         prune(db, runtime.settings)

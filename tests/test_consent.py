@@ -1,6 +1,6 @@
-"""Consent (DESIGN "Incremental consent", issue 3 item 2): what the consent page shows, how Allow
-merges into the grant, when the page is skipped, Deny, CSRF, reloads and double submissions,
-`prompt` (OIDC Core 3.1.2.1), and the audit trail."""
+"""Consent (docs/decisions.md#consent-is-incremental-and-shows-only-what-is-new): what the
+consent page shows, how Allow merges into the grant, when the page is skipped, Deny, CSRF,
+reloads and double submissions, `prompt` (OIDC Core 3.1.2.1), and the audit trail."""
 
 from __future__ import annotations
 
@@ -71,9 +71,10 @@ def code_count(runtime) -> int:
 
 
 async def test_consent_page_shows_who_asks_for_what(client, runtime):
-    """DESIGN: client name, "unverified" for a dynamically registered client (RFC 7591 metadata
-    is self-asserted), the redirect host, the MCP server's name and URI, each scope with its
-    description and data-scope / data-scope-status."""
+    """docs/decisions.md#consent-is-incremental-and-shows-only-what-is-new: client name,
+    "unverified" for a dynamically registered client (RFC 7591 metadata is self-asserted), the
+    redirect host, the MCP server's name and URI, each scope with its description and data-scope /
+    data-scope-status."""
     reg = await signed_in_flow(client, runtime, client_name="Notes Helper")
     location, _, _ = await consent_location(client, reg["client_id"], scope="mcp:read mcp:write")
     page = await client.get(location)
@@ -100,7 +101,8 @@ async def test_consent_page_is_protected(client, runtime):
 
 
 async def test_operator_client_is_not_marked_unverified(client, runtime):
-    """DESIGN: only self-registered (DCR) clients carry the "unverified" mark."""
+    """Only self-registered (DCR) clients carry the "unverified" mark
+    (docs/decisions.md#consent-is-incremental-and-shows-only-what-is-new)."""
     await signed_in_flow(client, runtime)
     with runtime.sessions() as db:
         row, _ = create_admin_client(db, runtime.keyring, name="Company Assistant", redirect_uris=[REDIRECT], confidential=False)
@@ -121,7 +123,8 @@ async def test_consent_page_escapes_client_name(client, runtime):
 
 
 async def test_consent_page_survives_reload(client, runtime):
-    """Issue 3 item 1: the pending request is persisted, so the page can be reloaded."""
+    """The pending request is persisted, so the page can be reloaded
+    (docs/decisions.md#pending-authorization-requests-are-kept-on-the-server)."""
     reg = await signed_in_flow(client, runtime)
     location, params, verifier = await consent_location(client, reg["client_id"])
     first = await client.get(location)
@@ -154,8 +157,8 @@ async def test_allow_issues_code_and_records_grant(client, runtime):
 
 
 async def test_incremental_consent_asks_only_for_the_new_scope(client, runtime):
-    """DESIGN: the consent screen shows what is already granted and asks only for what is new;
-    approving merges."""
+    """docs/decisions.md#consent-is-incremental-and-shows-only-what-is-new: the consent screen
+    shows what is already granted and asks only for what is new; approving merges."""
     reg = await signed_in_flow(client, runtime)
     await tokens_for(client, reg["client_id"], scope="mcp:read")
     location, _, verifier = await consent_location(client, reg["client_id"], scope="mcp:read mcp:write")
@@ -169,7 +172,8 @@ async def test_incremental_consent_asks_only_for_the_new_scope(client, runtime):
 
 
 async def test_allow_merges_rather_than_replaces(client, runtime):
-    """DESIGN: a grant accumulates; asking for a new scope alone does not drop the old one."""
+    """A grant accumulates; asking for a new scope alone does not drop the old one
+    (docs/decisions.md#consent-is-incremental-and-shows-only-what-is-new)."""
     reg = await signed_in_flow(client, runtime)
     await tokens_for(client, reg["client_id"], scope="mcp:read")
     location, _, _ = await consent_location(client, reg["client_id"], scope="mcp:write")
@@ -188,8 +192,8 @@ async def test_allow_merges_rather_than_replaces(client, runtime):
     ],
 )
 async def test_consent_skipped_when_everything_is_granted(client, runtime, scope):
-    """DESIGN: if every requested scope is already granted and prompt does not demand consent,
-    the page is skipped."""
+    """If every requested scope is already granted and prompt does not demand consent, the page
+    is skipped (docs/decisions.md#consent-is-incremental-and-shows-only-what-is-new)."""
     reg = await signed_in_flow(client, runtime)
     await tokens_for(client, reg["client_id"], scope="mcp:read mcp:write")
     params = authorize_params(reg["client_id"], pkce()[1], scope=scope)
@@ -231,7 +235,8 @@ async def test_deny_returns_access_denied(client, runtime):
 
 
 async def test_deny_of_step_up_keeps_the_earlier_grant(client, runtime):
-    """DESIGN "Incremental consent": denying a step-up changes nothing already granted."""
+    """Denying a step-up changes nothing already granted
+    (docs/decisions.md#consent-is-incremental-and-shows-only-what-is-new)."""
     reg = await signed_in_flow(client, runtime)
     await tokens_for(client, reg["client_id"], scope="mcp:read")
     location, _, _ = await consent_location(client, reg["client_id"], scope="mcp:read mcp:write")
@@ -252,7 +257,7 @@ async def test_deny_of_step_up_keeps_the_earlier_grant(client, runtime):
     ],
 )
 async def test_consent_requires_csrf(client, runtime, new_client, token):
-    """RFC 6749 10.12 / DESIGN: a CSRF token on every form; without it, no code and no grant."""
+    """RFC 6749 10.12: a CSRF token on every form; without it, no code and no grant."""
     reg = await signed_in_flow(client, runtime)
     location, _, _ = await consent_location(client, reg["client_id"])
     page = await client.get(location)
@@ -351,7 +356,8 @@ async def test_bad_prompt_is_invalid_request(client, runtime, prompt):
 
 
 async def test_signed_out_user_signs_in_then_consents(client, runtime):
-    """Issue 3 item 2: not signed in -> /login, then back to the request."""
+    """Not signed in -> /login, then back to the request
+    (docs/decisions.md#pending-authorization-requests-are-kept-on-the-server)."""
     reg = await registered_flow(client, runtime)
     create_user(runtime)
     params = authorize_params(reg["client_id"], pkce()[1])
@@ -399,7 +405,8 @@ async def test_prompt_login_forces_a_fresh_sign_in(client, runtime):
 
 
 async def test_consent_audit_events_hold_no_secrets(client, runtime):
-    """DESIGN "Secrets": audit events carry identifiers, never a code or token."""
+    """Audit events carry identifiers, never a code or token
+    (docs/decisions.md#bearer-secrets-are-stored-as-keyed-hmacs)."""
     reg = await signed_in_flow(client, runtime)
     location, _, _ = await consent_location(client, reg["client_id"])
     response = await decide(client, location)

@@ -1,4 +1,4 @@
-"""docker compose (issue 2 §11), without a Docker engine.
+"""docker compose, without a Docker engine.
 
 No Docker engine runs here, so these tests read the Dockerfile and docker-compose.yml and run the
 image's exact start command (its ENTRYPOINT script, taken verbatim from the Dockerfile, then its
@@ -242,7 +242,7 @@ def test_compose_runs_the_app_on_postgres_16_with_a_volume_and_a_healthcheck(com
 
     assert app["build"] in (".", {"context": "."})
     assert app["depends_on"] == {"db": {"condition": "service_healthy"}, "redis": {"condition": "service_healthy"}}
-    # Replicas share rate-limit counters through the redis service (issue 6 §5).
+    # Replicas share rate-limit counters through the redis service (OSTIARY_REDIS_URL).
     redis = services["redis"]
     assert redis["image"].startswith("redis:") and "ping" in redis["healthcheck"]["test"]
     assert environment(app, host_env())["OSTIARY_REDIS_URL"] == "redis://redis:6379/0"

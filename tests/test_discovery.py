@@ -1,4 +1,4 @@
-"""Discovery (issue 2 §6, §8): RFC 8414 authorization server metadata, also served as OIDC
+"""Discovery: RFC 8414 authorization server metadata, also served as OIDC
 Discovery; CORS on the public documents; /healthz and /readyz."""
 
 from __future__ import annotations

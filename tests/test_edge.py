@@ -1,4 +1,4 @@
-"""The request edge (issue 6 §2, §3): Host allow-list against DNS rebinding, X-Forwarded-* only
+"""The request edge: Host allow-list against DNS rebinding, X-Forwarded-* only
 from trusted proxies, TLS required off loopback, caps on headers, URI and bodies, and CORS only
 on the public protocol endpoints."""
 

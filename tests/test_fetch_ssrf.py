@@ -188,7 +188,7 @@ def fake_dns(monkeypatch):
 
 def test_every_resolved_address_is_checked(listener, fake_dns):
     """A host with one public and one loopback address is refused: every address is checked,
-    not only the first (issue 4: "check every resolved address")."""
+    not only the first (docs/decisions.md#metadata-fetches-refuse-private-addresses)."""
     answers, _ = fake_dns
     answers["mixed.example"] = [["8.8.8.8", "127.0.0.1"]]
     fetcher = Fetcher(guarded_transport(allowed_hosts=[]), timeout=2.0)

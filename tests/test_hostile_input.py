@@ -1,4 +1,4 @@
-"""Hostile input (issue 6): a table of named cases over every endpoint.
+"""Hostile input: a table of named cases over every endpoint.
 
 Each case sends something an attacker, a broken client or a confused proxy would send
 (oversized or endless bodies, malformed JSON and forms, wrong content types, repeated
@@ -548,7 +548,8 @@ async def _(h: Harness):
 
 @case("token-body-over-64kb-with-content-length-413")
 async def _(h: Harness):
-    """Issue 6 limits (64 KB on /token): refused from Content-Length alone, 413 (RFC 9110 §15.5.14)."""
+    """OSTIARY_MAX_BODY_PROTOCOL (64 KB on /token): refused from Content-Length alone, 413
+    (RFC 9110 §15.5.14)."""
     r = await h.api.post("/token", **form_body([("grant_type", "authorization_code"), ("code", "a" * PROTOCOL_CAP)]))
     expect_json(r, 413, "invalid_request")
 
@@ -565,7 +566,7 @@ async def _(h: Harness):
 
 @case("register-body-over-64kb-with-content-length-413")
 async def _(h: Harness):
-    """Issue 6 limits (64 KB on /register), 413 (RFC 9110 §15.5.14)."""
+    """OSTIARY_MAX_BODY_PROTOCOL (64 KB on /register), 413 (RFC 9110 §15.5.14)."""
     r = await h.api.post("/register", json={"redirect_uris": [REDIRECT], "client_name": "n" * PROTOCOL_CAP})
     expect_json(r, 413, "invalid_request")
 
@@ -612,7 +613,7 @@ async def _(h: Harness):
 
 @case("login-body-over-1mb-with-content-length-413-page")
 async def _(h: Harness):
-    """Issue 6 limits (1 MB elsewhere): a browser form over 1 MB gets a 413 page."""
+    """OSTIARY_MAX_BODY (1 MB elsewhere): a browser form over 1 MB gets a 413 page."""
     r = await h.browser.post("/login", **form_body([("username", "u"), ("password", "p" * BROWSER_CAP)]))
     expect_page(r, 413, "exceeds")
 
@@ -782,7 +783,7 @@ async def _(h: Harness):
 
 @case("register-json-nested-20-deep-400")
 async def _(h: Harness):
-    """JSON depth cap (issue 6): 20 nested objects are refused."""
+    """JSON depth cap (app/http/body.py): 20 nested objects are refused."""
     nested: dict = {"x": 1}
     for _ in range(20):
         nested = {"x": nested}
@@ -794,8 +795,8 @@ async def _(h: Harness):
     "register-json-nested-30000-deep-400-not-500",
 )
 async def _(h: Harness):
-    """JSON depth cap (issue 6): 30 000 nested arrays within 64 KB are refused like 20, not a
-    RecursionError (a 500)."""
+    """JSON depth cap (app/http/body.py): 30 000 nested arrays within 64 KB are refused like 20,
+    not a RecursionError (a 500)."""
     depth = 30000
     body = b'{"redirect_uris":["http://127.0.0.1:9876/callback"],"x":' + b"[" * depth + b"]" * depth + b"}"
     assert len(body) < PROTOCOL_CAP
@@ -1257,7 +1258,7 @@ async def _(h: Harness):
 
 @case("login-password-500kb-over-field-cap-400-page")
 async def _(h: Harness):
-    """Form-field cap (issue 6, 64 KB): a 500 KB password (under the 1 MB body cap) is refused
+    """Form-field cap (64 KB): a 500 KB password (under the 1 MB body cap) is refused
     with a page before any password hashing, and signs nobody in."""
     h.add_user("alice")
     page = await h.browser.get("/login")
@@ -1958,8 +1959,8 @@ async def test_hostile_input(request, scenario, settings_overrides, harness: Har
 
 
 def test_the_table_is_big_and_covers_every_endpoint():
-    """Issue 6: at least 40 named cases (this brief: 45) over every endpoint: the requests the
-    cases above sent (recorded as they ran) reached each one."""
+    """At least 45 named cases over every endpoint: the requests the cases above sent (recorded
+    as they ran) reached each one."""
     assert len(CASES) >= 45
     ids = [p.id for p in CASES]
     assert len(ids) == len(set(ids)), "duplicate case ids"

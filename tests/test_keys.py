@@ -1,5 +1,6 @@
-"""Signing keys with rollover (issue 2 §5): next -> active -> retired -> deleted, the JWKS,
-encryption at rest under the keyring, scheduled rotation under a lock that replicas share."""
+"""Signing keys with rollover (docs/decisions.md#a-new-key-is-published-before-it-signs): next ->
+active -> retired -> deleted, the JWKS, encryption at rest under the keyring, scheduled rotation
+under a lock that replicas share."""
 
 from __future__ import annotations
 
@@ -262,7 +263,8 @@ async def test_keyring_rotation_old_secret_decrypts_then_rotation_reencrypts(dis
 async def test_retired_key_deleted_only_after_max_token_lifetime_plus_jwks_max_age(fresh_keys, client, runtime, settings):
     lifetime = keys.retired_key_lifetime(settings)
     assert lifetime >= settings.max_token_lifetime + settings.jwks_max_age
-    assert settings.max_token_lifetime >= 3600  # the longest access token (DESIGN: never over 1 h)
+    # The longest access token (docs/decisions.md#access-tokens-live-at-most-one-hour).
+    assert settings.max_token_lifetime >= 3600
     with runtime.sessions() as db:
         old = keys_store.by_state(db, "active")[0].kid
     rotate(runtime)

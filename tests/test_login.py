@@ -1,4 +1,5 @@
-"""Users and sign-in (issue 2 §7): /login and /logout, server-side browser sessions, CSRF,
+"""Users and sign-in: /login and /logout, server-side browser sessions
+(docs/decisions.md#browser-sessions-are-server-side-with-idle-and-absolute-timeouts), CSRF,
 timeouts, open-redirect defence, security headers, and argon2id with rehash-on-verify."""
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""The store (issue 2 §3): alembic owns the schema; migrations build it from empty on SQLite and
-PostgreSQL, and the typed models and the migrations describe the same schema."""
+"""The store: alembic owns the schema (docs/decisions.md#sqlite-migrates-itself-postgresql-on-request);
+migrations build it from empty on SQLite and PostgreSQL, and the typed models and the migrations
+describe the same schema."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import app.models  # noqa: F401  (registers every table on Base.metadata)
 from app.infra import schema
 from app.infra.db import Base, make_engine
 
-# DESIGN.md "Data": one table each.
-DESIGN_TABLES = {
+# The core tables, by name (every table of the models, and no other, is checked below).
+CORE_TABLES = {
     "users",
     "clients",
     "resources",
@@ -40,7 +41,7 @@ def test_migrations_from_empty_create_every_table(engine):
     assert not schema.is_current(engine)
     schema.upgrade(engine)
     tables = set(inspect(engine).get_table_names())
-    assert tables >= DESIGN_TABLES
+    assert tables >= CORE_TABLES
     assert set(Base.metadata.tables) | {"alembic_version"} == tables
     assert schema.current(engine) == schema.head()
     assert schema.is_current(engine)

@@ -1,4 +1,4 @@
-"""Audit and observability (issue 6 §4): every security event as an audit row and one JSON log
+"""Audit and observability: every security event as an audit row and one JSON log
 line (time, event, user, client, resource, IP, request id; never a token, code, secret or
 password); an access log of route templates; Prometheus metrics at /metrics for the
 configured networks only; a request id on every response (tests/test_edge.py)."""

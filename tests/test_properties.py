@@ -405,8 +405,8 @@ def test_canonicalisation_lowercases_scheme_and_host_and_keeps_path_and_query(va
 @BOUNDED
 @given(st.sampled_from(["https"]), dns_host, path, st.one_of(st.just(""), query_text.map(lambda t: "?" + t)))
 def test_spellings_of_one_resource_canonicalise_to_one_uri(scheme, host, p, q):
-    """RFC 8707 §2 (the DESIGN's example): `HTTPS://Example.com:443/mcp/` and
-    `https://example.com/mcp` name one resource."""
+    """RFC 8707 §2 (the example of docs/decisions.md#resource-uris-are-canonicalised-before-comparison):
+    `HTTPS://Example.com:443/mcp/` and `https://example.com/mcp` name one resource."""
     plain = f"{scheme}://{host}{p}{q}"
     variants = [
         f"{scheme.upper()}://{host.upper()}{p}{q}",

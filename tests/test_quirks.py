@@ -1,4 +1,4 @@
-"""Quirks of shipping MCP clients that Ostiary tolerates (issue 4 item 5): an empty `scope=`
+"""Quirks of shipping MCP clients that Ostiary tolerates: an empty `scope=`
 means the resource's default scopes, a missing `state` is allowed, `application_type` absent
 with loopback redirects means native, unknown registration fields are kept and ignored, and the
 redirect URIs of Cursor (private-use scheme) and Claude Code (localhost, any port) work end to
@@ -36,7 +36,7 @@ async def code_and_token(client, client_id: str, redirect_uri: str = REDIRECT, *
     return location, token.json()
 
 
-# -- scope (DESIGN "Scopes") ---------------------------------------------------------------------
+# -- scope (docs/decisions.md#an-empty-scope-means-the-resources-default-scopes) -----------------
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Rate limits (issue 6 §1): /token per IP and per client, /authorize and /login per IP, sign-in
+"""Rate limits: /token per IP and per client, /authorize and /login per IP, sign-in
 failures per username with longer waits in tiers and a temporary lock; 429 with Retry-After and
 an RFC 6749 error body on protocol endpoints, a readable page in the browser; every limit hit
 audited once per window; counters shared through Redis."""
@@ -155,7 +155,8 @@ async def test_the_machine_itself_is_not_counted_by_default(client, new_client, 
 
 @pytest.mark.parametrize("settings_overrides", [{"rate_limit_exempt": [], "token_rate_per_ip": "1/minute"}])
 async def test_a_limit_hit_is_audited_once_per_window(client, runtime):
-    """Issue 6 §4: rate-limit hits are security events; a flood is one row, not one per request."""
+    """Rate-limit hits are security events; a flood is one row, not one per request
+    (docs/decisions.md#rate-limit-refusals-are-audited-once-per-window)."""
     reg = await registered_flow(client, runtime)
     await token_request(client, reg["client_id"])
     for _ in range(5):

@@ -52,7 +52,7 @@ PLACEHOLDERS = {"USERNAME": "alice", "URI": "https://mcp.example.com/mcp", "NAME
 
 @pytest.mark.parametrize("line", CLI_FORMS)
 def test_every_cli_form_in_the_readme_parses(line):
-    """Issue 2 §4: the CLI forms are a contract; the README states them as the parser takes them."""
+    """The CLI forms are a contract; the README states them as the parser takes them."""
     concrete: list[str] = []
     for word in shlex.split(line.split("#")[0])[1:]:
         word = word.strip("[]")

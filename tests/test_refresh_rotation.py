@@ -61,8 +61,8 @@ async def test_every_refresh_rotates(client, runtime):
 
 
 async def test_retry_within_grace_window_gets_the_same_successor(client, runtime):
-    """DESIGN / issue 3 item 6: a retry (lost response) within the grace window returns the SAME
-    successor, never a sibling."""
+    """docs/decisions.md#a-retry-within-the-grace-window-gets-the-same-successor: a retry (lost
+    response) within the grace window returns the SAME successor, never a sibling."""
     reg = await signed_in_flow(client, runtime)
     first = await tokens_for(client, reg["client_id"])
     a = await refresh(client, reg["client_id"], first["refresh_token"])
@@ -78,8 +78,9 @@ async def test_retry_within_grace_window_gets_the_same_successor(client, runtime
 
 
 async def test_retry_after_the_successor_was_used_is_reuse(client, runtime):
-    """DESIGN: once the successor is used, any use of its parent is reuse: invalid_grant and the
-    whole family is revoked (the newest token too)."""
+    """Once the successor is used, any use of its parent is reuse: invalid_grant and the whole
+    family is revoked, the newest token too
+    (docs/decisions.md#a-retry-within-the-grace-window-gets-the-same-successor)."""
     reg = await signed_in_flow(client, runtime)
     first = await tokens_for(client, reg["client_id"])
     second = (await refresh(client, reg["client_id"], first["refresh_token"])).json()
@@ -119,8 +120,9 @@ async def test_reuse_after_the_grace_window_revokes_the_family(client, runtime, 
 
 
 async def test_reuse_revokes_every_refresh_token_of_the_grant_and_nothing_else(client, runtime):
-    """Issue 3 §6: a reuse revokes the whole family, "every refresh token of that grant" (user x
-    client x resource), here a second login's family too; another client's grant is untouched."""
+    """docs/decisions.md#refresh-token-reuse-revokes-the-whole-consent: a reuse revokes every
+    refresh token of that grant (user x client x resource), not only its family: here a second
+    login's family too; another client's grant is untouched."""
     reg = await signed_in_flow(client, runtime)
     other_client = await register(client)
     first = await tokens_for(client, reg["client_id"])
@@ -173,7 +175,8 @@ async def test_wider_scope_is_invalid_scope(client, runtime, scope):
 
 
 async def test_disabled_user_cannot_refresh(client, runtime):
-    """RFC 6749 6 / DESIGN: a disabled account's refresh tokens stop working."""
+    """RFC 6749 6: a disabled account's refresh tokens stop working
+    (docs/decisions.md#refresh-tokens-expire-after-30-days-unused)."""
     reg = await signed_in_flow(client, runtime)
     first = await tokens_for(client, reg["client_id"])
     with runtime.engine.begin() as conn:
@@ -224,13 +227,14 @@ async def test_missing_refresh_token_is_invalid_request(client, runtime):
 
 
 async def test_refresh_requires_the_client_to_be_allowed_the_grant(client, runtime):
-    """RFC 6749 5.2 / issue 3 item 4: a refresh token only when the client may use the grant."""
+    """RFC 6749 5.2: a refresh token only when the client may use the grant
+    (docs/decisions.md#refresh-tokens-are-issued-without-asking-for-offline-access)."""
     reg = await signed_in_flow(client, runtime, grant_types=["authorization_code"])
     body = await tokens_for(client, reg["client_id"])
     assert "refresh_token" not in body
 
 
-# -- concurrency, on SQLite and PostgreSQL, through uvicorn (issue 3 item 6) -------------------------
+# -- concurrency, on SQLite and PostgreSQL, through uvicorn ------------------------------------------
 
 
 class _Server:
@@ -262,9 +266,9 @@ class _Server:
 
 
 async def test_fifty_parallel_refreshes_yield_one_successor(client, runtime, settings):
-    """Issue 3 item 6 / DESIGN: 50 parallel refreshes of one token (PostgreSQL: row locks; SQLite:
-    one writer at a time): exactly one successor (one child row), no 5xx, and every 200 carries
-    the same refresh token."""
+    """docs/decisions.md#one-time-values-are-consumed-with-one-conditional-update: 50 parallel
+    refreshes of one token (PostgreSQL: row locks; SQLite: one writer at a time): exactly one
+    successor (one child row), no 5xx, and every 200 carries the same refresh token."""
     reg = await signed_in_flow(client, runtime)
     first = await tokens_for(client, reg["client_id"])
     data = {"grant_type": "refresh_token", "refresh_token": first["refresh_token"], "client_id": reg["client_id"]}
@@ -291,9 +295,10 @@ async def test_fifty_parallel_refreshes_yield_one_successor(client, runtime, set
 
 
 async def test_sixteen_clients_refreshing_at_once_all_rotate(client, new_client, runtime, settings):
-    """Issue 3 item 6, the hot path under load: 16 chains refreshed side by side, 8 rotations
-    each, through uvicorn. Every request is a 200 (SQLite's single writer queues them: no
-    `database is locked` 503), every chain stays one family with one live token, and no
+    """The hot path under load (docs/decisions.md#sqlite-writers-queue-in-the-process): 16 chains
+    refreshed side by side, 8 rotations each, through uvicorn. Every request is a 200 (SQLite's
+    single writer queues them: no `database is locked` 503), every chain stays one family with one
+    live token, and no
     rotation is mistaken for reuse."""
     chains = []
     for _ in range(16):

@@ -118,7 +118,8 @@ async def test_replay_does_not_touch_other_codes(client, runtime):
 
 
 async def test_expired_code(client, runtime):
-    """OAuth 2.1 4.1.2 / DESIGN: codes live 60 s; an expired code is invalid_grant."""
+    """OAuth 2.1 4.1.2, docs/decisions.md#authorization-codes-live-60-seconds: codes live 60 s;
+    an expired code is invalid_grant."""
     reg = await signed_in_flow(client, runtime)
     code, verifier, _ = await obtain_code(client, reg["client_id"])
     with runtime.engine.begin() as conn:
@@ -129,7 +130,7 @@ async def test_expired_code(client, runtime):
 
 
 async def test_code_lifetime_is_60_seconds(client, runtime):
-    """DESIGN "Codes": 60 s."""
+    """60 s (docs/decisions.md#authorization-codes-live-60-seconds)."""
     reg = await signed_in_flow(client, runtime)
     await obtain_code(client, reg["client_id"])
     with runtime.engine.connect() as conn:
@@ -202,8 +203,9 @@ async def test_token_redirect_uri_must_be_identical(client, runtime, sent, statu
 
 
 async def test_codes_and_tokens_are_stored_only_as_hashes(client, runtime):
-    """DESIGN "Secrets" / RFC 9700 4.5 / RFC 6819 5.1.4.1.3: no bearer secret in clear, anywhere
-    in the database (codes, refresh tokens, client secrets, session ids)."""
+    """docs/decisions.md#bearer-secrets-are-stored-as-keyed-hmacs / RFC 9700 4.5 / RFC 6819
+    5.1.4.1.3: no bearer secret in clear, anywhere in the database (codes, refresh tokens, client
+    secrets, session ids)."""
     reg = await signed_in_flow(client, runtime, token_endpoint_auth_method="client_secret_post")
     code, verifier, _ = await obtain_code(client, reg["client_id"])
     assert len(code.removeprefix("ostac_")) >= 43  # 256 bits, base64url

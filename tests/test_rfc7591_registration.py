@@ -115,8 +115,8 @@ async def test_public_client_by_default(client, runtime):
 
 @pytest.mark.parametrize("method", ["client_secret_basic", "client_secret_post"])
 async def test_confidential_client_gets_a_secret_stored_hashed(client, runtime, method):
-    """RFC 7591 3.2.1: client_secret and client_secret_expires_at (0: never); DESIGN "Secrets":
-    only its HMAC is stored."""
+    """RFC 7591 3.2.1: client_secret and client_secret_expires_at (0: never); only its HMAC is
+    stored (docs/decisions.md#bearer-secrets-are-stored-as-keyed-hmacs)."""
     body = (await post(client, {**BASE, "token_endpoint_auth_method": method})).json()
     secret = body["client_secret"]
     assert len(secret) >= 32
@@ -262,7 +262,8 @@ async def test_non_json_body_is_a_json_400(client, runtime, content, content_typ
     ],
 )
 async def test_mcp_client_registrations(client, runtime, body):
-    """Issue 3 item 7: accept the metadata MCP clients send."""
+    """Accept the metadata MCP clients send
+    (docs/decisions.md#dynamic-registration-is-open-and-registers-public-clients-by-default)."""
     response = await post(client, body)
     assert response.status_code == 201, response.text
     assert response.json()["redirect_uris"] == body["redirect_uris"]

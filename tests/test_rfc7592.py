@@ -55,7 +55,7 @@ def stored(runtime, client_id: str) -> Client | None:
 
 async def test_registration_response_has_client_uri_and_access_token_stored_hashed(client, runtime, clean_db):
     """RFC 7592 §3: the 7591 response includes where and with what to manage the registration;
-    the token is stored only as a hash (DESIGN "Secrets")."""
+    the token is stored only as a hash (docs/decisions.md#bearer-secrets-are-stored-as-keyed-hmacs)."""
     reg = await register(client)
     assert reg["registration_client_uri"] == f"{ISSUER}/register/{reg['client_id']}"
     token = reg["registration_access_token"]

@@ -134,7 +134,8 @@ async def test_authorize_accepts_other_spellings(client, runtime, spelling):
 
 @pytest.mark.parametrize("settings_overrides", [{"default_resource": RESOURCE}], ids=["default_resource set"])
 async def test_default_resource_serves_clients_that_omit_it(client, runtime, settings_overrides):
-    """DESIGN / RFC 8707 2: a configured default resource serves clients that omit `resource`."""
+    """RFC 8707 2, docs/decisions.md#one-resource-per-request: a configured default resource
+    serves clients that omit `resource`."""
     reg = await signed_in_flow(client, runtime)
     body = await tokens_for(client, reg["client_id"], resource=None)
     assert (await verify_jwt(client, body["access_token"])).claims["aud"] == RESOURCE
@@ -253,12 +254,13 @@ async def test_every_access_token_has_its_own_jti(client, runtime):
         pytest.param(None, 600, id="default 600 s (settings)"),
         pytest.param(120, 120, id="resource's own lifetime"),
         pytest.param(3600, 3600, id="one hour"),
-        pytest.param(7200, 3600, id="never above one hour (DESIGN)"),
+        pytest.param(7200, 3600, id="never above one hour (docs/decisions.md#access-tokens-live-at-most-one-hour)"),
     ],
 )
 async def test_access_token_lifetime_from_the_resource(client, runtime, token_ttl, lifetime):
-    """DESIGN / RFC 9068: lifetime per resource, default 10 min, never over 1 h; expires_in
-    (RFC 6749 5.1) agrees with exp - iat, also after a refresh."""
+    """RFC 9068, docs/decisions.md#access-tokens-live-at-most-one-hour: lifetime per resource,
+    default 10 min, never over 1 h; expires_in (RFC 6749 5.1) agrees with exp - iat, also after a
+    refresh."""
     create_user(runtime)
     create_resource(runtime, token_ttl=token_ttl)
     reg = await register(client)
@@ -283,7 +285,8 @@ async def test_each_resource_gets_its_own_audience(client, runtime):
 
 
 async def test_consent_for_one_resource_does_not_cover_another(client, runtime):
-    """DESIGN: a grant is per (user, client, resource)."""
+    """A grant is per (user, client, resource)
+    (docs/decisions.md#consent-is-incremental-and-shows-only-what-is-new)."""
     reg = await signed_in_flow(client, runtime)
     create_resource(runtime, uri=OTHER, name="Other")
     await tokens_for(client, reg["client_id"])

@@ -1,7 +1,7 @@
-"""Scopes (RFC 6749 3.3) resolved against the resource's catalogue (DESIGN "Scopes"): empty or
-missing means the resource's defaults, unknown is invalid_scope, the protocol scopes `openid` and
-`offline_access` are accepted, a client's registered `scope` does not cap step-up; and the OIDC
-subset (id_token with `openid`, /userinfo)."""
+"""Scopes (RFC 6749 3.3) resolved against the resource's catalogue: empty or missing means the
+resource's defaults (docs/decisions.md#an-empty-scope-means-the-resources-default-scopes), unknown
+is invalid_scope, the protocol scopes `openid` and `offline_access` are accepted, a client's
+registered `scope` does not cap step-up; and the OIDC subset (id_token with `openid`, /userinfo)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,11 @@ CATALOGUE = {"mcp:read": True, "mcp:write": False, "mcp:admin": False}
 @pytest.mark.parametrize(
     "requested, expected",
     [
-        pytest.param(None, ["mcp:read"], id="missing: the resource's defaults (DESIGN)"),
+        pytest.param(
+            None,
+            ["mcp:read"],
+            id="missing: the resource's defaults (docs/decisions.md#an-empty-scope-means-the-resources-default-scopes)",
+        ),
         pytest.param("", ["mcp:read"], id="empty scope=: the defaults (MCP clients send it)"),
         pytest.param("   ", ["mcp:read"], id="only spaces: the defaults"),
         pytest.param("mcp:write", ["mcp:write"], id="a non-default scope alone"),
@@ -45,7 +49,8 @@ CATALOGUE = {"mcp:read": True, "mcp:write": False, "mcp:admin": False}
     ],
 )
 def test_resolve(requested, expected):
-    """DESIGN "Scopes" / RFC 6749 3.3: empty or missing means the defaults."""
+    """Empty or missing means the defaults (RFC 6749 3.3,
+    docs/decisions.md#an-empty-scope-means-the-resources-default-scopes)."""
     assert resolve(requested, CATALOGUE) == expected
 
 
@@ -54,7 +59,7 @@ def test_resolve(requested, expected):
     [
         pytest.param("unknown", id="not in the catalogue"),
         pytest.param("mcp:read unknown", id="one unknown among known"),
-        pytest.param("mcp:*", id="wildcard (DESIGN: no wildcards)"),
+        pytest.param("mcp:*", id="wildcard (docs/decisions.md#unknown-and-wildcard-scopes-are-refused)"),
         pytest.param("*", id="bare wildcard"),
         pytest.param('mcp:"read"', id="quote is not a scope-token character (RFC 6749 3.3)"),
         pytest.param("mcp:read\tmcp:write", id="tab is not a delimiter"),
@@ -63,13 +68,15 @@ def test_resolve(requested, expected):
     ],
 )
 def test_resolve_refuses(requested):
-    """RFC 6749 3.3 scope-token syntax; DESIGN: no wildcards, only the catalogue."""
+    """RFC 6749 3.3 scope-token syntax; no wildcards, only the catalogue
+    (docs/decisions.md#unknown-and-wildcard-scopes-are-refused)."""
     with pytest.raises(InvalidScope):
         resolve(requested, CATALOGUE)
 
 
 def test_resolve_with_several_defaults():
-    """DESIGN "Scopes": every default scope of the resource, in catalogue order."""
+    """Every default scope of the resource, in catalogue order
+    (docs/decisions.md#an-empty-scope-means-the-resources-default-scopes)."""
     assert resolve(None, {"a": True, "b": False, "c": True}) == ["a", "c"]
 
 
@@ -116,15 +123,16 @@ async def test_authorize_refuses_unknown_scope_by_redirect(client, runtime, scop
 
 
 async def test_refresh_token_without_offline_access(client, runtime):
-    """Issue 3 / MCP: clients differ on offline_access; a refresh token does not require it."""
+    """MCP clients differ on offline_access; a refresh token does not require it
+    (docs/decisions.md#refresh-tokens-are-issued-without-asking-for-offline-access)."""
     reg = await signed_in_flow(client, runtime)
     body = await tokens_for(client, reg["client_id"], scope="mcp:read")
     assert body["refresh_token"]
 
 
 async def test_registered_scope_does_not_cap_step_up(client, runtime):
-    """DESIGN / MCP step-up: a client registered with `scope` may later ask for more scopes of the
-    resource's catalogue."""
+    """MCP step-up: a client registered with `scope` may later ask for more scopes of the
+    resource's catalogue (docs/decisions.md#a-clients-registered-scope-does-not-cap-its-requests)."""
     reg = await signed_in_flow(client, runtime, scope="mcp:read")
     assert reg["scope"] == "mcp:read"
     body = await tokens_for(client, reg["client_id"], scope="mcp:read mcp:write")

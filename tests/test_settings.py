@@ -1,4 +1,4 @@
-"""Settings (issue 2 §2): one pydantic-settings object read from OSTIARY_* variables; an invalid
+"""Settings: one pydantic-settings object read from OSTIARY_* variables; an invalid
 setting stops startup with one line naming the variable and a non-zero exit."""
 
 from __future__ import annotations

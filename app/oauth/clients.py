@@ -32,7 +32,8 @@ class OAuthClient(ClientMixin):
 
     def get_allowed_scope(self, scope: str) -> str:
         # Scopes are resolved against the resource's catalogue, not capped by the client's
-        # registered `scope`: MCP clients step up to scopes they did not register (DESIGN).
+        # registered `scope`: MCP clients step up to scopes they did not register
+        # (docs/decisions.md#a-clients-registered-scope-does-not-cap-its-requests).
         return scope or ""
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:

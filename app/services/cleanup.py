@@ -35,7 +35,8 @@ def steps(settings: Settings, t: int) -> list[tuple[str, Callable[[Session, int]
         ("authorization_requests", lambda db, n: store.expired_requests(db, t, n)),
         ("authorization_codes", lambda db, n: store.expired_codes(db, t - CODE_REPLAY_MEMORY, n)),
         ("browser_sessions", lambda db, n: store.expired_sessions(db, t, t - settings.session_idle_timeout, n)),
-        # DESIGN: the successor is kept encrypted on its parent until the grace window closes.
+        # The successor is kept encrypted on its parent until the grace window closes
+        # (docs/decisions.md#a-retry-within-the-grace-window-gets-the-same-successor).
         ("refresh_successors", lambda db, n: store.sealed_successors(db, t - settings.refresh_grace_period, n)),
         ("refresh_tokens", lambda db, n: store.expired_refresh_tokens(db, t, t - REVOKED_TOKEN_MEMORY, n)),
         ("revoked_access_tokens", lambda db, n: store.expired_revoked_access_tokens(db, t, n)),

@@ -1,5 +1,5 @@
-"""Two real `ostiary serve` replicas on one PostgreSQL database and one Redis (issue 6, item 5:
-several replicas behave as one server). The tests drive them over plain HTTP with the helpers of
+"""Two real `ostiary serve` replicas on one PostgreSQL database and one Redis, which must behave
+as one server. The tests drive them over plain HTTP with the helpers of
 tests/support.py, each given `base=<replica URL>` (see AUTHORIZE, TOKEN and public_client below).
 
 Both replicas are configured exactly alike, with one issuer: `http://127.0.0.1:<port of A>`.

@@ -1,4 +1,4 @@
-"""Browser journeys through the admin console and the account page (issue 5, "Tests that must exist").
+"""Browser journeys through the admin console and the account page.
 
 Real processes: `ostiary serve` on 127.0.0.1 with OSTIARY_ADMIN_MFA=required and a throwaway
 database (SQLite, or PostgreSQL with OSTIARY_TEST_DATABASE_URL), set up with the real CLI; headless
@@ -327,9 +327,9 @@ def jwks_kids(stack: Stack) -> set[str]:
 
 
 def test_admin_signs_in_with_totp_revokes_a_users_consent_for_a_client_and_its_tokens_die(new_context, stack, admin):
-    """Issue 5: "admin signs in with TOTP, finds a user's consent for a client, revokes it, and that
+    """An admin signs in with TOTP, finds a user's consent for a client, revokes it, and that
     client's refresh token is then rejected at /token with invalid_grant and its access token is
-    inactive at /introspect"."""
+    inactive at /introspect (docs/decisions.md#revoking-a-consent-ends-every-family-under-it)."""
     user = new_context()
     doomed = connect(user, stack, app="Journey A desktop", username="alice", scope="mcp:read mcp:write", resource=stack.notes)
     kept = connect(user, stack, app="Journey A phone", username="alice", scope="mcp:read", resource=stack.notes)
@@ -380,7 +380,8 @@ def test_admin_signs_in_with_totp_revokes_a_users_consent_for_a_client_and_its_t
 
 
 def test_user_disconnects_an_app_on_the_account_page_and_its_tokens_die(new_context, stack):
-    """Issue 5: "a user disconnects an app from /account with the same effect"."""
+    """A user disconnects an app from /account with the same effect
+    (docs/decisions.md#revoking-a-consent-ends-every-family-under-it)."""
     page = new_context()
     tokens = connect(page, stack, app="Journey B assistant", username="bob", scope="mcp:read", resource=stack.notes)
     assert introspect(stack, tokens.access)["active"] is True
@@ -402,7 +403,8 @@ def test_user_disconnects_an_app_on_the_account_page_and_its_tokens_die(new_cont
 
 
 def test_admin_rotates_keys_now_and_jwks_publishes_a_new_next_key(new_context, stack, admin):
-    """Issue 5: "an admin rotates keys and the JWKS shows the new next key"."""
+    """An admin rotates keys and the JWKS shows the new next key
+    (docs/decisions.md#a-new-key-is-published-before-it-signs)."""
     published_before = jwks_kids(stack)
     page = new_context(admin.state)
     page.goto("/admin/keys")
@@ -442,8 +444,9 @@ def test_admin_rotates_keys_now_and_jwks_publishes_a_new_next_key(new_context, s
 def test_user_outside_a_scopes_group_is_offered_only_the_permitted_subset_and_the_token_carries_only_that(
     new_context, stack, admin
 ):
-    """Issue 5: "a user outside a scope's group is offered only the permitted subset and the token
-    carries only that"; the policy is set in the console (MCP servers, Users)."""
+    """A user outside a scope's group is offered only the permitted subset and the token carries
+    only that (docs/decisions.md#access-policy-by-groups-is-applied-at-every-refresh); the policy
+    is set in the console (MCP servers, Users)."""
     console = new_context(admin.state)
     # wiki:edit only for the group "contributors" ...
     console.goto("/admin/resources")
@@ -494,8 +497,8 @@ def test_user_outside_a_scopes_group_is_offered_only_the_permitted_subset_and_th
 
 
 def test_screenshots_of_every_console_page_at_desktop_and_phone_width(new_context, stack, admin):
-    """Issue 5: "Take a screenshot of each console page ... so a reviewer can look"; "Done when":
-    "works on a narrow window" (no page scrolls sideways at 390 px)."""
+    """A screenshot of each console page, so that a reviewer can look; and the console works on a
+    narrow window (no page scrolls sideways at 390 px)."""
     overflow: dict[str, int] = {}
 
     login = new_context()

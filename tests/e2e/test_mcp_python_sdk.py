@@ -1,4 +1,4 @@
-"""End to end with the official MCP Python SDK client (issue 3, item 11).
+"""End to end with the official MCP Python SDK client.
 
 Real processes: `ostiary serve` (set up with the real CLI) and the example MCP server in
 examples/mcp_server/. The SDK's OAuthClientProvider discovers Ostiary from the MCP server's 401

@@ -1,5 +1,5 @@
 """End to end with the official MCP Python SDK client identified by a Client ID Metadata Document
-(MCP 2025-11-25; issue 4, "Done when": both SDKs through dynamic registration and through CIMD).
+(MCP authorization (2025-11-25): each SDK identifies itself by dynamic registration or by CIMD).
 
 `OAuthClientProvider(..., client_metadata_url=...)`: Ostiary advertises
 client_id_metadata_document_supported, so the SDK uses the https URL as its client_id and never

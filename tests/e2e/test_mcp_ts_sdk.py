@@ -1,4 +1,4 @@
-"""End to end with the official MCP TypeScript SDK client (issue 4, item 6).
+"""End to end with the official MCP TypeScript SDK client.
 
 Real processes: `ostiary serve` (set up with the real CLI, trusting a local https server that
 serves Client ID Metadata Documents with a test CA), the example MCP server, and the node script

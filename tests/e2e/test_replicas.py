@@ -1,5 +1,5 @@
-"""Several replicas behave as one server (issue 6: item 5 "Several replicas", item 7 "Graceful
-shutdown", and the "Concurrency", "Faults" and "Rate limits" tests that must exist).
+"""Several replicas behave as one server, under concurrency, rate limits and faults, and shut
+down gracefully.
 
 Real processes: two `ostiary serve` replicas (A and B) on one throwaway PostgreSQL database and one
 Redis database (rate-limit counters), driven over plain HTTP the way an MCP client and a browser
@@ -342,7 +342,7 @@ async def test_200_parallel_redemptions_of_one_code_across_both_replicas_yield_o
         assert audit_count(pair, "token.issued", before) == 1
         family = row_of(pair, winner["refresh_token"]).family_id
         assert pair.scalar("SELECT count(*) FROM refresh_tokens WHERE family_id = :f", f=family) == 1
-        # The rules (RFC 6749 4.1.2, DESIGN "a replayed code revokes everything issued from it"):
+        # The rules (RFC 6749 4.1.2, docs/decisions.md#a-replayed-code-revokes-what-it-issued-but-not-the-consent):
         # the 199 replays revoke what the code produced, on both replicas.
         assert audit_count(pair, "code.replayed", before) >= 1
         for base in (a, b):

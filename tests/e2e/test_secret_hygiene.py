@@ -1,4 +1,4 @@
-"""No bearer secret in clear anywhere (issue 6, "Secret hygiene"; DESIGN "Secrets").
+"""No bearer secret in clear anywhere (docs/decisions.md#bearer-secrets-are-stored-as-keyed-hmacs).
 
 A real `ostiary serve` (its own log captured, at DEBUG) goes through everything that mints or
 receives a secret: passwords set by the CLI and by a one-time link, sign-in with TOTP and a
