@@ -20,7 +20,6 @@ import uvicorn
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.infra import schema
 from app.infra.db import make_engine, make_sessionmaker, transaction
 from app.models.key import ACTIVE
 from app.oauth.redirect_uris import InvalidRedirectUri, validate_registered
@@ -34,6 +33,7 @@ from app.settings import Settings, SettingsError, ensure_development_keyring, is
 from app.stores import clients as clients_store
 from app.stores import keys as keys_store
 from app.stores import resources as resources_store
+from app.stores import schema
 from app.stores import users as users_store
 
 EX_USAGE = 2

@@ -32,7 +32,7 @@ def create_app(settings: Settings, *, run_jobs: bool = True, fetch_transport: ht
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(jobs.loop(runtime)) if run_jobs else None
+        task = asyncio.create_task(jobs.loop(runtime.jobs())) if run_jobs else None
         try:
             yield
         finally:

@@ -30,6 +30,7 @@ from app.security.hosts import network_check
 from app.security.ratelimit import RateLimiter
 from app.security.secrets import Keyring
 from app.services import audit, keys
+from app.services.jobs import Jobs
 from app.services.keys import KeyCache
 from app.settings import Settings
 
@@ -47,6 +48,10 @@ class Runtime:
     server: OstiaryServer  # the authlib authorization server with our grants and endpoints
     metadata: MetadataCache  # the RFC 8414 document, serialised
     metrics_networks: Callable[[str], bool]  # who may read /metrics
+
+    def jobs(self) -> Jobs:
+        """What the periodic jobs need (app/services/jobs.py)."""
+        return Jobs(self.sessions, self.settings, self.keyring, self.keys)
 
     def invalidate_catalogue(self) -> None:
         """An MCP server or its scopes changed: this replica sees it at once (others within

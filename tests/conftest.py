@@ -15,10 +15,10 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import httpx
 import pytest
 
-from app.infra import schema
 from app.infra.db import Base, make_engine
 from app.main import create_app
 from app.settings import Settings
+from app.stores import schema
 from tests.support import KEEP_TABLES, PG_URL, chromium_or_skip, empty_database, execute, make_settings, postgres_database
 
 

@@ -20,10 +20,10 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from app.infra import schema
 from app.infra.db import make_engine
 from app.main import create_app
 from app.security.secrets import Keyring
+from app.stores import schema
 from tests.support import (
     ISSUER,
     OSTIARY,

@@ -222,16 +222,16 @@ async def test_scheduled_prune_runs_once_per_interval_across_calls(client, runti
     prune once; after the interval it runs again."""
     first = (await register(client))["client_id"]
     set_times(runtime, first, created_ago=25 * HOUR, used_ago=None)
-    jobs.run_once(runtime)
+    jobs.run_once(runtime.jobs())
     assert row(runtime, first) is None
 
     second = (await register(client))["client_id"]
     set_times(runtime, second, created_ago=25 * HOUR, used_ago=None)
-    jobs.run_once(runtime)
+    jobs.run_once(runtime.jobs())
     assert row(runtime, second) is not None  # claimed less than an hour ago: skipped
     assert len(audit_events(runtime, "client.pruned")) == 1
 
     sql(runtime, "UPDATE job_runs SET last_run_at = last_run_at - 3601 WHERE name = 'prune-clients'")
-    jobs.run_once(runtime)
+    jobs.run_once(runtime.jobs())
     assert row(runtime, second) is None
     assert len(audit_events(runtime, "client.pruned")) == 2

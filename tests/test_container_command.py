@@ -33,8 +33,8 @@ import pytest
 import yaml
 from sqlalchemy import create_engine, text
 
-from app.infra import schema
 from app.settings import canonical_issuer_problem
+from app.stores import schema
 from tests.support import ROOT, TEST_SECRET, free_port, postgres_database, psycopg_url
 
 DOCKERFILE = ROOT / "Dockerfile"

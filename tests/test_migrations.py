@@ -10,8 +10,8 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
 import app.models  # noqa: F401  (registers every table on Base.metadata)
-from app.infra import schema
 from app.infra.db import Base, make_engine
+from app.stores import schema
 
 # The core tables, by name (every table of the models, and no other, is checked below).
 CORE_TABLES = {

@@ -1,4 +1,4 @@
-"""Authorization codes and the token endpoint (RFC 6749 4.1, OAuth 2.1 4.1, RFC 9700 4.5):
+"""Authorization codes and the token endpoint (RFC 6749 4.1, OAuth 2.1 4.1, RFC 9700 §4.5 on code injection):
 single use with revocation of what a replayed code produced, expiry, binding to the client and
 the redirect URI, storage as hashes only, no-store token responses, RFC 9207 `iss` on every
 authorization redirect, and client authentication at /token."""
@@ -203,7 +203,7 @@ async def test_token_redirect_uri_must_be_identical(client, runtime, sent, statu
 
 
 async def test_codes_and_tokens_are_stored_only_as_hashes(client, runtime):
-    """docs/decisions.md#bearer-secrets-are-stored-as-keyed-hmacs / RFC 9700 4.5 / RFC 6819
+    """docs/decisions.md#bearer-secrets-are-stored-as-keyed-hmacs / RFC 6819
     5.1.4.1.3: no bearer secret in clear, anywhere in the database (codes, refresh tokens, client
     secrets, session ids)."""
     reg = await signed_in_flow(client, runtime, token_endpoint_auth_method="client_secret_post")

@@ -66,11 +66,12 @@ def consent_decision(
     if isinstance(resumed, Response):
         return resumed
     v, row = resumed
-    decision = form.get("decision")
+    choice = form.get("decision")
+    decision: flow.Decision = "allow" if choice == "allow" else "deny" if choice == "deny" else "show"
     problem = None if browser.csrf_ok(form) else "This form has expired. Please decide again."
-    if problem is None and decision not in ("allow", "deny"):
+    if problem is None and decision == "show":
         problem = "Choose Allow or Deny."
-    outcome = _decide(browser, db, v, row, "show" if problem else decision)  # type: ignore[arg-type]
+    outcome = _decide(browser, db, v, row, "show" if problem else decision)
     return _render(browser, db, runtime, v, outcome, handle=handle, problem=problem)
 
 
