@@ -64,7 +64,6 @@ def client_page(browser: AdminDep, db: DbDep, id: str = "", done: str = "") -> R
 @router.post("/admin/clients/delete")
 def delete(browser: AdminDep, db: DbDep, form: FormDep) -> Response:
     require_csrf(browser, form)
-    assert browser.user is not None  # AdminDep: an admin is signed in
     client = store.get(db, str(form.get("client_id") or "")[:2048])
     if client is None:
         return not_found(browser, "client")
@@ -83,6 +82,6 @@ def delete(browser: AdminDep, db: DbDep, form: FormDep) -> Response:
             fields={"client_id": client.id},
             back="/admin/clients/detail?id=" + quote(client.id, safe=""),
         )
-    delete_client(db, client, reason="admin", actor_id=browser.user.id)
+    delete_client(db, client, reason="admin", actor_id=browser.me.id)
     db.commit()
     return browser.redirect("/admin/clients?done=deleted")

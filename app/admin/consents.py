@@ -50,7 +50,6 @@ def consents_page(
 @router.post("/admin/consents/revoke")
 def revoke(browser: AdminDep, db: DbDep, form: FormDep) -> Response:
     require_csrf(browser, form)
-    assert browser.user is not None  # AdminDep: an admin is signed in
     raw = str(form.get("grant_id") or "")
     grant = consents_store.by_id(db, int(raw)) if raw.isdigit() else None
     back = safe_next(str(form.get("back") or ""), "/admin/consents")
@@ -73,7 +72,7 @@ def revoke(browser: AdminDep, db: DbDep, form: FormDep) -> Response:
             fields={"grant_id": str(grant.id), "back": back},
             back=back,
         )
-    consents.revoke(db, grant, actor_id=browser.user.id, via="admin")
+    consents.revoke(db, grant, actor_id=browser.me.id, via="admin")
     db.commit()
     return browser.redirect(_with_done(back, "1"))
 
@@ -82,7 +81,6 @@ def revoke(browser: AdminDep, db: DbDep, form: FormDep) -> Response:
 def revoke_all(browser: AdminDep, db: DbDep, form: FormDep) -> Response:
     """Bulk revocation: every consent of one user, or every consent given to one client."""
     require_csrf(browser, form)
-    assert browser.user is not None  # AdminDep: an admin is signed in
     user = users_store.get(db, str(form.get("user_id") or "")) if form.get("user_id") else None
     client = clients_store.get(db, str(form.get("client_id") or "")) if form.get("client_id") and user is None else None
     if user is not None:
@@ -104,7 +102,7 @@ def revoke_all(browser: AdminDep, db: DbDep, form: FormDep) -> Response:
             fields=fields,
             back=back,
         )
-    count = consents.revoke_many(db, ids, actor_id=browser.user.id, via="admin")
+    count = consents.revoke_many(db, ids, actor_id=browser.me.id, via="admin")
     db.commit()
     return browser.redirect(_with_done(back, str(count)))
 

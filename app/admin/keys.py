@@ -44,7 +44,6 @@ def keys_page(browser: AdminDep, db: DbDep, done: str = "") -> Response:
 @router.post("/admin/keys/rotate")
 def rotate(browser: AdminDep, db: DbDep, runtime: RuntimeDep, form: FormDep) -> Response:
     require_csrf(browser, form)
-    assert browser.user is not None  # AdminDep: an admin is signed in
     question: dict[str, Any] = {  # confirm()'s keyword arguments
         "title": "Rotate the signing keys now?",
         "message": "The next key becomes the active key and signs every new token; the active key is retired and stays "
@@ -56,7 +55,7 @@ def rotate(browser: AdminDep, db: DbDep, runtime: RuntimeDep, form: FormDep) -> 
     if not confirmed(form):
         return confirm(browser, **question)
     try:
-        active = keys.rotate(db, runtime.settings, runtime.keyring, force=form.get("force") == "on", actor_id=browser.user.id)
+        active = keys.rotate(db, runtime.settings, runtime.keyring, force=form.get("force") == "on", actor_id=browser.me.id)
     except keys.RotationRefused as exc:
         db.rollback()
         return confirm(

@@ -77,16 +77,15 @@ def update(resource_id: int, browser: AdminDep, db: DbDep, runtime: RuntimeDep, 
 
 def _save(browser: Browser, db: Session, runtime: Runtime, resource: Resource | None, form: FormData) -> Response:
     require_csrf(browser, form)
-    assert browser.user is not None  # AdminDep: an admin is signed in
     submitted = resource_form.from_form(form)
     try:
         if resource is not None and len(resource.scopes) > resource_form.MAX_ROWS:
             raise Refused(f"This MCP server has more than {resource_form.MAX_ROWS} scopes; edit it with the ostiary command.")
         spec = resource_form.to_spec(submitted)
         if resource is None:
-            saved = resource_service.create(db, spec, actor_id=browser.user.id, via="admin")
+            saved = resource_service.create(db, spec, actor_id=browser.me.id, via="admin")
         else:
-            saved = resource_service.update(db, resource, spec, actor_id=browser.user.id)
+            saved = resource_service.update(db, resource, spec, actor_id=browser.me.id)
     except Refused as exc:
         db.rollback()
         return _form_page(browser, resource, submitted.with_empty_rows(), 400, error=str(exc))

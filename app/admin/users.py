@@ -4,6 +4,7 @@ password link, grants)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from fastapi import APIRouter, Response
 from sqlalchemy.orm import Session
@@ -42,7 +43,6 @@ def users_page(browser: AdminDep, db: DbDep, q: str = "", page: str | None = Non
 @router.post("/admin/users")
 def create(browser: AdminDep, db: DbDep, runtime: RuntimeDep, form: FormDep) -> Response:
     require_csrf(browser, form)
-    assert browser.user is not None  # AdminDep: an admin is signed in
     values = {k: str(form.get(k) or "") for k in ("username", "password", "password_mode", "groups")}
     is_admin = form.get("is_admin") == "on"
     by_link = values["password_mode"] == "link"
@@ -53,11 +53,11 @@ def create(browser: AdminDep, db: DbDep, runtime: RuntimeDep, form: FormDep) -> 
             password=None if by_link else values["password"],
             is_admin=is_admin,
             groups=user_service.parse_groups(values["groups"]),
-            actor_id=browser.user.id,
+            actor_id=browser.me.id,
             via="admin",
         )
         link = (
-            user_service.new_password_link(db, runtime.keyring, runtime.settings.issuer, user, actor_id=browser.user.id)
+            user_service.new_password_link(db, runtime.keyring, runtime.settings.issuer, user, actor_id=browser.me.id)
             if by_link
             else None
         )
@@ -83,7 +83,6 @@ def create(browser: AdminDep, db: DbDep, runtime: RuntimeDep, form: FormDep) -> 
 def _user_page(
     browser: Browser, db: Session, user: User, status: int = 200, error: str | None = None, done: str = ""
 ) -> Response:
-    assert browser.user is not None  # AdminDep: an admin is signed in
     return browser.render(
         "admin/user.html",
         status,
@@ -91,7 +90,7 @@ def _user_page(
         subject=user,
         rows=consents_store.search(db, user_id=user.id, limit=500),
         recovery_left=mfa.recovery_codes_left(db, user) if user.mfa_enabled else 0,
-        is_self=user.id == browser.user.id,
+        is_self=user.id == browser.me.id,
         error=error,
         done=done,
     )
@@ -105,115 +104,104 @@ def user_page(user_id: str, browser: AdminDep, db: DbDep, done: str = "") -> Res
     return _user_page(browser, db, user, done=done_notice(done, *USER_NOTICES))
 
 
-def _subject(browser: Browser, db: Session, user_id: str, form: FormData) -> User | None:
+def _act(
+    browser: Browser,
+    db: Session,
+    user_id: str,
+    form: FormData,
+    change: Callable[[User, str], object],
+    done: str,
+    ask: Callable[[User], dict[str, Any]] | None = None,
+) -> Response:
+    """One change to one user: CSRF, the user, the confirmation step if `ask` says what to ask,
+    then the service call (a refusal is shown on the user's page)."""
     require_csrf(browser, form)
-    return store.get(db, user_id[:36])
-
-
-@router.post("/admin/users/{user_id}/disable")
-def disable(user_id: str, browser: AdminDep, db: DbDep, form: FormDep) -> Response:
-    user = _subject(browser, db, user_id, form)
+    user = store.get(db, user_id[:36])
     if user is None:
         return not_found(browser, "user")
-    assert browser.user is not None  # AdminDep: an admin is signed in
-    actor_id = browser.user.id
-    if not confirmed(form):
-        return confirm(
-            browser,
-            title=f"Disable {user.username}?",
-            message="They are signed out everywhere, cannot sign in, their refresh tokens stop working and their "
-            "access tokens are reported inactive. You can enable the account again later.",
-            action=f"/admin/users/{user.id}/disable",
-            fields={},
-            back=f"/admin/users/{user.id}",
-        )
-    return _apply(browser, db, user, lambda: user_service.set_disabled(db, user, True, actor_id=actor_id), "disabled")
-
-
-@router.post("/admin/users/{user_id}/enable")
-def enable(user_id: str, browser: AdminDep, db: DbDep, form: FormDep) -> Response:
-    user = _subject(browser, db, user_id, form)
-    if user is None:
-        return not_found(browser, "user")
-    assert browser.user is not None  # AdminDep: an admin is signed in
-    actor_id = browser.user.id
-    return _apply(browser, db, user, lambda: user_service.set_disabled(db, user, False, actor_id=actor_id), "enabled")
-
-
-@router.post("/admin/users/{user_id}/admin")
-def admin_flag(user_id: str, browser: AdminDep, db: DbDep, form: FormDep) -> Response:
-    user = _subject(browser, db, user_id, form)
-    if user is None:
-        return not_found(browser, "user")
-    assert browser.user is not None  # AdminDep: an admin is signed in
-    actor_id = browser.user.id
-    make_admin = form.get("is_admin") == "yes"
-    if not make_admin and not confirmed(form):
-        return confirm(
-            browser,
-            title=f"Remove the admin flag of {user.username}?",
-            message="They can no longer use the admin console." + (" That includes you." if user.id == browser.user.id else ""),
-            action=f"/admin/users/{user.id}/admin",
-            fields={"is_admin": "no"},
-            back=f"/admin/users/{user.id}",
-        )
-    response = _apply(browser, db, user, lambda: user_service.set_admin(db, user, make_admin, actor_id=actor_id), "admin")
-    if not make_admin and user.id == browser.user.id and response.status_code == 303:
-        return browser.redirect("/account")
-    return response
-
-
-@router.post("/admin/users/{user_id}/groups")
-def groups(user_id: str, browser: AdminDep, db: DbDep, form: FormDep) -> Response:
-    user = _subject(browser, db, user_id, form)
-    if user is None:
-        return not_found(browser, "user")
-    assert browser.user is not None  # AdminDep: an admin is signed in
-    actor_id = browser.user.id
-
-    def change() -> None:
-        user_service.set_groups(db, user, user_service.parse_groups(str(form.get("groups") or "")), actor_id=actor_id)
-
-    return _apply(browser, db, user, change, "groups")
-
-
-@router.post("/admin/users/{user_id}/reset-mfa")
-def reset_mfa(user_id: str, browser: AdminDep, db: DbDep, form: FormDep) -> Response:
-    user = _subject(browser, db, user_id, form)
-    if user is None:
-        return not_found(browser, "user")
-    assert browser.user is not None  # AdminDep: an admin is signed in
-    actor_id = browser.user.id
-    if not confirmed(form):
-        return confirm(
-            browser,
-            title=f"Reset two-step verification of {user.username}?",
-            message="Their authenticator app and recovery codes stop working; they sign in with their password only "
-            "until they set up two-step verification again.",
-            action=f"/admin/users/{user.id}/reset-mfa",
-            fields={},
-            back=f"/admin/users/{user.id}",
-        )
-    return _apply(browser, db, user, lambda: mfa.reset(db, user, actor_id=actor_id), "mfa_reset")
-
-
-@router.post("/admin/users/{user_id}/password-link")
-def password_link(user_id: str, browser: AdminDep, db: DbDep, runtime: RuntimeDep, form: FormDep) -> Response:
-    user = _subject(browser, db, user_id, form)
-    if user is None:
-        return not_found(browser, "user")
-    assert browser.user is not None  # AdminDep: an admin is signed in
-    link = user_service.new_password_link(db, runtime.keyring, runtime.settings.issuer, user, actor_id=browser.user.id)
-    db.commit()
-    return browser.render("admin/password_link.html", section="users", subject=user, link=link, created=False)
-
-
-def _apply(browser: Browser, db: Session, user: User, change: Callable[[], object], done: str) -> Response:
+    if ask is not None and not confirmed(form):
+        return confirm(browser, **ask(user), back=f"/admin/users/{user.id}")
+    actor_id = browser.me.id
     try:
-        change()
+        change(user, actor_id)
     except Refused as exc:
         db.rollback()
         db.refresh(user)
         return _user_page(browser, db, user, 409, error=str(exc))
     db.commit()
     return browser.redirect(f"/admin/users/{user.id}?done={done}")
+
+
+@router.post("/admin/users/{user_id}/disable")
+def disable(user_id: str, browser: AdminDep, db: DbDep, form: FormDep) -> Response:
+    def ask(user: User) -> dict[str, Any]:
+        return {
+            "title": f"Disable {user.username}?",
+            "message": "They are signed out everywhere, cannot sign in, their refresh tokens stop working and their "
+            "access tokens are reported inactive. You can enable the account again later.",
+            "action": f"/admin/users/{user.id}/disable",
+            "fields": {},
+        }
+
+    return _act(
+        browser, db, user_id, form, lambda u, actor: user_service.set_disabled(db, u, True, actor_id=actor), "disabled", ask
+    )
+
+
+@router.post("/admin/users/{user_id}/enable")
+def enable(user_id: str, browser: AdminDep, db: DbDep, form: FormDep) -> Response:
+    return _act(browser, db, user_id, form, lambda u, actor: user_service.set_disabled(db, u, False, actor_id=actor), "enabled")
+
+
+@router.post("/admin/users/{user_id}/admin")
+def admin_flag(user_id: str, browser: AdminDep, db: DbDep, form: FormDep) -> Response:
+    make_admin = form.get("is_admin") == "yes"
+
+    def ask(user: User) -> dict[str, Any]:
+        return {
+            "title": f"Remove the admin flag of {user.username}?",
+            "message": "They can no longer use the admin console." + (" That includes you." if user.id == browser.me.id else ""),
+            "action": f"/admin/users/{user.id}/admin",
+            "fields": {"is_admin": "no"},
+        }
+
+    def change(user: User, actor_id: str) -> None:
+        user_service.set_admin(db, user, make_admin, actor_id=actor_id)
+
+    response = _act(browser, db, user_id, form, change, "admin", None if make_admin else ask)
+    if not make_admin and user_id == browser.me.id and response.status_code == 303:
+        return browser.redirect("/account")  # they just left the console
+    return response
+
+
+@router.post("/admin/users/{user_id}/groups")
+def groups(user_id: str, browser: AdminDep, db: DbDep, form: FormDep) -> Response:
+    def change(user: User, actor_id: str) -> None:
+        user_service.set_groups(db, user, user_service.parse_groups(str(form.get("groups") or "")), actor_id=actor_id)
+
+    return _act(browser, db, user_id, form, change, "groups")
+
+
+@router.post("/admin/users/{user_id}/reset-mfa")
+def reset_mfa(user_id: str, browser: AdminDep, db: DbDep, form: FormDep) -> Response:
+    def ask(user: User) -> dict[str, Any]:
+        return {
+            "title": f"Reset two-step verification of {user.username}?",
+            "message": "Their authenticator app and recovery codes stop working; they sign in with their password only "
+            "until they set up two-step verification again.",
+            "action": f"/admin/users/{user.id}/reset-mfa",
+            "fields": {},
+        }
+
+    return _act(browser, db, user_id, form, lambda u, actor: mfa.reset(db, u, actor_id=actor), "mfa_reset", ask)
+
+
+@router.post("/admin/users/{user_id}/password-link")
+def password_link(user_id: str, browser: AdminDep, db: DbDep, runtime: RuntimeDep, form: FormDep) -> Response:
+    require_csrf(browser, form)
+    user = store.get(db, user_id[:36])
+    if user is None:
+        return not_found(browser, "user")
+    link = user_service.new_password_link(db, runtime.keyring, runtime.settings.issuer, user, actor_id=browser.me.id)
+    db.commit()
+    return browser.render("admin/password_link.html", section="users", subject=user, link=link, created=False)

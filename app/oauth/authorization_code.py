@@ -202,19 +202,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             jti=jti,
         )
         if client.check_grant_type("refresh_token"):
-            raw, row = tokens.new_refresh_token(
-                self.server,
-                client_id=client.client_id,
-                user_id=user.id,
-                grant_id=code.grant_id,
-                resource_id=resource.id,
-                scope=code.scope,
-                auth_time=code.auth_time,
-                family_id=code.family_id,
-                parent_id=None,
-                access_jti=jti,
-                access_expires_at=exp,
-            )
+            raw, row = tokens.new_refresh_token(self.server, code, access_jti=jti, access_expires_at=exp)
             tokens_store.add_refresh(db, row)
             body["refresh_token"] = raw
         tokens.touch_usage(db, client.row, code.grant_id)

@@ -99,19 +99,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
             body, jti, exp = tokens.mint(
                 self.server, client_id=client.client_id, user=user, resource=resource, scope=scope, auth_time=row.auth_time
             )
-            raw, successor = tokens.new_refresh_token(
-                self.server,
-                client_id=client.client_id,
-                user_id=user.id,
-                grant_id=row.grant_id,
-                resource_id=row.resource_id,
-                scope=row.scope,  # RFC 6749 §6: a new refresh token keeps the original scope
-                auth_time=row.auth_time,
-                family_id=row.family_id,
-                parent_id=row.id,
-                access_jti=jti,
-                access_expires_at=exp,
-            )
+            raw, successor = tokens.new_refresh_token(self.server, row, access_jti=jti, access_expires_at=exp)
             body["refresh_token"] = raw
             if store.claim_refresh(db, row.id, t, tokens.seal_response(self.server.keyring, body, exp, row.id)):
                 store.add_refresh(db, successor)

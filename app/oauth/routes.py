@@ -114,22 +114,23 @@ def token(request: Request, runtime: RuntimeDep, db: DbDep, form: FormDep) -> Re
 
 @router.post(endpoints.REVOKE.path, name="revoke")
 def revoke(request: Request, runtime: RuntimeDep, db: DbDep, form: FormDep) -> Response:
-    req = _protocol_request(runtime, request, form)
-    if isinstance(req, Response):
-        return req
-    with using(db):
-        response: Response = runtime.server.create_endpoint_response("revocation", req)
-    db.commit()
-    return response
+    return _form_endpoint("revocation", request, runtime, db, form)  # RFC 7009
 
 
 @router.post(endpoints.INTROSPECT.path, name="introspect")
 def introspect(request: Request, runtime: RuntimeDep, db: DbDep, form: FormDep) -> Response:
+    return _form_endpoint("introspection", request, runtime, db, form)  # RFC 7662
+
+
+def _form_endpoint(name: str, request: Request, runtime: RuntimeDep, db: DbDep, form: FormDep) -> Response:
+    """An authlib endpoint called with a form. Its answers are never cached (RFC 7009 §2.2 and
+    RFC 7662 §2.2 responses concern bearer secrets)."""
     req = _protocol_request(runtime, request, form)
     if isinstance(req, Response):
         return req
     with using(db):
-        response: Response = runtime.server.create_endpoint_response("introspection", req)
+        response: Response = runtime.server.create_endpoint_response(name, req)
+    db.commit()
     response.headers.update(NO_STORE)
     return response
 

@@ -11,7 +11,7 @@ from authlib.oauth2.rfc6749 import InvalidGrantError
 from sqlalchemy.orm import Session
 
 from app.infra.db import now
-from app.models import Client, User
+from app.models import AuthorizationCode, Client, RefreshToken, User
 from app.oauth.catalogue import Catalogue, ResourceInfo
 from app.oauth.errors import InvalidTargetError
 from app.oauth.resource_indicators import InvalidResource, canonical_resource
@@ -114,37 +114,28 @@ def mint(
 
 
 def new_refresh_token(
-    server: OstiaryServer,
-    *,
-    client_id: str,
-    user_id: str,
-    grant_id: int | None,
-    resource_id: int,
-    scope: str,
-    auth_time: int,
-    family_id: str,
-    parent_id: int | None,
-    access_jti: str,
-    access_expires_at: int,
+    server: OstiaryServer, source: AuthorizationCode | RefreshToken, *, access_jti: str, access_expires_at: int
 ) -> tuple[str, dict[str, Any]]:
-    """A new refresh token: the raw value (returned once) and the row to insert (its HMAC)."""
+    """A new refresh token issued from a code or rotated from a refresh token: the raw value
+    (returned once) and the row to insert (its HMAC). It keeps the client, user, consent,
+    resource, granted scope (RFC 6749 §6), auth_time and family of what it came from."""
     raw = new_token(REFRESH_PREFIX)
     t = now()
-    row = dict(
-        token_hash=server.keyring.hash(raw),
-        family_id=family_id,
-        parent_id=parent_id,
-        client_id=client_id,
-        user_id=user_id,
-        grant_id=grant_id,
-        resource_id=resource_id,
-        scope=scope,
-        auth_time=auth_time,
-        created_at=t,
-        expires_at=t + server.settings.refresh_token_ttl,
-        access_jti=access_jti,
-        access_expires_at=access_expires_at,
-    )
+    row = {
+        "token_hash": server.keyring.hash(raw),
+        "family_id": source.family_id,
+        "parent_id": source.id if isinstance(source, RefreshToken) else None,
+        "client_id": source.client_id,
+        "user_id": source.user_id,
+        "grant_id": source.grant_id,
+        "resource_id": source.resource_id,
+        "scope": source.scope,
+        "auth_time": source.auth_time,
+        "created_at": t,
+        "expires_at": t + server.settings.refresh_token_ttl,
+        "access_jti": access_jti,
+        "access_expires_at": access_expires_at,
+    }
     return raw, row
 
 

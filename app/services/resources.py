@@ -63,49 +63,34 @@ def check(uri: str, name: str, token_ttl: int | None, scopes: list[ScopeSpec]) -
     return ResourceSpec(canonical, name, token_ttl, scopes)
 
 
-def _not_taken(db: Session, uri: str, resource: Resource | None) -> None:
-    clash = store.by_uri(db, uri)
+def create(db: Session, spec: ResourceSpec, *, actor_id: str | None = None, via: str) -> Resource:
+    return _save(db, None, spec, actor_id=actor_id, via=via)
+
+
+def update(db: Session, resource: Resource, spec: ResourceSpec, *, actor_id: str, via: str = "admin") -> Resource:
+    return _save(db, resource, spec, actor_id=actor_id, via=via)
+
+
+def _save(db: Session, resource: Resource | None, spec: ResourceSpec, *, actor_id: str | None, via: str) -> Resource:
+    """Create (`resource` None) or update an MCP server and its scopes; its URI stays unique."""
+    clash = store.by_uri(db, spec.uri)
     if clash is not None and (resource is None or clash.id != resource.id):
-        raise Refused(f"Another MCP server already has the URI {uri}.")
-
-
-def _save(db: Session, resource: Resource, spec: ResourceSpec) -> Resource:
+        raise Refused(f"Another MCP server already has the URI {spec.uri}.")
+    previous_uri = resource.uri if resource is not None else None
     scopes = [
         {"name": s.name, "description": s.description.strip(), "is_default": s.is_default, "allowed_groups": s.allowed_groups}
         for s in spec.scopes
     ]
-    return store.save(db, resource, uri=spec.uri, name=spec.name, token_ttl=spec.token_ttl, scopes=scopes)
-
-
-def create(db: Session, spec: ResourceSpec, *, actor_id: str | None = None, via: str) -> Resource:
-    _not_taken(db, spec.uri, None)
-    saved = _save(db, Resource(), spec)
+    saved = store.save(db, resource or Resource(), uri=spec.uri, name=spec.name, token_ttl=spec.token_ttl, scopes=scopes)
     audit.record(
         db,
-        "resource.created",
+        "resource.created" if resource is None else "resource.updated",
         actor_id=actor_id,
         resource=saved.uri,
         via=via,
         name=saved.name,
         scopes=[s.name for s in spec.scopes],
         token_ttl=saved.token_ttl,
-    )
-    return saved
-
-
-def update(db: Session, resource: Resource, spec: ResourceSpec, *, actor_id: str, via: str = "admin") -> Resource:
-    _not_taken(db, spec.uri, resource)
-    previous_uri = resource.uri
-    saved = _save(db, resource, spec)
-    audit.record(
-        db,
-        "resource.updated",
-        actor_id=actor_id,
-        resource=saved.uri,
-        via=via,
-        name=saved.name,
-        scopes=[s.name for s in spec.scopes],
-        token_ttl=saved.token_ttl,
-        **({"previous_uri": previous_uri} if previous_uri != saved.uri else {}),
+        **({"previous_uri": previous_uri} if previous_uri not in (None, saved.uri) else {}),
     )
     return saved

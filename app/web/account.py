@@ -50,12 +50,11 @@ def disconnect(browser: BrowserDep, db: DbDep, form: FormDep) -> Response:
     """Revoke the user's consent for one app: the same revocation as the admin's."""
     if not browser.signed_in:
         return browser.login_redirect("/account")
-    assert browser.user is not None  # signed in
     if not browser.csrf_ok(form):
         return browser.render("error.html", 400, title="Form expired", message=EXPIRED_FORM)
     raw = str(form.get("grant_id") or "")
     grant = consents_store.by_id(db, int(raw)) if raw.isdigit() else None
-    if grant is None or grant.user_id != browser.user.id:
+    if grant is None or grant.user_id != browser.me.id:
         return browser.render("error.html", 404, title="Not found", message="This app is not connected to your account.")
     if form.get("confirm") != "yes":
         client, resource = clients_store.get(db, grant.client_id), resources_store.get(db, grant.resource_id)
@@ -69,7 +68,7 @@ def disconnect(browser: BrowserDep, db: DbDep, form: FormDep) -> Response:
             fields={"grant_id": str(grant.id)},
             back="/account",
         )
-    consents.revoke(db, grant, actor_id=browser.user.id, via="account")
+    consents.revoke(db, grant, actor_id=browser.me.id, via="account")
     db.commit()
     return browser.redirect("/account?done=disconnected")
 

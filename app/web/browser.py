@@ -50,6 +50,14 @@ class Browser:
         return self.session.id_hash if self.session else None
 
     @property
+    def me(self) -> User:
+        """The signed-in user, on a page that has already required sign-in (AdminDep, or a
+        `signed_in` check): a programming error otherwise."""
+        if self.user is None:
+            raise RuntimeError("no signed-in user on a page that requires one")
+        return self.user
+
+    @property
     def signed_in(self) -> bool:
         return self.user is not None and self.session is not None and self.session.status == "active"
 
