@@ -209,6 +209,23 @@ def cmd_users_disable(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_users_unlock(args: argparse.Namespace) -> int:
+    """Lift a lock after wrong second-factor codes
+    (docs/decisions.md#wrong-totp-codes-lock-the-account-after-twenty-in-a-row)."""
+    settings = load_settings()
+    if _nothing_there(settings):
+        raise UsageError(f"no user named {args.username!r}")
+    _, factory = _open(settings)
+    with factory() as db:
+        user = users_store.by_username(db, args.username)
+        if user is None:
+            raise UsageError(f"no user named {args.username!r}")
+        unlocked = user_service.unlock(db, user, via="cli")
+        db.commit()
+    print(f"user {user.username}: " + ("unlocked" if unlocked else "was not locked"))
+    return 0
+
+
 def _scope_arg(value: str, defaults: list[str]) -> resource_service.ScopeSpec:
     name, sep, description = value.partition("=")
     name = name.strip()
@@ -307,6 +324,18 @@ def cmd_clients_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_clients_trust(args: argparse.Namespace) -> int:
+    _, factory = _open(load_settings())
+    with factory() as db:
+        client = clients_store.get(db, args.client_id)
+        if client is None:
+            raise UsageError(f"no client {args.client_id!r}")
+        client_service.set_trusted(db, client, args.action == "trust", via="cli")
+        db.commit()
+    print(f"{args.client_id}: {'trusted' if args.action == 'trust' else 'not trusted'}")
+    return 0
+
+
 def cmd_clients_initial_token(args: argparse.Namespace) -> int:
     if args.expires_in < 60 or args.expires_in > 365 * 24 * 3600:
         raise UsageError("--expires-in must be between 60 seconds and one year")
@@ -399,6 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("username", metavar="USERNAME")
     p.set_defaults(func=cmd_users_disable)
 
+    p = users.add_parser("unlock", help="lift the lock after too many wrong two-step verification codes")
+    p.add_argument("username", metavar="USERNAME")
+    p.set_defaults(func=cmd_users_unlock)
+
     resources = sub.add_parser("resources", help="manage MCP servers (resources)").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )
@@ -419,6 +452,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_clients_add)
     clients.add_parser("list", help="list clients").set_defaults(func=cmd_clients_list)
     clients.add_parser("prune", help="delete unused dynamically registered clients now").set_defaults(func=cmd_clients_prune)
+    for action, text in (("trust", "let a self-registered client's errors redirect before sign-in"), ("untrust", "undo trust")):
+        p = clients.add_parser(action, help=text)
+        p.add_argument("client_id")
+        p.set_defaults(func=cmd_clients_trust)
     p = clients.add_parser("initial-token", help="create an initial access token for registration (RFC 7591)")
     p.add_argument("--expires-in", type=int, default=7 * 24 * 3600, metavar="SECONDS")
     p.add_argument("--uses", type=int, default=1, help="how many registrations it allows")

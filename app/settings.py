@@ -112,6 +112,19 @@ def _networks(value: list[str]) -> list[str]:
     return value
 
 
+def _proxies(value: list[str]) -> list[str]:
+    """Forwarded addresses are walked from the right, skipping trusted proxies; trusting every
+    address would reach the leftmost entry, which the caller writes
+    (docs/decisions.md#forwarded-headers-are-believed-only-from-trusted-proxies)."""
+    for item in value:
+        if item == "*" or ipaddress.ip_network(item, strict=False).prefixlen == 0:
+            raise ValueError(
+                f"{item!r} would trust every address, so any caller could choose its own address: "
+                "list the addresses or networks of your reverse proxies"
+            )
+    return value
+
+
 def _log_level(value: str) -> str:
     if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
@@ -122,6 +135,7 @@ Rate = Annotated[str, AfterValidator(_rate)]  # "60/minute", "5/minute;20/hour" 
 Seconds = PositiveInt
 CommaList = Annotated[list[str], NoDecode]  # "a, b,c" in the environment
 Networks = Annotated[list[str], NoDecode, AfterValidator(_networks)]
+Proxies = Annotated[list[str], NoDecode, AfterValidator(_networks), AfterValidator(_proxies)]
 
 # Settings that may come from a file instead (OSTIARY_<NAME>_FILE).
 FILE_VARIANTS = ("database_url", "secret_keys", "redis_url")
@@ -160,8 +174,8 @@ class Settings(BaseSettings):
     # Production hardening (see README "Running in production").
     redis_url: SecretStr | None = None  # rate-limit counters shared by replicas
     redis_url_file: Path | None = None
-    # Addresses of reverse proxies whose X-Forwarded-For/-Proto are believed ("*" for any).
-    trusted_proxies: Networks = Field(default_factory=list)
+    # Addresses of reverse proxies whose X-Forwarded-For/-Proto/-Host are believed.
+    trusted_proxies: Proxies = Field(default_factory=list)
     # Host names besides the issuer's that requests may carry (DNS-rebinding defence).
     extra_hosts: CommaList = Field(default_factory=list)
     max_body: PositiveInt = 1024 * 1024

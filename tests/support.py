@@ -38,6 +38,7 @@ from sqlalchemy.pool import NullPool
 from app.models import Resource, ResourceScope, User
 from app.security.passwords import hash_password
 from app.settings import Settings
+from app.stores import clients as clients_store
 from app.stores import resources as resources_store
 from app.stores import users as users_store
 
@@ -303,12 +304,16 @@ def create_resource(
     return resource
 
 
-def admin_client(runtime, *, confidential: bool = True, name: str = "Resource server") -> tuple[str, str | None]:
+def admin_client(
+    runtime, *, confidential: bool = True, name: str = "Resource server", redirect_uris: list[str] | None = None
+) -> tuple[str, str | None]:
     """An operator-created client (e.g. a resource server's introspection credentials)."""
     from app.services.clients import create_admin_client
 
     with runtime.sessions() as db:
-        row, secret = create_admin_client(db, runtime.keyring, name=name, redirect_uris=[REDIRECT], confidential=confidential)
+        row, secret = create_admin_client(
+            db, runtime.keyring, name=name, redirect_uris=redirect_uris or [REDIRECT], confidential=confidential
+        )
         db.commit()
         return row.id, secret
 
@@ -520,11 +525,27 @@ async def introspect(client: httpx.AsyncClient, token: str, auth: tuple[str, str
 # -- protocol-test flows (tests/test_rfc*.py, test_scopes, test_consent, test_redirect_uris) --
 
 
-async def registered_flow(client: httpx.AsyncClient, runtime, **metadata) -> dict:
+async def registered_flow(client: httpx.AsyncClient, runtime, *, trusted: bool = True, **metadata) -> dict:
     """The default resource and a registered client, nobody signed in (no password hashing:
-    enough for requests that are refused before sign-in)."""
+    enough for requests that are refused before sign-in). The client is marked trusted by
+    default, so that its errors redirect before sign-in as RFC 6749 §4.1.2.1 describes; the
+    open-redirect tests register untrusted ones."""
     create_resource(runtime)
-    return await register(client, **metadata)
+    reg = await register(client, **metadata)
+    if trusted:
+        trust_client(runtime, reg["client_id"])
+    return reg
+
+
+def trust_client(runtime, client_id: str) -> None:
+    """What an admin's "mark trusted" does."""
+    from app.services.clients import set_trusted
+
+    with runtime.sessions() as db:
+        row = clients_store.get(db, client_id)
+        assert row is not None
+        set_trusted(db, row, True)
+        db.commit()
 
 
 async def signed_in_flow(client: httpx.AsyncClient, runtime, **metadata) -> dict:

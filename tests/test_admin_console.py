@@ -156,6 +156,7 @@ ACTIONS = [
     ("/admin/users/{alice}/reset-mfa", {}),
     ("/admin/users/{alice}/password-link", {}),
     ("/admin/clients/delete", {"client_id": "{client_id}"}),
+    ("/admin/clients/trust", {"client_id": "{client_id}", "trusted": "1"}),
     ("/admin/resources/new", SCOPES_FORM),
     ("/admin/resources/{resource}", SCOPES_FORM),
     ("/admin/keys/rotate", {"force": "on"}),
@@ -557,6 +558,25 @@ async def test_client_detail_shows_metadata_and_grants(world):
     assert "Test MCP Client" in page.text and "&#34;client_name&#34;: &#34;Test MCP Client&#34;" in page.text
     assert f'data-grant-id="{world.grant.id}"' in page.text and "alice" in page.text
     assert (await world.admin.get("/admin/clients/detail", params={"id": "nope"})).status_code == 404
+
+
+async def test_marking_a_client_trusted_lets_its_errors_redirect_before_sign_in(world, runtime):
+    """docs/decisions.md#errors-of-self-registered-clients-stay-on-ostiary-until-sign-in: the
+    admin vouches for a registered client; its /authorize errors then redirect (RFC 6749 §4.1.2.1)."""
+    _, challenge = pkce()
+    params = authorize_params(world.client_id, challenge, prompt="none")
+    assert (await world.anonymous.get("/authorize", params=params)).status_code == 400
+    page = await world.admin.get("/admin/clients/detail", params={"id": world.client_id})
+    assert "Mark trusted" in page.text
+    done = await submit(world.admin, "/admin/clients/trust", {"client_id": world.client_id, "trusted": "1"}, csrf_page="/admin")
+    assert done.status_code == 303 and done.headers["location"].endswith("&done=trusted")
+    assert "Stop trusting" in (await world.admin.get(done.headers["location"])).text
+    response = await world.anonymous.get("/authorize", params=params)
+    assert response.status_code == 302 and query(response.headers["location"])["error"] == "login_required"
+    event = audit_events(runtime, "client.trusted")[-1]
+    assert (event.actor_id, event.client_id) == (world.root.id, world.client_id)
+    await submit(world.admin, "/admin/clients/trust", {"client_id": world.client_id, "trusted": "0"}, csrf_page="/admin")
+    assert (await world.anonymous.get("/authorize", params=params)).status_code == 400
 
 
 async def test_deleting_a_client_revokes_everything_issued_to_it(world, runtime):

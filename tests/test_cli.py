@@ -34,6 +34,7 @@ from tests.support import (
     database_rows,
     database_text,
     empty_database,
+    execute,
     free_port,
     login,
     make_settings,
@@ -241,6 +242,33 @@ def test_clients_add_public(ostiary):
     assert re.search(
         rf"^{re.escape(client_id)}\s+Desktop app\s+admin\s+public\s+127\.0\.0\.1:33418", ostiary.ok("clients", "list"), re.M
     )
+
+
+def test_users_unlock_lifts_a_second_factor_lock(ostiary):
+    """docs/decisions.md#wrong-totp-codes-lock-the-account-after-twenty-in-a-row: an admin at the
+    command line lifts the lock."""
+    ostiary.ok("users", "create", "carol", "--password-stdin", stdin=PASSWORD + "\n")
+    assert "was not locked" in ostiary.ok("users", "unlock", "carol")
+    execute(ostiary.url, "UPDATE users SET locked_at = 1, mfa_failures = 20 WHERE username = 'carol'")
+    assert "user carol: unlocked" in ostiary.ok("users", "unlock", "carol")
+    assert ostiary.rows("SELECT locked_at, mfa_failures FROM users WHERE username = 'carol'") == [(None, 0)]
+    assert ostiary("users", "unlock", "nobody").returncode == 2
+
+
+def test_clients_trust_and_untrust(ostiary):
+    """docs/decisions.md#errors-of-self-registered-clients-stay-on-ostiary-until-sign-in."""
+    execute(
+        ostiary.url,
+        "INSERT INTO clients (id, kind, name, token_endpoint_auth_method, redirect_uris, grant_types, response_types,"
+        " metadata, trusted, introspect_any, created_at, updated_at)"
+        " VALUES ('dyn1', 'dynamic', 'Dyn', 'none', '[]', '[]', '[]', '{}', false, false, 0, 0)",
+    )
+    assert "dyn1: trusted" in ostiary.ok("clients", "trust", "dyn1")
+    assert ostiary.rows("SELECT trusted FROM clients WHERE id = 'dyn1'") == [(True,)]
+    assert "dyn1: not trusted" in ostiary.ok("clients", "untrust", "dyn1")
+    assert ostiary.rows("SELECT trusted FROM clients WHERE id = 'dyn1'") == [(False,)]
+    refused = ostiary("clients", "trust", "nobody")
+    assert refused.returncode == 2 and "no client 'nobody'" in refused.stderr
 
 
 def test_clients_add_confidential_secret_printed_once_hash_stored(ostiary):

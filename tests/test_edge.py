@@ -65,11 +65,37 @@ def test_host_policy_rfc9110_s7_2(issuer, extra, host, allowed, tmp_path):
         pytest.param(["10.0.0.0/8"], "10.0.0.2", "198.51.100.1, 203.0.113.9", "203.0.113.9", id="spoofed left entry ignored"),
         pytest.param(["10.0.0.0/8"], "10.0.0.2", "203.0.113.9, 10.0.0.3", "203.0.113.9", id="chain of trusted proxies"),
         pytest.param(["10.0.0.0/8"], "10.0.0.2", "not-an-ip", "10.0.0.2", id="garbage: peer"),
-        pytest.param(["*"], "192.0.2.7", "203.0.113.9", "203.0.113.9", id="trust any"),
+        pytest.param(["10.0.0.0/8"], "10.0.0.2", "127.0.0.1, 203.0.113.9", "203.0.113.9", id="forged loopback left"),
+        pytest.param(["10.0.0.0/8"], "10.0.0.2", "10.1.1.1, 203.0.113.9", "203.0.113.9", id="forged private left"),
     ],
 )
 def test_proxy_policy_trusts_only_configured_proxies(trusted, peer, header, client):
     assert ProxyPolicy(trusted).client(peer, header) == client
+
+
+@pytest.mark.parametrize("value", ["*", "0.0.0.0/0", "::/0", "10.0.0.0/8,*"])
+def test_trusting_every_proxy_is_refused(value, tmp_path, monkeypatch):
+    """With every hop trusted the leftmost X-Forwarded-For entry, written by the caller, would
+    count: the setting is refused with a message that says what to list instead."""
+    from pydantic import ValidationError
+
+    monkeypatch.setenv("OSTIARY_TRUSTED_PROXIES", value)
+    with pytest.raises(ValidationError, match="would trust every address"):
+        make_settings(f"sqlite:///{tmp_path}/x.db")
+
+
+@pytest.mark.parametrize(
+    "settings_overrides", [{"trusted_proxies": ["192.0.2.1"], "metrics_networks": ["10.0.0.0/8"], "rate_limit_exempt": []}]
+)
+async def test_a_forged_forwarded_for_does_not_reach_metrics(app, settings):
+    """/metrics restricted to 10.0.0.0/8 behind a proxy: a caller who writes a 10.x address on
+    the left of X-Forwarded-For is still the address the proxy appended."""
+    transport = httpx.ASGITransport(app=app, client=("192.0.2.1", 40000))
+    async with httpx.AsyncClient(transport=transport, base_url=settings.issuer) as proxy:
+        forged = await proxy.get("/metrics", headers={"X-Forwarded-For": "10.1.1.1, 203.0.113.9"})
+        assert forged.status_code in (403, 404)
+        inside = await proxy.get("/metrics", headers={"X-Forwarded-For": "10.1.1.1"})
+        assert inside.status_code == 200
 
 
 # -- over HTTP -----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from app.admin.pages import AdminDep, Pager, confirm, confirmed, done_notice, no
 from app.http.body import FormDep
 from app.http.deps import DbDep
 from app.models.client import KIND_ADMIN, KIND_DYNAMIC, KIND_METADATA_DOCUMENT
-from app.services.clients import delete_client
+from app.services.clients import delete_client, set_trusted
 from app.stores import clients as store
 from app.stores import consents as consents_store
 
@@ -57,7 +57,7 @@ def client_page(browser: AdminDep, db: DbDep, id: str = "", done: str = "") -> R
         kind_label=KINDS.get(client.kind, client.kind),
         metadata_json=json.dumps(client.client_metadata or {}, indent=2, sort_keys=True),
         rows=consents_store.search(db, client_id=client.id, limit=500),
-        done=done_notice(done),
+        done=done_notice(done, "trusted", "untrusted"),
     )
 
 
@@ -85,3 +85,19 @@ def delete(browser: AdminDep, db: DbDep, form: FormDep) -> Response:
     delete_client(db, client, reason="admin", actor_id=browser.me.id)
     db.commit()
     return browser.redirect("/admin/clients?done=deleted")
+
+
+@router.post("/admin/clients/trust")
+def trust(browser: AdminDep, db: DbDep, form: FormDep) -> Response:
+    """Vouch for a self-registered client, or withdraw it: its errors may then redirect before
+    sign-in (docs/decisions.md#errors-of-self-registered-clients-stay-on-ostiary-until-sign-in)."""
+    require_csrf(browser, form)
+    client = store.get(db, str(form.get("client_id") or "")[:2048])
+    if client is None or client.kind == KIND_ADMIN:
+        return not_found(browser, "client")
+    trusted = form.get("trusted") == "1"
+    set_trusted(db, client, trusted, actor_id=browser.me.id, via="console")
+    db.commit()
+    return browser.redirect(
+        "/admin/clients/detail?id=" + quote(client.id, safe="") + "&done=" + ("trusted" if trusted else "untrusted")
+    )

@@ -22,7 +22,7 @@ from app.web.browser import Browser
 
 router = APIRouter()
 
-USER_NOTICES = ("created", "disabled", "enabled", "admin", "groups", "mfa_reset")
+USER_NOTICES = ("created", "disabled", "enabled", "admin", "groups", "mfa_reset", "unlocked")
 
 
 @router.get("/admin/users")
@@ -151,6 +151,11 @@ def disable(user_id: str, browser: AdminDep, db: DbDep, form: FormDep) -> Respon
 @router.post("/admin/users/{user_id}/enable")
 def enable(user_id: str, browser: AdminDep, db: DbDep, form: FormDep) -> Response:
     return _act(browser, db, user_id, form, lambda u, actor: user_service.set_disabled(db, u, False, actor_id=actor), "enabled")
+
+
+@router.post("/admin/users/{user_id}/unlock")
+def unlock(user_id: str, browser: AdminDep, db: DbDep, form: FormDep) -> Response:
+    return _act(browser, db, user_id, form, lambda u, actor: user_service.unlock(db, u, actor_id=actor), "unlocked")
 
 
 @router.post("/admin/users/{user_id}/admin")

@@ -2,7 +2,7 @@
 
 from app.models.audit import AuditEvent
 from app.models.authorization import AuthorizationCode, AuthorizationRequest
-from app.models.client import Client
+from app.models.client import BlockedClient, Client
 from app.models.consent import Consent
 from app.models.job import JobRun
 from app.models.key import SigningKey
@@ -16,6 +16,7 @@ __all__ = [
     "AuditEvent",
     "AuthorizationCode",
     "AuthorizationRequest",
+    "BlockedClient",
     "BrowserSession",
     "Client",
     "Consent",

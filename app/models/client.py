@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, String, Text, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.infra.db import Base, now
@@ -34,7 +34,31 @@ class Client(Base):
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
     updated_at: Mapped[int] = mapped_column(BigInteger, default=now, onupdate=now)
     last_used_at: Mapped[int | None] = mapped_column(BigInteger)
+    # An admin vouches for a self-registered client: its errors may redirect before sign-in
+    # (docs/decisions.md#errors-of-self-registered-clients-stay-on-ostiary-until-sign-in).
+    trusted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # RFC 7662 §4: who may introspect what (docs/decisions.md#who-may-introspect). A client
+    # that is an MCP server's own credential introspects tokens for that server; an admin may
+    # let a client introspect any token.
+    resource_id: Mapped[int | None] = mapped_column(ForeignKey("resources.id", ondelete="SET NULL"), index=True)
+    introspect_any: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+    @property
+    def is_trusted(self) -> bool:
+        """Created by an admin, or marked trusted by one."""
+        return self.kind == KIND_ADMIN or self.trusted
 
     @property
     def is_public(self) -> bool:
         return self.token_endpoint_auth_method == "none"
+
+
+class BlockedClient(Base):
+    """A client id (above all a Client ID Metadata Document URL) an admin has blocked: it is
+    refused before anything is fetched, and registering it again is refused too."""
+
+    __tablename__ = "blocked_clients"
+
+    id: Mapped[str] = mapped_column(String(2048), primary_key=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.infra.db import Base, now
@@ -22,3 +22,7 @@ class Consent(Base):
     last_used_at: Mapped[int | None] = mapped_column(BigInteger)
     # The id of the request that last changed it, for the audit trail only.
     last_request_id: Mapped[str | None] = mapped_column(String(64))
+    # What the user saw when consenting: the client's name and redirect hosts. When either
+    # changes the consent no longer applies (docs/decisions.md#consent-is-bound-to-what-the-user-saw).
+    client_name: Mapped[str | None] = mapped_column(String(200))
+    redirect_hosts: Mapped[list[str] | None] = mapped_column(JSON)

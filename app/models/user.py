@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.infra.db import Base, now
@@ -25,6 +25,12 @@ class User(Base):
     totp_secret_enc: Mapped[str | None] = mapped_column(Text)
     totp_enabled_at: Mapped[int | None] = mapped_column(BigInteger)
     totp_last_step: Mapped[int | None] = mapped_column(BigInteger)
+    # Second-factor guessing (NIST SP 800-63B §5.2.2): consecutive wrong codes, the earliest
+    # time the next may be tried, and the lock after too many
+    # (docs/decisions.md#wrong-totp-codes-lock-the-account-after-twenty-in-a-row).
+    mfa_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    mfa_retry_at: Mapped[int | None] = mapped_column(BigInteger)
+    locked_at: Mapped[int | None] = mapped_column(BigInteger)
     # Access policy: a resource scope may be limited to some groups.
     groups: Mapped[list[str]] = mapped_column(JSON, default=list)
 

@@ -101,6 +101,9 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         if request.payload.redirect_uri and not client.check_redirect_uri(request.payload.redirect_uri):
             raise InvalidRequestError("The redirect_uri is not registered for this client.")
         redirect_uri: str = grants.AuthorizationCodeGrant.validate_authorization_redirect_uri(request, client)
+        # Known from here on, for errors redirected to it: whether the client is trusted decides
+        # if an error may leave Ostiary before sign-in (app/oauth/authorize.py RedirectError).
+        request.client = client
         return redirect_uri
 
     def validate_authorization_request(self) -> str:

@@ -83,9 +83,19 @@ class ShowError:
 
 @dataclass(frozen=True)
 class RedirectError:
-    """Send the error to the client's (trusted) redirect URI."""
+    """An error for the client's registered redirect URI (RFC 6749 §4.1.2.1). Before anyone has
+    signed in it goes there only if the client is trusted: anyone can register a client or
+    publish a metadata document whose redirect URI is a phishing page, and an automatic
+    redirect would let Ostiary's host launder the link (RFC 9700 §4.11.2;
+    docs/decisions.md#errors-of-self-registered-clients-stay-on-ostiary-until-sign-in)."""
 
     url: str
+    client: OAuthClient | None
+    redirect_uri: str
+    error: OAuth2Error
+
+    def may_redirect(self, signed_in: bool) -> bool:
+        return signed_in or (self.client is not None and self.client.row.is_trusted)
 
 
 @dataclass(frozen=True)
@@ -131,7 +141,8 @@ def validate(server: OstiaryServer, db: Session, req: Request) -> Validated | Sh
             handler = server.get_consent_grant(req)
         except OAuth2Error as error:
             if error.redirect_uri:
-                return RedirectError(error_redirect_url(error, server.issuer))
+                client = getattr(req, "client", None)
+                return RedirectError(error_redirect_url(error, server.issuer), client, error.redirect_uri, error)
             return ShowError(error)
     return Validated(handler, handler.redirect_uri)
 
@@ -180,9 +191,11 @@ def decide(
 # -- the effects of an outcome -------------------------------------------------------------------
 
 
-def prompt_error(server: OstiaryServer, v: Validated, outcome: PromptError) -> RedirectResponse:
+def prompt_error(server: OstiaryServer, v: Validated, outcome: PromptError) -> RedirectError:
+    """login_required or consent_required for the client; the caller decides whether it may
+    redirect (login_required comes before any sign-in)."""
     error = outcome.error(redirect_uri=v.redirect_uri, state=v.request.payload.state)
-    return RedirectResponse(error_redirect_url(error, server.issuer), status_code=302)
+    return RedirectError(error_redirect_url(error, server.issuer), v.client, v.redirect_uri, error)
 
 
 def issue_code(

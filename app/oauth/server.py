@@ -157,6 +157,10 @@ class OstiaryServer(AuthorizationServer):
         try:
             return super().get_authorization_grant(request)
         except UnsupportedResponseTypeError as error:
+            if error.redirect_uri:
+                # authlib looked the client up to trust its redirect URI; whether the client is
+                # trusted decides if the error may redirect before sign-in (app/oauth/authorize.py).
+                request.client = self.query_client(request.payload.client_id)
             if response_type:
                 raise
             # RFC 6749 §4.1.2.1: a missing required parameter is invalid_request (by redirect

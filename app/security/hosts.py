@@ -64,24 +64,23 @@ class HostPolicy:
 
 
 class ProxyPolicy:
-    """X-Forwarded-For / -Proto / -Host are believed only from the configured proxy addresses."""
+    """X-Forwarded-For / -Proto / -Host are believed only from the configured proxy addresses
+    (settings refuse `*`: docs/decisions.md#forwarded-headers-are-believed-only-from-trusted-proxies)."""
 
     def __init__(self, trusted: list[str]):
-        self.trust_all = "*" in trusted
-        self._networks = tuple(ipaddress.ip_network(t, strict=False) for t in trusted if t != "*")
+        self._networks = tuple(ipaddress.ip_network(t, strict=False) for t in trusted)
 
     @property
     def enabled(self) -> bool:
-        return self.trust_all or bool(self._networks)
+        return bool(self._networks)
 
     def trusts(self, address: str | None) -> bool:
-        if self.trust_all:
-            return True
         return _in_networks(address, self._networks) if address and self._networks else False
 
     def client(self, peer: str | None, forwarded_for: str | None) -> str | None:
         """The first address, from the right, that is not one of our proxies (the rightmost
-        entries were appended by proxies we trust; anything further left is client-supplied)."""
+        entries were appended by proxies we trust; anything further left is client-supplied).
+        If every entry is a trusted proxy, the leftmost one is the client."""
         if not forwarded_for or not self.trusts(peer):
             return peer
         hops = [h.strip().strip("[]") for h in forwarded_for.split(",") if h.strip()]

@@ -126,6 +126,14 @@ def cache_document(db: Session, client_id: str, meta: dict[str, Any], *, expires
     return row
 
 
+def set_trusted(db: Session, row: Client, trusted: bool, *, actor_id: str | None = None, via: str = "cli") -> None:
+    """An admin vouches for a self-registered client (or withdraws it): its authorization
+    errors may then redirect before sign-in
+    (docs/decisions.md#errors-of-self-registered-clients-stay-on-ostiary-until-sign-in)."""
+    row.trusted = trusted
+    audit.record(db, "client.trusted" if trusted else "client.untrusted", client_id=row.id, actor_id=actor_id, via=via)
+
+
 def delete_client(db: Session, row: Client, *, reason: str, actor_id: str | None = None) -> None:
     """Delete a client and revoke everything issued to it (its access tokens become inactive at
     introspection until they expire; its refresh tokens, codes and grants go with the row)."""

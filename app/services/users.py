@@ -138,6 +138,15 @@ def set_disabled(db: Session, user: User, disabled: bool, *, actor_id: str | Non
     return ended
 
 
+def unlock(db: Session, user: User, *, actor_id: str | None = None, via: str = "admin") -> bool:
+    """Lift the lock after too many wrong second-factor codes; False if the account was not
+    locked (docs/decisions.md#wrong-totp-codes-lock-the-account-after-twenty-in-a-row)."""
+    if not store.unlock(db, user.id):
+        return False
+    audit.record(db, "user.unlocked", user_id=user.id, username=user.username, actor_id=actor_id, via=via)
+    return True
+
+
 def set_admin(db: Session, user: User, is_admin: bool, *, actor_id: str) -> None:
     if is_admin == user.is_admin:
         return
@@ -186,4 +195,7 @@ def set_password_from_link(db: Session, link: PasswordSetupToken, user: User, *,
     store.set_password_hash(db, user.id, hash_password(password))
     sessions_store.remove_for_user(db, user.id)
     audit.record(db, "user.password_set", user_id=user.id, username=user.username, via="link")
+    # An admin handed out the link: it lifts a second-factor lock too
+    # (docs/decisions.md#wrong-totp-codes-lock-the-account-after-twenty-in-a-row).
+    unlock(db, user, actor_id=link.created_by, via="password_link")
     return True

@@ -42,6 +42,37 @@ def use_step(db: Session, user_id: str, step: int) -> bool:
     return cast(CursorResult[Any], result).rowcount == 1
 
 
+def attempt_state(db: Session, user_id: str) -> tuple[int, int | None, int | None]:
+    """(consecutive failures, earliest next attempt, locked at), read from the database (not
+    the session's copy of the row): concurrent attempts change them."""
+    row = db.execute(select(User.mfa_failures, User.mfa_retry_at, User.locked_at).where(User.id == user_id)).one()
+    return int(row[0] or 0), row[1], row[2]
+
+
+def reserve_attempt(db: Session, user_id: str, failures: int, at: int, retry_at: int) -> bool:
+    """Count the attempt as a failure before checking it, if nobody else changed the count since
+    it was read: of concurrent attempts one wins, the others are refused, so the cap holds."""
+    result = db.execute(
+        update(User)
+        .where(
+            User.id == user_id,
+            User.mfa_failures == failures,
+            User.locked_at.is_(None),
+            or_(User.mfa_retry_at.is_(None), User.mfa_retry_at <= at),
+        )
+        .values(mfa_failures=failures + 1, mfa_retry_at=retry_at),
+        execution_options={"synchronize_session": False},
+    )
+    return cast(CursorResult[Any], result).rowcount == 1
+
+
+def clear_failures(db: Session, user_id: str) -> None:
+    db.execute(
+        update(User).where(User.id == user_id).values(mfa_failures=0, mfa_retry_at=None),
+        execution_options={"synchronize_session": False},
+    )
+
+
 def replace_recovery_codes(db: Session, user_id: str, hashes: list[str]) -> None:
     db.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user_id))
     t = now()

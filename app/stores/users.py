@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import unicodedata
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import CursorResult, Select, func, select, update
 from sqlalchemy.orm import Session
 
 from app.infra.db import now
@@ -55,9 +55,10 @@ def counts(db: Session) -> dict[str, int]:
             func.count(),
             func.count().filter(User.is_admin.is_(True)),
             func.count().filter(User.disabled_at.is_not(None)),
+            func.count().filter(User.locked_at.is_not(None)),
         ).select_from(User)
     ).one()
-    return {"users": row[0], "admins": row[1], "disabled": row[2]}
+    return {"users": row[0], "admins": row[1], "disabled": row[2], "locked": row[3]}
 
 
 def set_disabled(db: Session, user_id: str, disabled_at: int | None) -> None:
@@ -70,6 +71,27 @@ def set_admin(db: Session, user_id: str, is_admin: bool) -> None:
 
 def set_groups(db: Session, user_id: str, groups: list[str]) -> None:
     db.execute(update(User).where(User.id == user_id).values(groups=groups, updated_at=now()))
+
+
+def lock(db: Session, user_id: str, at: int) -> bool:
+    result = db.execute(
+        update(User).where(User.id == user_id, User.locked_at.is_(None)).values(locked_at=at),
+        execution_options={"synchronize_session": False},
+    )
+    return cast(CursorResult[Any], result).rowcount == 1
+
+
+def unlock(db: Session, user_id: str) -> bool:
+    """Lift the lock and forget the failures; False if the account was not locked."""
+    result = db.execute(
+        update(User).where(User.id == user_id, User.locked_at.is_not(None)).values(locked_at=None, updated_at=now()),
+        execution_options={"synchronize_session": False},
+    )
+    db.execute(
+        update(User).where(User.id == user_id).values(mfa_failures=0, mfa_retry_at=None),
+        execution_options={"synchronize_session": False},
+    )
+    return cast(CursorResult[Any], result).rowcount == 1
 
 
 def count_active_admins(db: Session) -> int:

@@ -141,7 +141,21 @@ def _decide(
 
 def _render_refusal(browser: Browser, refusal: flow.ShowError | flow.RedirectError) -> Response:
     if isinstance(refusal, flow.RedirectError):
-        return RedirectResponse(refusal.url, status_code=302)
+        if refusal.may_redirect(browser.signed_in):
+            return RedirectResponse(refusal.url, status_code=302)
+        # RFC 9700 §4.11.2: a self-registered client's error, before sign-in, stays here.
+        redirect = urlsplit(refusal.redirect_uri)
+        host = redirect.hostname or redirect.scheme + ":"
+        return browser.render(
+            "authorize_error.html",
+            400,
+            description=getattr(refusal.error, "description", None) or "The request is not valid.",
+            error=refusal.error.error,
+            client_name=refusal.client.row.name if refusal.client is not None else "an unknown app",
+            redirect_host=host,
+            punycode_host=None,
+            url=refusal.url,
+        )
     description = getattr(refusal.error, "description", None) or "The request is not valid."
     return browser.render(
         "error.html",
@@ -163,7 +177,7 @@ def _render(
     problem: str | None = None,
 ) -> Response:
     if isinstance(outcome, flow.PromptError):
-        return flow.prompt_error(runtime.server, v, outcome)
+        return _render_refusal(browser, flow.prompt_error(runtime.server, v, outcome))
     if isinstance(outcome, flow.SignIn):
         if handle is None:
             handle = _store(db, runtime, v)

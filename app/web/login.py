@@ -19,6 +19,9 @@ router = APIRouter()
 BAD_CREDENTIALS = "Incorrect username or password."
 EXPIRED_FORM = "This form has expired. Please try again."
 LOCKED = "Too many failed sign-ins for this account."
+ACCOUNT_LOCKED = (
+    "This account is locked after too many wrong codes. Ask an administrator to unlock it, or use a password link from them."
+)
 
 
 @router.get("/login")
@@ -63,6 +66,13 @@ def login(request: Request, browser: BrowserDep, db: DbDep, form: FormDep) -> Re
         db.commit()
         return browser.render("login.html", 401, next=next_url, username=username, error=BAD_CREDENTIALS)
     limiter.reset(settings.login_failures_per_user, "login-user", subject)
+    if user.locked_at is not None:
+        # Locked after too many wrong second-factor codes
+        # (docs/decisions.md#wrong-totp-codes-lock-the-account-after-twenty-in-a-row): the
+        # password was right, so saying so tells nothing new to whoever typed it.
+        audit.record(db, "login.failed", user_id=user.id, username=user.username, reason="locked")
+        db.commit()
+        return browser.render("error.html", 403, title="Account locked", message=ACCOUNT_LOCKED)
     if new_hash:
         users_store.set_password_hash(db, user.id, new_hash)
     users_store.mark_login(db, user.id)

@@ -15,6 +15,7 @@ from app.runtime import Runtime
 from app.services import audit, mfa
 from app.stores import sessions as sessions_store
 from app.web.browser import Browser, BrowserDep, safe_next
+from app.web.login import ACCOUNT_LOCKED
 
 router = APIRouter()
 
@@ -24,7 +25,7 @@ WRONG = {
     "wrong_recovery_code": "That recovery code is not valid (each one works once).",
 }
 WRONG_CODE = "That code is not right. Check your authenticator app and try again."
-TOO_MANY = "Too many wrong codes. Wait a few minutes, then try again."
+TOO_MANY = "Too many wrong codes. Wait a moment, then try again."
 
 
 # -- enrolment ----------------------------------------------------------------------------------
@@ -107,17 +108,19 @@ def check_code(browser: BrowserDep, db: DbDep, runtime: RuntimeDep, form: FormDe
         return browser.render("login_otp.html", 400, next=next_url, error=EXPIRED_FORM)
     user = browser.user
     assert user is not None and browser.session is not None  # _owes_code checked both
-    if mfa.too_many_failures(db, user):
-        audit.record(db, "login.mfa_failed", user_id=user.id, username=user.username, reason="too_many_failures")
+    verdict = mfa.verify(db, runtime.keyring, user, str(form.get("code") or ""))
+    if verdict.method is None:
+        audit.record(db, "login.mfa_failed", user_id=user.id, username=user.username, reason=verdict.why)
+        if verdict.why == "locked" or verdict.locked_now:
+            browser.end_session(db)  # the password step is undone too
+            db.commit()
+            return browser.render("error.html", 403, title="Account locked", message=ACCOUNT_LOCKED)
         db.commit()
-        return browser.render("login_otp.html", 429, next=next_url, error=TOO_MANY)
-    method, why = mfa.check(db, runtime.keyring, user, str(form.get("code") or ""))
-    if method is None:
-        audit.record(db, "login.mfa_failed", user_id=user.id, username=user.username, reason=why)
-        db.commit()
-        return browser.render("login_otp.html", 401, next=next_url, error=WRONG.get(why, WRONG_CODE))
+        if verdict.why == "wait":
+            return browser.too_many_requests(verdict.retry_after, TOO_MANY)
+        return browser.render("login_otp.html", 401, next=next_url, error=WRONG.get(verdict.why, WRONG_CODE))
     # RFC 8176 amr: a password, then a one-time password (TOTP or a recovery code).
     sessions_store.promote(db, browser.session.id_hash, ["pwd", "otp"], now())
-    audit.record(db, "login.mfa_ok", user_id=user.id, username=user.username, method=method)
+    audit.record(db, "login.mfa_ok", user_id=user.id, username=user.username, method=verdict.method)
     db.commit()
     return browser.redirect(next_url)
