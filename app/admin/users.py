@@ -137,8 +137,9 @@ def disable(user_id: str, browser: AdminDep, db: DbDep, form: FormDep) -> Respon
     def ask(user: User) -> dict[str, Any]:
         return {
             "title": f"Disable {user.username}?",
-            "message": "They are signed out everywhere, cannot sign in, their refresh tokens stop working and their "
-            "access tokens are reported inactive. You can enable the account again later.",
+            "message": "They are signed out everywhere, cannot sign in, their refresh tokens are revoked and their "
+            "access tokens are reported inactive. You can enable the account again later; their apps then "
+            "ask them to sign in again.",
             "action": f"/admin/users/{user.id}/disable",
             "fields": {},
         }

@@ -18,6 +18,7 @@ from app.security.secrets import DecryptError, Keyring
 from app.services import audit
 from app.stores import mfa as store
 from app.stores import sessions as sessions_store
+from app.stores import tokens as tokens_store
 from app.stores import users as users_store
 
 # Consecutive wrong codes (NIST SP 800-63B §5.2.2 allows at most 100 before a lock;
@@ -144,6 +145,8 @@ def recovery_codes_left(db: Session, user: User) -> int:
 def reset(db: Session, user: User, *, actor_id: str) -> None:
     """Turn TOTP off (an admin helping a user who lost their device); they may enrol again."""
     store.reset(db, user.id)
-    # Sessions signed in with the old factor end: the next sign-in is with the new setup.
+    # Sessions signed in with the old factor end, and the tokens issued through them
+    # (docs/decisions.md#credentials-change-tokens-end): the next sign-in is with the new setup.
     sessions_store.remove_for_user(db, user.id)
+    tokens_store.revoke(db, at=now(), reason="mfa_reset", user_id=user.id)
     audit.record(db, "mfa.reset", user_id=user.id, username=user.username, actor_id=actor_id)

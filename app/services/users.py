@@ -21,6 +21,7 @@ from app.services import Refused, audit
 from app.stores import jobs as locks
 from app.stores import password_links
 from app.stores import sessions as sessions_store
+from app.stores import tokens as tokens_store
 from app.stores import users as store
 
 PASSWORD_LINK_TTL = 3 * 24 * 3600
@@ -132,9 +133,22 @@ def set_disabled(db: Session, user: User, disabled: bool, *, actor_id: str | Non
         audit.record(db, "user.enabled", user_id=user.id, username=user.username, actor_id=actor_id, via=via)
         return 0
     _keeps_an_admin(db, user)
-    store.set_disabled(db, user.id, now())
+    t = now()
+    store.set_disabled(db, user.id, t)
     ended = sessions_store.remove_for_user(db, user.id)
-    audit.record(db, "user.disabled", user_id=user.id, username=user.username, actor_id=actor_id, via=via, sessions_ended=ended)
+    # For good: enabling the account again does not bring its tokens back
+    # (docs/decisions.md#credentials-change-tokens-end).
+    revoked = tokens_store.revoke(db, at=t, reason="user_disabled", user_id=user.id)
+    audit.record(
+        db,
+        "user.disabled",
+        user_id=user.id,
+        username=user.username,
+        actor_id=actor_id,
+        via=via,
+        sessions_ended=ended,
+        access_tokens_revoked=revoked,
+    )
     return ended
 
 
@@ -168,9 +182,12 @@ def set_groups(db: Session, user: User, groups: list[str], *, actor_id: str) -> 
     )
 
 
-def change_password(db: Session, user: User, *, current: str, new: str, repeat: str, keep_session_hash: str) -> int:
+def change_password(
+    db: Session, user: User, *, current: str, new: str, repeat: str, keep_session_hash: str, keep_apps: bool = False
+) -> int:
     """The user's own password change: the current password first, then the new one twice.
-    Every other browser session of the user ends; returns how many."""
+    Every other browser session of the user ends (returns how many), and every connected app's
+    refresh token unless the user chose to keep them (docs/decisions.md#credentials-change-tokens-end)."""
     ok, _ = verify_password(user.password_hash, current)
     if not ok:
         audit.record(db, "user.password_change_failed", user_id=user.id, username=user.username)
@@ -180,7 +197,11 @@ def change_password(db: Session, user: User, *, current: str, new: str, repeat: 
         raise Refused("The new passwords do not match.")
     store.set_password_hash(db, user.id, hash_password(new))
     ended = sessions_store.remove_others(db, user.id, keep_session_hash)
-    audit.record(db, "user.password_changed", user_id=user.id, username=user.username, sessions_ended=ended)
+    if not keep_apps:
+        tokens_store.revoke(db, at=now(), reason="password_changed", user_id=user.id)
+    audit.record(
+        db, "user.password_changed", user_id=user.id, username=user.username, sessions_ended=ended, apps_kept=keep_apps
+    )
     return ended
 
 
@@ -194,6 +215,8 @@ def set_password_from_link(db: Session, link: PasswordSetupToken, user: User, *,
         return False
     store.set_password_hash(db, user.id, hash_password(password))
     sessions_store.remove_for_user(db, user.id)
+    # A reset: whoever knew the old password may hold tokens (docs/decisions.md#credentials-change-tokens-end).
+    tokens_store.revoke(db, at=now(), reason="password_reset", user_id=user.id)
     audit.record(db, "user.password_set", user_id=user.id, username=user.username, via="link")
     # An admin handed out the link: it lifts a second-factor lock too
     # (docs/decisions.md#wrong-totp-codes-lock-the-account-after-twenty-in-a-row).

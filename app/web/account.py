@@ -83,7 +83,15 @@ def change_password(browser: BrowserDep, db: DbDep, form: FormDep) -> Response:
     assert user is not None and browser.session is not None  # signed in
     current, new, repeat = (str(form.get(k) or "") for k in ("current_password", "new_password", "repeat_password"))
     try:
-        user_service.change_password(db, user, current=current, new=new, repeat=repeat, keep_session_hash=browser.session.id_hash)
+        user_service.change_password(
+            db,
+            user,
+            current=current,
+            new=new,
+            repeat=repeat,
+            keep_session_hash=browser.session.id_hash,
+            keep_apps=form.get("keep_apps") == "on",
+        )
     except Refused as exc:
         db.commit()  # a wrong current password is audited
         return _page(browser, db, 400, password_error=str(exc))
