@@ -402,6 +402,21 @@ async def test_expired_document_is_fetched_again_and_changes_apply(client, runti
     assert_error_page(await start(client))
 
 
+async def test_consent_is_asked_again_when_the_document_changes_its_redirect_hosts(client, runtime, hosts):
+    """docs/decisions.md#consent-is-bound-to-what-the-user-saw: a consent given to the document's
+    redirect hosts does not cover new ones the document publishes later."""
+    await signed_in(client, runtime)
+    hosts.serve(headers={"Cache-Control": "max-age=3600"})
+    await full_flow(client, scope="mcp:read")
+    silent = await start(client, scope="mcp:read")
+    assert silent.status_code == 302 and "code" in query(silent.headers["location"])
+    expire_document(runtime)
+    moved = "https://new-home.example/cb"
+    hosts.serve(document(redirect_uris=[REDIRECT, moved]))
+    asked = await start(client, scope="mcp:read", redirect_uri=moved)
+    assert asked.status_code == 303 and "/consent/" in asked.headers["location"]
+
+
 async def test_expired_document_that_now_fails_is_not_used(client, runtime, hosts):
     """CIMD §7: a stale copy is not a fallback; a failed refresh is an error page."""
     await signed_in(client, runtime)

@@ -13,9 +13,10 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from app.infra.db import now
-from app.models import Consent, User
+from app.models import Client, Consent, User
 from app.oauth.catalogue import ResourceInfo
 from app.services import audit
+from app.services.clients import redirect_hosts
 from app.stores import codes as codes_store
 from app.stores import consents as store
 from app.stores import resources as resources_store
@@ -23,25 +24,48 @@ from app.stores import tokens as tokens_store
 from app.stores import users as users_store
 
 
-def current(db: Session, user_id: str, client_id: str, resource_id: int) -> tuple[int | None, set[str]]:
-    """(the consent's id, its scopes), or (None, empty) before the first consent."""
-    row = store.get(db, user_id, client_id, resource_id)
-    return (row.id, set(row.scope.split())) if row else (None, set())
+def seen(client: Client) -> tuple[str, list[str]]:
+    """What the consent page showed of a client: its name and its redirect hosts."""
+    return client.name, redirect_hosts(client.redirect_uris or [])
 
 
-def give(db: Session, user: User, client_id: str, resource: ResourceInfo, scopes: list[str]) -> Consent:
+def still_applies(grant: Consent, client: Client) -> bool:
+    """A consent covers the client it was given to: if the client has since changed its name
+    or its redirect hosts (RFC 7592 update, a new metadata document), the user is asked again
+    (docs/decisions.md#consent-is-bound-to-what-the-user-saw). Consents recorded before this
+    was kept (no name) are taken as given."""
+    if grant.client_name is None:
+        return True
+    return (grant.client_name, grant.redirect_hosts or []) == seen(client)
+
+
+def current(db: Session, user_id: str, client: Client, resource_id: int) -> tuple[int | None, set[str]]:
+    """(the consent's id, the scopes it covers), or (None, empty) before the first consent; the
+    scopes are empty if the client changed since."""
+    row = store.get(db, user_id, client.id, resource_id)
+    if row is None:
+        return None, set()
+    return row.id, set(row.scope.split()) if still_applies(row, client) else set()
+
+
+def give(db: Session, user: User, client: Client, resource: ResourceInfo, scopes: list[str]) -> Consent:
     """The user allowed these scopes: merge them into their consent (compare-and-set, so two
-    approvals at once both count) and record it."""
-    row = store.merge(db, user.id, client_id, resource.id, set(scopes))
+    approvals at once both count), or replace what it held if the client changed since, and
+    record it."""
+    earlier = store.get(db, user.id, client.id, resource.id)
+    changed = earlier is not None and not still_applies(earlier, client)
+    name, hosts = seen(client)
+    row = store.merge(db, user.id, client.id, resource.id, set(scopes), client_name=name, redirect_hosts=hosts, replace=changed)
     audit.record(
         db,
         "consent.granted",
         user_id=user.id,
         username=user.username,
-        client_id=client_id,
+        client_id=client.id,
         resource=resource.uri,
         scope=" ".join(scopes),
         grant_scope=row.scope,
+        client_changed=changed,
     )
     return row
 

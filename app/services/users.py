@@ -199,9 +199,7 @@ def change_password(
     ended = sessions_store.remove_others(db, user.id, keep_session_hash)
     if not keep_apps:
         tokens_store.revoke(db, at=now(), reason="password_changed", user_id=user.id)
-    audit.record(
-        db, "user.password_changed", user_id=user.id, username=user.username, sessions_ended=ended, apps_kept=keep_apps
-    )
+    audit.record(db, "user.password_changed", user_id=user.id, username=user.username, sessions_ended=ended, apps_kept=keep_apps)
     return ended
 
 

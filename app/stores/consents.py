@@ -24,29 +24,44 @@ def by_id(db: Session, grant_id: int) -> Consent | None:
     return db.get(Consent, grant_id)
 
 
-def merge(db: Session, user_id: str, client_id: str, resource_id: int, scopes: set[str]) -> Consent:
-    """Add scopes to the user's grant for this client and resource (incremental consent).
+def merge(
+    db: Session,
+    user_id: str,
+    client_id: str,
+    resource_id: int,
+    scopes: set[str],
+    *,
+    client_name: str,
+    redirect_hosts: list[str],
+    replace: bool = False,
+) -> Consent:
+    """Add scopes to the user's grant for this client and resource (incremental consent), or
+    with `replace` set them (the client changed since the earlier consent), and record what the
+    user saw: the client's name and redirect hosts.
 
     Compare-and-set on the scope string: two consents landing together (two tabs) both count."""
+    seen = {"client_name": client_name, "redirect_hosts": redirect_hosts}
     for _ in range(5):
         grant = get(db, user_id, client_id, resource_id)
         if grant is not None:
-            merged = " ".join(sorted(set(grant.scope.split()) | scopes))
-            if merged == grant.scope:
+            merged = " ".join(sorted(scopes if replace else set(grant.scope.split()) | scopes))
+            if merged == grant.scope and grant.client_name == client_name and grant.redirect_hosts == redirect_hosts:
                 return grant
             result = db.execute(
                 update(Consent)
                 .where(Consent.id == grant.id, Consent.scope == grant.scope)
-                .values(scope=merged, updated_at=now()),
+                .values(scope=merged, updated_at=now(), **seen),
                 execution_options={"synchronize_session": False},
             )
             if cast(CursorResult[Any], result).rowcount == 1:
-                grant.scope = merged
+                grant.scope, grant.client_name, grant.redirect_hosts = merged, client_name, redirect_hosts
                 return grant
             continue  # another consent changed the scopes meanwhile: merge into what it wrote
         try:
             with db.begin_nested():
-                grant = Consent(user_id=user_id, client_id=client_id, resource_id=resource_id, scope=" ".join(sorted(scopes)))
+                grant = Consent(
+                    user_id=user_id, client_id=client_id, resource_id=resource_id, scope=" ".join(sorted(scopes)), **seen
+                )
                 db.add(grant)
             return grant
         except IntegrityError:  # another consent for the same triple just landed: merge into it

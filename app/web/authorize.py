@@ -126,7 +126,7 @@ def _decide(
     browser: Browser, db: Session, v: flow.Validated, row: AuthorizationRequest | None, decision: flow.Decision | None = None
 ) -> flow.Outcome:
     user = browser.user if browser.signed_in else None
-    consented = consents.current(db, user.id, v.client.client_id, v.resource.id)[1] if user is not None else set()
+    consented = consents.current(db, user.id, v.client.row, v.resource.id)[1] if user is not None else set()
     return flow.decide(
         prompts=v.prompts,
         scopes=v.scopes,
@@ -195,9 +195,9 @@ def _render(
     if isinstance(outcome, flow.Deny):
         response: Response = flow.deny(runtime.server, db, v, user, outcome.reason)
     else:
-        consent_id = consents.current(db, user.id, v.client.client_id, v.resource.id)[0]
+        consent_id = consents.current(db, user.id, v.client.row, v.resource.id)[0]
         if outcome.record_consent:
-            consent_id = consents.give(db, user, v.client.client_id, v.resource, outcome.scopes).id
+            consent_id = consents.give(db, user, v.client.row, v.resource, outcome.scopes).id
         response = flow.issue_code(
             runtime.server, db, v, user, scopes=outcome.scopes, auth_time=browser.session.auth_time, consent_id=consent_id
         )
