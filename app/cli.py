@@ -280,12 +280,26 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
         uris = [validate_registered(u) for u in args.redirect_uri]
     except InvalidRedirectUri as exc:
         raise UsageError(f"--redirect-uri: {exc}") from None
+    if not args.redirect_uri and not (args.resource_server or args.introspect_any):
+        raise UsageError("--redirect-uri is required (except for an MCP server's credentials)")
+    if (args.resource_server or args.introspect_any) and not args.confidential:
+        raise UsageError("--resource-server and --introspect-any need --confidential (introspection authenticates)")
     settings = load_settings()
     keyring = Keyring(settings.keyring())
     _, factory = _open(settings)
     with factory() as db:
+        resource = resource_service.find(db, args.resource_server) if args.resource_server else None
+        if args.resource_server and resource is None:
+            raise UsageError(f"--resource-server: no MCP server {args.resource_server!r} (see 'ostiary resources list')")
         client, secret = client_service.create_admin_client(
-            db, keyring, name=name, redirect_uris=uris, confidential=args.confidential, via="cli"
+            db,
+            keyring,
+            name=name,
+            redirect_uris=uris,
+            confidential=args.confidential,
+            resource_id=resource.id if resource else None,
+            introspect_any=args.introspect_any,
+            via="cli",
         )
         db.commit()
     print(f"client_id: {client.id}")
@@ -447,8 +461,18 @@ def build_parser() -> argparse.ArgumentParser:
     clients = sub.add_parser("clients", help="manage clients").add_subparsers(dest="action", required=True, metavar="ACTION")
     p = clients.add_parser("add", help="register a client")
     p.add_argument("--name", required=True)
-    p.add_argument("--redirect-uri", action="append", required=True, metavar="URI")
+    p.add_argument(
+        "--redirect-uri",
+        action="append",
+        default=[],
+        metavar="URI",
+        help="repeatable; not needed for an MCP server's credentials",
+    )
     p.add_argument("--confidential", action="store_true", help="issue a client secret")
+    p.add_argument(
+        "--resource-server", metavar="URI", help="the MCP server whose credentials these are: it may introspect its tokens"
+    )
+    p.add_argument("--introspect-any", action="store_true", help="may introspect every token (RFC 7662 §4)")
     p.set_defaults(func=cmd_clients_add)
     clients.add_parser("list", help="list clients").set_defaults(func=cmd_clients_list)
     clients.add_parser("prune", help="delete unused dynamically registered clients now").set_defaults(func=cmd_clients_prune)

@@ -305,14 +305,29 @@ def create_resource(
 
 
 def admin_client(
-    runtime, *, confidential: bool = True, name: str = "Resource server", redirect_uris: list[str] | None = None
+    runtime,
+    *,
+    confidential: bool = True,
+    name: str = "Resource server",
+    redirect_uris: list[str] | None = None,
+    resource: str | None = RESOURCE,
+    introspect_any: bool = False,
 ) -> tuple[str, str | None]:
-    """An operator-created client (e.g. a resource server's introspection credentials)."""
+    """An operator-created client: by default the credentials of the MCP server at `resource`
+    (if it is registered yet), which may introspect that server's tokens."""
+    from app.services import resources as resource_service
     from app.services.clients import create_admin_client
 
     with runtime.sessions() as db:
+        server = resource_service.find(db, resource) if resource else None
         row, secret = create_admin_client(
-            db, runtime.keyring, name=name, redirect_uris=redirect_uris or [REDIRECT], confidential=confidential
+            db,
+            runtime.keyring,
+            name=name,
+            redirect_uris=redirect_uris or [REDIRECT],
+            confidential=confidential,
+            resource_id=server.id if server else None,
+            introspect_any=introspect_any,
         )
         db.commit()
         return row.id, secret

@@ -315,7 +315,7 @@ async def test_consents_filter_by_user_client_and_resource_with_pagination(world
             row = clients_store.add(
                 db, Client(id=f"bulk-{i:02d}", kind=KIND_DYNAMIC, name=f"Bulk {i:02d}", redirect_uris=[REDIRECT])
             )
-            consents_store.merge(db, world.root.id, row.id, other.id, {"a"})
+            consents_store.merge(db, world.root.id, row.id, other.id, {"a"}, client_name=row.name, redirect_hosts=[])
         db.commit()
     admin = world.admin
 
@@ -800,8 +800,11 @@ async def test_a_user_outside_a_scopes_group_is_offered_only_the_permitted_subse
     code = query(decided.headers["location"])["code"]
     token = await exchange(world.user, world.client_id, code, verifier)
     assert token.status_code == 200 and token.json()["scope"] == "notes:read"  # the token says which
-    introspected = await introspect(world.anonymous, token.json()["access_token"], world.rs)
+    notes_rs = admin_client(runtime, resource=POLICY_RESOURCE)  # the notes MCP server's credentials
+    introspected = await introspect(world.anonymous, token.json()["access_token"], notes_rs)
     assert introspected.json()["scope"] == "notes:read"
+    # Another MCP server's credentials learn nothing about it (RFC 7662 §4).
+    assert (await introspect(world.anonymous, token.json()["access_token"], world.rs)).json() == {"active": False}
 
 
 async def test_access_denied_when_no_requested_scope_is_permitted(world, runtime):

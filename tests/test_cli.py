@@ -271,6 +271,30 @@ def test_clients_trust_and_untrust(ostiary):
     assert refused.returncode == 2 and "no client 'nobody'" in refused.stderr
 
 
+def test_clients_add_mcp_server_credentials_for_introspection(ostiary):
+    """docs/decisions.md#introspection-is-for-the-tokens-mcp-server: an MCP server's credentials
+    are linked to it (no redirect URI needed); --introspect-any is explicit."""
+    ostiary.ok("resources", "add", "https://notes.example.com/mcp", "--name", "Notes", "--scope", "notes=Notes")
+    out = ostiary.ok(
+        "clients", "add", "--name", "Notes server", "--confidential", "--resource-server", "HTTPS://notes.example.com/mcp"
+    )
+    (client_id,) = re.findall(r"^client_id: (\S+)$", out, re.M)
+    out = ostiary.ok("clients", "add", "--name", "Auditor", "--confidential", "--introspect-any")
+    (auditor,) = re.findall(r"^client_id: (\S+)$", out, re.M)
+    rows = dict(
+        (r[0], r[1:])
+        for r in ostiary.rows("SELECT c.id, r.uri, c.introspect_any FROM clients c LEFT JOIN resources r ON r.id = c.resource_id")
+    )
+    assert rows[client_id] == ("https://notes.example.com/mcp", False)
+    assert rows[auditor] == (None, True)
+    unknown = ostiary("clients", "add", "--name", "X", "--confidential", "--resource-server", "https://nowhere.example/mcp")
+    assert unknown.returncode == 2 and "no MCP server" in unknown.stderr
+    public = ostiary("clients", "add", "--name", "X", "--introspect-any")
+    assert public.returncode == 2 and "need --confidential" in public.stderr
+    no_redirect = ostiary("clients", "add", "--name", "X")
+    assert no_redirect.returncode == 2 and "--redirect-uri is required" in no_redirect.stderr
+
+
 def test_clients_add_confidential_secret_printed_once_hash_stored(ostiary):
     result = ostiary(
         "clients", "add", "--name", "Web app", "--confidential",

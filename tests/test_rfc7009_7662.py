@@ -2,8 +2,9 @@
 
 Revoking a refresh token revokes its family; revoking an access token (a JWT) records its jti so
 introspection reports it inactive. Introspection is for resource servers authenticated as
-confidential clients: an operator-created client may introspect any token, a dynamically
-registered one only its own (RFC 7662 4)."""
+confidential clients: a client may introspect its own tokens, those issued for the MCP server
+whose credentials it is, and any token only if an admin allowed it (RFC 7662 §4;
+docs/decisions.md#introspection-is-for-the-tokens-mcp-server)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from tests.support import (
     RESOURCE,
     admin_client,
     audit_events,
+    create_resource,
     introspect,
     refresh,
     register,
@@ -289,8 +291,8 @@ async def test_introspection_reports_inactive(client, runtime, case):
 
 @pytest.mark.parametrize("kind", ["access_token", "refresh_token"])
 async def test_registered_confidential_client_introspects_only_its_own(client, runtime, kind):
-    """RFC 7662 4: the server decides which tokens a caller may learn about; a dynamically
-    registered client only its own, an operator-created resource server any."""
+    """RFC 7662 §4: the server decides which tokens a caller may learn about; a dynamically
+    registered client only its own, the MCP server's credentials those issued for it."""
     reg = await signed_in_flow(client, runtime, token_endpoint_auth_method="client_secret_basic")
     own = await tokens_for(client, reg["client_id"], auth=(reg["client_id"], reg["client_secret"]))
     public = await register(client, client_name="Someone else")
@@ -307,3 +309,22 @@ async def test_introspection_without_token_is_invalid_request(client, runtime):
     await signed_in_flow(client, runtime)
     response = await client.post("/introspect", data={}, auth=admin_client(runtime))
     assert response.status_code == 400 and response.json()["error"] == "invalid_request"
+
+
+@pytest.mark.parametrize("kind", ["access_token", "refresh_token"])
+async def test_introspection_is_limited_to_the_tokens_mcp_server(client, runtime, kind):
+    """RFC 7662 §4 (docs/decisions.md#introspection-is-for-the-tokens-mcp-server): credentials
+    of another MCP server, or an operator-created client linked to none, learn nothing about a
+    token (RFC 7662 §2.2 {"active": false}); an admin may allow a client to introspect any."""
+    reg = await signed_in_flow(client, runtime)
+    create_resource(runtime, uri="https://other.example.com/mcp", name="Other")
+    token = (await tokens_for(client, reg["client_id"]))[kind]
+    mine = admin_client(runtime)  # linked to RESOURCE, the token's audience
+    other = admin_client(runtime, resource="https://other.example.com/mcp")
+    unlinked = admin_client(runtime, resource=None)
+    anything = admin_client(runtime, resource=None, introspect_any=True)
+    body = (await introspect(client, token, mine)).json()
+    assert body["active"] is True and body["sub"]
+    assert (await introspect(client, token, other)).json() == {"active": False}
+    assert (await introspect(client, token, unlinked)).json() == {"active": False}
+    assert (await introspect(client, token, anything)).json()["active"] is True

@@ -16,6 +16,7 @@ from app.models.client import KIND_ADMIN, KIND_DYNAMIC, KIND_METADATA_DOCUMENT
 from app.services.clients import delete_client, set_trusted
 from app.stores import clients as store
 from app.stores import consents as consents_store
+from app.stores import resources as resources_store
 
 router = APIRouter()
 
@@ -56,6 +57,7 @@ def client_page(browser: AdminDep, db: DbDep, id: str = "", done: str = "") -> R
         client=client,
         kind_label=KINDS.get(client.kind, client.kind),
         metadata_json=json.dumps(client.client_metadata or {}, indent=2, sort_keys=True),
+        mcp_server=resources_store.get(db, client.resource_id) if client.resource_id else None,
         rows=consents_store.search(db, client_id=client.id, limit=500),
         done=done_notice(done, "trusted", "untrusted"),
     )

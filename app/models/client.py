@@ -37,7 +37,7 @@ class Client(Base):
     # An admin vouches for a self-registered client: its errors may redirect before sign-in
     # (docs/decisions.md#errors-of-self-registered-clients-stay-on-ostiary-until-sign-in).
     trusted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
-    # RFC 7662 §4: who may introspect what (docs/decisions.md#who-may-introspect). A client
+    # RFC 7662 §4: who may introspect what (docs/decisions.md#introspection-is-for-the-tokens-mcp-server). A client
     # that is an MCP server's own credential introspects tokens for that server; an admin may
     # let a client introspect any token.
     resource_id: Mapped[int | None] = mapped_column(ForeignKey("resources.id", ondelete="SET NULL"), index=True)

@@ -1,7 +1,10 @@
 """Token introspection (RFC 7662) on authlib's IntrospectionEndpoint, for resource servers.
 
-Callers authenticate as confidential clients. A client created by an operator (a resource
-server's credentials) may introspect any token; any other client only its own (RFC 7662 §4).
+Callers authenticate as confidential clients. RFC 7662 §4 leaves to the server who may learn
+what about which token (docs/decisions.md#introspection-is-for-the-tokens-mcp-server): a client
+may introspect the tokens it holds itself, the tokens issued for the MCP server whose credentials
+it is, and, if an admin allowed it, any token. Any other token is reported `{"active": false}`
+(RFC 7662 §2.2).
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from typing import Any
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint as _IntrospectionEndpoint
 
 from app.infra.db import now
-from app.models.client import KIND_ADMIN
 from app.oauth.clients import OAuthClient
 from app.oauth.revocation import AccessHandle, RefreshHandle, find_token
 from app.oauth.server import Request, current_db
@@ -50,9 +52,18 @@ class IntrospectionEndpoint(_IntrospectionEndpoint):
         return Introspected(handle, active and user is not None and not user.disabled)
 
     def check_permission(self, token: Introspected, client: OAuthClient, request: Request) -> bool:
-        if client.row.kind == KIND_ADMIN:
+        row = client.row
+        if row.introspect_any or token.handle.check_client(client):
             return True
-        return token.handle.check_client(client)
+        return row.resource_id is not None and self._audience_id(token.handle) == row.resource_id
+
+    def _audience_id(self, handle: RefreshHandle | AccessHandle) -> int | None:
+        """The MCP server (resource) a token was issued for."""
+        if isinstance(handle, RefreshHandle):
+            return handle.row.resource_id
+        aud = handle.claims.get("aud")
+        info = self.server.catalogue.by_uri(aud) if isinstance(aud, str) else None
+        return info.id if info is not None else None
 
     def introspect_token(self, token: Introspected) -> dict[str, Any]:
         handle = token.handle

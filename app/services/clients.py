@@ -61,10 +61,15 @@ def create_admin_client(
     name: str,
     redirect_uris: list[str],
     confidential: bool,
+    resource_id: int | None = None,
+    introspect_any: bool = False,
     actor_id: str | None = None,
     via: str = "cli",
 ) -> tuple[Client, str | None]:
-    """A client registered by an operator. Returns it and, if confidential, its secret (once)."""
+    """A client registered by an operator. Returns it and, if confidential, its secret (once).
+    `resource_id`: the MCP server whose credentials it is (it may introspect that server's
+    tokens); `introspect_any`: it may introspect every token
+    (docs/decisions.md#introspection-is-for-the-tokens-mcp-server)."""
     secret = new_secret() if confidential else None
     meta = {
         "client_name": name,
@@ -74,10 +79,24 @@ def create_admin_client(
         "response_types": ["code"],
         "application_type": "web" if confidential else "native",
     }
-    row = Client(id=new_client_id(), kind=KIND_ADMIN, secret_hash=keyring.hash(secret) if secret else None)
+    row = Client(
+        id=new_client_id(),
+        kind=KIND_ADMIN,
+        secret_hash=keyring.hash(secret) if secret else None,
+        resource_id=resource_id,
+        introspect_any=introspect_any,
+    )
     client = store.add(db, apply_metadata(row, meta))
     audit.record(
-        db, "client.created", client_id=client.id, actor_id=actor_id, via=via, kind=KIND_ADMIN, confidential=confidential
+        db,
+        "client.created",
+        client_id=client.id,
+        actor_id=actor_id,
+        via=via,
+        kind=KIND_ADMIN,
+        confidential=confidential,
+        resource_id=resource_id,
+        introspect_any=introspect_any,
     )
     return client, secret
 

@@ -63,6 +63,14 @@ def check(uri: str, name: str, token_ttl: int | None, scopes: list[ScopeSpec]) -
     return ResourceSpec(canonical, name, token_ttl, scopes)
 
 
+def find(db: Session, uri: str) -> Resource | None:
+    """The MCP server registered under `uri`, compared in canonical form (RFC 8707 §2)."""
+    try:
+        return store.by_uri(db, canonical_resource(uri))
+    except InvalidResource:
+        return None
+
+
 def create(db: Session, spec: ResourceSpec, *, actor_id: str | None = None, via: str) -> Resource:
     return _save(db, None, spec, actor_id=actor_id, via=via)
 
