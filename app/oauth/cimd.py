@@ -34,6 +34,7 @@ log = logging.getLogger("ostiary.cimd")
 
 SHARED_SECRET_METHODS = {"client_secret_basic", "client_secret_post", "client_secret_jwt"}
 PUBLIC_GRANT_TYPES = ("authorization_code", "refresh_token")
+FETCH_FAILED = "The app's metadata document could not be fetched. If you publish it, check that it is served over https from a public address."
 
 
 class InvalidDocument(Exception):
@@ -173,8 +174,11 @@ class MetadataDocuments:
         except (FetchError, InvalidDocument) as exc:
             log.info("client metadata document %s refused: %s", client_id, exc)
             audit.record(db, "client.metadata_refused", client_id=client_id, reason=str(exc)[:200])
-            raise InvalidClientError(
-                description=safe_description(f"The app's metadata document could not be used: {exc}.")
-            ) from None
+            # Why a fetch failed (an address refused, a name that does not resolve, a refused
+            # connection, a timeout) would let anyone probe the network from here: the page says
+            # only that it failed; the log and the audit row say why. What is wrong with a
+            # document that was fetched is the publisher's own content, and is shown.
+            reason = FETCH_FAILED if isinstance(exc, FetchError) else f"The app's metadata document could not be used: {exc}."
+            raise InvalidClientError(description=safe_description(reason)) from None
         expires = now() + cache_lifetime(fetched.headers, self._settings)
         return clients.cache_document(db, client_id, meta, expires_at=expires)
