@@ -125,6 +125,16 @@ def _proxies(value: list[str]) -> list[str]:
     return value
 
 
+def _short_rate(value: str) -> str:
+    """Failures per username from every address only slow sign-in down: a tier whose window
+    were longer than a minute would let anyone lock the account out
+    (docs/decisions.md#failed-sign-ins-lock-one-source-and-only-slow-the-rest)."""
+    for item in parse_many(value):
+        if item.get_expiry() > 60:
+            raise ValueError("each tier must count over a minute at most (it only slows sign-in down); e.g. '30/minute'")
+    return value
+
+
 def _log_level(value: str) -> str:
     if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
@@ -132,6 +142,7 @@ def _log_level(value: str) -> str:
 
 
 Rate = Annotated[str, AfterValidator(_rate)]  # "60/minute", "5/minute;20/hour" (every part must allow)
+ShortRate = Annotated[str, AfterValidator(_rate), AfterValidator(_short_rate)]
 Seconds = PositiveInt
 CommaList = Annotated[list[str], NoDecode]  # "a, b,c" in the environment
 Networks = Annotated[list[str], NoDecode, AfterValidator(_networks)]
@@ -188,8 +199,11 @@ class Settings(BaseSettings):
     token_rate_per_client: Rate = "100/minute"  # per client_id and address
     authorize_rate_per_ip: Rate = "120/minute"
     login_rate_per_ip: Rate = "60/minute"
-    # Failed sign-ins per username: each tier is a longer wait (progressive), the last a lock.
-    login_failures_per_user: Rate = "5/minute;10/5minutes;20/hour"
+    # Failed sign-ins per username and address: each tier a longer wait, the last a lock of that
+    # address only; per username from every address: a short wait, never a lock
+    # (docs/decisions.md#failed-sign-ins-lock-one-source-and-only-slow-the-rest).
+    login_failures_per_source: Rate = "5/minute;10/5minutes;20/hour"
+    login_failures_per_user: ShortRate = "30/minute"
     metrics_networks: Networks = Field(
         default_factory=lambda: ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"]
     )

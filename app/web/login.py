@@ -18,7 +18,8 @@ router = APIRouter()
 
 BAD_CREDENTIALS = "Incorrect username or password."
 EXPIRED_FORM = "This form has expired. Please try again."
-LOCKED = "Too many failed sign-ins for this account."
+LOCKED = "Too many failed sign-ins for this account from your network."
+SLOWED = "Many sign-ins for this account have failed recently. Please wait a moment."
 ACCOUNT_LOCKED = (
     "This account is locked after too many wrong codes. Ask an administrator to unlock it, or use a password link from them."
 )
@@ -44,17 +45,24 @@ def login(request: Request, browser: BrowserDep, db: DbDep, form: FormDep) -> Re
     limited = browser.limited(client_ip(request), settings.login_rate_per_ip, "login-ip")
     if limited is not None:
         return limited
-    # Failures per username, in tiers ("5/minute;10/5minutes;20/hour"): each tier is a longer
-    # wait, the last a temporary lock. Counted for any name, known or not, so the answer
-    # tells nothing about which accounts exist.
+    # Failures per username and address, in tiers ("5/minute;10/5minutes;20/hour"): each tier a
+    # longer wait, the last a temporary lock of that address; per username from every address,
+    # a short wait only, so that nobody can lock the real user out from everywhere
+    # (docs/decisions.md#failed-sign-ins-lock-one-source-and-only-slow-the-rest). Counted for
+    # any name, known or not, so the answer tells nothing about which accounts exist.
     subject = users_store.normalize_username(username)
-    wait = limiter.blocked(settings.login_failures_per_user, "login-user", subject)
+    source = f"{subject} {client_ip(request)}"
+    wait = limiter.blocked(settings.login_failures_per_source, "login-source", source)
     if wait is not None:
         return browser.too_many_requests(wait, LOCKED)
+    wait = limiter.blocked(settings.login_failures_per_user, "login-user", subject)
+    if wait is not None:
+        return browser.too_many_requests(wait, SLOWED)
     user = users_store.by_username(db, username) if username else None
     # Same work and the same answer for an unknown user, a wrong password and a disabled account.
     ok, new_hash = verify_password(user.password_hash if user else None, password)
     if not ok or user is None or user.disabled:
+        limiter.count(settings.login_failures_per_source, "login-source", source)
         limiter.count(settings.login_failures_per_user, "login-user", subject)
         audit.record(
             db,
@@ -65,6 +73,7 @@ def login(request: Request, browser: BrowserDep, db: DbDep, form: FormDep) -> Re
         )
         db.commit()
         return browser.render("login.html", 401, next=next_url, username=username, error=BAD_CREDENTIALS)
+    limiter.reset(settings.login_failures_per_source, "login-source", source)
     limiter.reset(settings.login_failures_per_user, "login-user", subject)
     if user.locked_at is not None:
         # Locked after too many wrong second-factor codes
