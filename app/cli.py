@@ -25,6 +25,7 @@ from app.models.key import ACTIVE
 from app.oauth.redirect_uris import InvalidRedirectUri, validate_registered
 from app.oauth.scopes import is_scope_token
 from app.security.secrets import Keyring
+from app.security.text import invisible_character
 from app.services import Refused, keys
 from app.services import clients as client_service
 from app.services import resources as resource_service
@@ -276,15 +277,17 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
     name = args.name.strip()
     if not name or len(name) > client_service.MAX_NAME:
         raise UsageError(f"--name must be 1 to {client_service.MAX_NAME} characters")
-    try:
-        uris = [validate_registered(u) for u in args.redirect_uri]
-    except InvalidRedirectUri as exc:
-        raise UsageError(f"--redirect-uri: {exc}") from None
+    if invisible_character(name):
+        raise UsageError("--name must not contain control, format or separator characters")
     if not args.redirect_uri and not (args.resource_server or args.introspect_any):
         raise UsageError("--redirect-uri is required (except for an MCP server's credentials)")
     if (args.resource_server or args.introspect_any) and not args.confidential:
         raise UsageError("--resource-server and --introspect-any need --confidential (introspection authenticates)")
     settings = load_settings()
+    try:
+        uris = [validate_registered(u, settings.native_app_schemes) for u in args.redirect_uri]
+    except InvalidRedirectUri as exc:
+        raise UsageError(f"--redirect-uri: {exc}") from None
     keyring = Keyring(settings.keyring())
     _, factory = _open(settings)
     with factory() as db:

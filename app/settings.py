@@ -93,6 +93,11 @@ def _issuer(value: str) -> str:
     return value
 
 
+# RFC 8252 §7.1: private-use schemes are reverse-domain names (com.example.app). Shipping MCP
+# clients also use short ones; these are accepted by name (OSTIARY_NATIVE_APP_SCHEMES).
+NATIVE_APP_SCHEMES = ("cursor", "vscode", "vscode-insiders", "vscodium", "claude", "windsurf", "zed", "raycast")
+
+
 def _rate(value: str) -> str:
     try:
         parse_many(value)
@@ -227,6 +232,8 @@ class Settings(BaseSettings):
     cimd_cache_max: Seconds = 24 * 3600
     # Hosts whose private or loopback addresses may be fetched anyway (tests, development).
     cimd_allowed_hosts: CommaList = Field(default_factory=list)
+    # Short private-use redirect URI schemes accepted besides reverse-domain ones (RFC 8252 §7.1).
+    native_app_schemes: CommaList = Field(default_factory=lambda: list(NATIVE_APP_SCHEMES))
     # An extra CA bundle to trust when fetching (a test CA, a corporate CA).
     cimd_ca_file: Path | None = None
 
@@ -238,7 +245,13 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "cimd_allowed_hosts", "trusted_proxies", "extra_hosts", "metrics_networks", "rate_limit_exempt", mode="before"
+        "cimd_allowed_hosts",
+        "trusted_proxies",
+        "extra_hosts",
+        "metrics_networks",
+        "rate_limit_exempt",
+        "native_app_schemes",
+        mode="before",
     )
     @classmethod
     def _split_list(cls, value: Any) -> Any:

@@ -267,3 +267,71 @@ async def test_private_use_redirect_end_to_end(client, runtime):
     assert response.status_code == 302, response.text
     assert response.headers["location"].startswith(CURSOR + "?")
     assert "code" in query(response.headers["location"])
+
+
+# -- invisible characters and look-alike hosts (consent-page spoofing) ----------------------------
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        pytest.param("https://notes.example.com/cb\u2028https://evil.example", id="U+2028 line separator"),
+        pytest.param("https://notes.example.com/\u202ebc", id="U+202E right-to-left override"),
+        pytest.param("https://notes\u200b.example.com/cb", id="U+200B zero-width space"),
+        pytest.param("https://notes.example.com/c\u00a0b", id="U+00A0 no-break space"),
+        pytest.param("https://notes.example.com/cb\u0085", id="U+0085 next line (C1 control)"),
+    ],
+)
+def test_invisible_and_separator_characters_are_refused(uri):
+    """They would make the consent page show another address than the one registered."""
+    with pytest.raises(InvalidRedirectUri, match="invisible or separator"):
+        validate_registered(uri)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        pytest.param("mailto:alice@example.com", id="mailto"),
+        pytest.param("tel:+15550100", id="tel"),
+        pytest.param("view-source:https://example.com/", id="view-source"),
+        pytest.param("jar:https://example.com/x.jar!/", id="jar"),
+        pytest.param("ms-settings:privacy", id="ms-settings"),
+        pytest.param("chrome-extension://abcdef/cb", id="chrome-extension"),
+        pytest.param("myapp:/callback", id="short scheme not on the list"),
+    ],
+)
+def test_schemes_that_are_not_private_use_are_refused(uri):
+    """RFC 8252 §7.1: a private-use scheme is a reverse-domain name (or a known MCP client's)."""
+    with pytest.raises(InvalidRedirectUri, match="not a private-use scheme"):
+        validate_registered(uri)
+
+
+def test_the_short_scheme_list_is_a_setting():
+    assert validate_registered("myapp:/callback", native_schemes=["myapp"]) == "myapp:/callback"
+    assert validate_registered("com.example.myapp:/callback", native_schemes=[]) == "com.example.myapp:/callback"
+
+
+@pytest.mark.parametrize("settings_overrides", [{"native_app_schemes": ["cursor"]}])
+async def test_registration_refuses_a_scheme_off_the_configured_list(client, runtime):
+    response = await client.post("/register", json={"redirect_uris": ["vscode://vscode.mcp-auth/callback"]})
+    assert response.status_code == 400 and response.json()["error"] == "invalid_redirect_uri"
+    assert (await client.post("/register", json={"redirect_uris": [CURSOR]})).status_code == 201
+
+
+@pytest.mark.parametrize("name", ["Notes\u202eexe.txt", "Notes\u2028Verified by Ostiary", "Notes\u0007", "No\u200dtes"])
+async def test_client_names_with_invisible_characters_are_refused(client, name):
+    """RFC 7591 §2: client_name is shown to the user; bidi overrides and line breaks would let
+    it read as something else."""
+    response = await client.post("/register", json={"redirect_uris": [REDIRECT], "client_name": name})
+    assert response.status_code == 400 and response.json()["error"] == "invalid_client_metadata"
+
+
+async def test_consent_page_shows_an_international_host_in_punycode_too(client, runtime):
+    """Look-alike letters (Cyrillic о in nоtes) show beside the ASCII spelling that is really
+    registered."""
+    lookalike = "https://n\u043etes.example.com/cb"
+    reg = await signed_in_flow(client, runtime, redirect_uris=[lookalike])
+    _, challenge = pkce()
+    response = await authorize(client, authorize_params(reg["client_id"], challenge, redirect_uri=lookalike), decision="show")
+    assert response.status_code in (200, 400), response.status_code
+    assert "n\u043etes.example.com" in response.text and "xn--ntes-" in response.text

@@ -21,7 +21,20 @@ def make_templates() -> Environment:
     )
     env.filters["when"] = when
     env.filters["redirect_hosts"] = redirect_hosts
+    env.filters["punycode"] = punycode
     return env
+
+
+def punycode(host: str) -> str | None:
+    """The ASCII (IDNA) spelling of a host with non-ASCII letters, shown beside the Unicode form
+    so that look-alike letters (Cyrillic "о" in "nоtes.example.com") show; None for an ASCII
+    host."""
+    if host.isascii():
+        return None
+    try:
+        return ".".join(label.encode("idna").decode("ascii") if label else "" for label in host.split("."))
+    except UnicodeError:
+        return "not a valid international domain name"
 
 
 def when(timestamp: int | None, empty: str = "—") -> str:

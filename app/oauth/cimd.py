@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Collection
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -26,8 +27,9 @@ from app.models import Client
 from app.models.client import KIND_METADATA_DOCUMENT
 from app.oauth.errors import safe_description
 from app.oauth.redirect_uris import InvalidRedirectUri, validate_registered
+from app.security.text import invisible_character
 from app.services import audit, clients
-from app.settings import Settings
+from app.settings import NATIVE_APP_SCHEMES, Settings
 from app.stores import clients as store
 
 log = logging.getLogger("ostiary.cimd")
@@ -89,7 +91,7 @@ def cache_lifetime(headers: httpx.Headers, settings: Settings, at: float | None 
     return max(settings.cimd_cache_min, min(settings.cimd_cache_max, lifetime))
 
 
-def validate_document(client_id: str, body: bytes) -> dict[str, Any]:
+def validate_document(client_id: str, body: bytes, native_schemes: Collection[str] = NATIVE_APP_SCHEMES) -> dict[str, Any]:
     """The document's metadata, checked and with known client quirks tolerated."""
     try:
         doc = json.loads(body)
@@ -106,11 +108,14 @@ def validate_document(client_id: str, body: bytes) -> dict[str, Any]:
     name = doc.get("client_name")
     if not isinstance(name, str) or not name.strip() or len(name) > 200:
         raise InvalidDocument("the document needs a client_name")
+    hidden = invisible_character(name)
+    if hidden is not None:
+        raise InvalidDocument(f"the client_name must not contain control, format or separator characters ({hidden})")
     uris = doc.get("redirect_uris")
     if not isinstance(uris, list) or not uris or not all(isinstance(u, str) for u in uris):
         raise InvalidDocument("the document needs redirect_uris")
     try:
-        uris = [validate_registered(u) for u in uris[:30]]
+        uris = [validate_registered(u, native_schemes) for u in uris[:30]]
     except InvalidRedirectUri as exc:
         raise InvalidDocument(f"the document has an invalid redirect URI: {exc}") from None
 
@@ -170,7 +175,7 @@ class MetadataDocuments:
             raise InvalidClientError(description=problem)
         try:
             fetched = self._fetcher.get_json_document(client_id)
-            meta = validate_document(client_id, fetched.body)
+            meta = validate_document(client_id, fetched.body, self._settings.native_app_schemes)
         except (FetchError, InvalidDocument) as exc:
             log.info("client metadata document %s refused: %s", client_id, exc)
             audit.record(db, "client.metadata_refused", client_id=client_id, reason=str(exc)[:200])

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
+from collections.abc import Collection
 from urllib.parse import urlsplit
+
+from app.security.text import invisible_character
+from app.settings import NATIVE_APP_SCHEMES
 
 FORBIDDEN_SCHEMES = {"javascript", "data", "file", "vbscript", "about", "blob", "filesystem", "ws", "wss"}
 MAX_LENGTH = 2000
@@ -38,14 +43,19 @@ def is_loopback_redirect(uri: str) -> bool:
         return False
 
 
-def validate_registered(uri: str) -> str:
-    """Raise InvalidRedirectUri unless `uri` may be registered (OAuth 2.1 §2.3, RFC 8252 §7)."""
+def validate_registered(uri: str, native_schemes: Collection[str] = NATIVE_APP_SCHEMES) -> str:
+    """Raise InvalidRedirectUri unless `uri` may be registered (OAuth 2.1 §2.3, RFC 8252 §7).
+    `native_schemes`: the short private-use schemes accepted besides reverse-domain ones."""
     if not isinstance(uri, str) or not uri:
         raise InvalidRedirectUri("a redirect URI must be a non-empty string")
     if len(uri) > MAX_LENGTH:
         raise InvalidRedirectUri("a redirect URI must be at most 2000 characters")
     if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in uri):
         raise InvalidRedirectUri("a redirect URI must not contain spaces or control characters")
+    hidden = invisible_character(uri)
+    if hidden is not None or any(unicodedata.category(c) == "Zs" for c in uri):
+        # Bidi overrides, zero-width and line separators would show the user another address.
+        raise InvalidRedirectUri(f"a redirect URI must not contain invisible or separator characters ({hidden or 'a space'})")
     if "*" in uri:
         raise InvalidRedirectUri("wildcards are not allowed in redirect URIs")
     try:
@@ -74,9 +84,16 @@ def validate_registered(uri: str) -> str:
         if not _host_is_loopback(parts.hostname):
             raise InvalidRedirectUri("http redirect URIs are allowed only on a loopback host (127.0.0.1, [::1], localhost)")
         return uri
-    # RFC 8252 §7.1 private-use URI scheme of a native app: reverse-domain names are recommended,
-    # and shipping clients also use short ones (cursor://anysphere.cursor-mcp/oauth/callback).
-    return uri
+    # RFC 8252 §7.1: a private-use scheme of a native app is a reverse-domain name; a few short
+    # ones of shipping MCP clients are accepted by name (cursor://anysphere.cursor-mcp/...).
+    # Anything else (mailto:, tel:, ms-settings:, chrome-extension:, jar: ...) hands the code to
+    # some other program, not to an app that registered it.
+    if "." in scheme or scheme in native_schemes:
+        return uri
+    raise InvalidRedirectUri(
+        f"the {scheme}: scheme is not a private-use scheme: use https, http on loopback, or a reverse-domain "
+        "scheme such as com.example.app: (RFC 8252 §7.1)"
+    )
 
 
 def matches(registered: list[str], requested: str) -> bool:

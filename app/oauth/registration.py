@@ -7,6 +7,7 @@ send, refuses what is unsafe (redirect URIs above all), and fills in what they l
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -26,7 +27,9 @@ from app.oauth.redirect_uris import InvalidRedirectUri, is_loopback_redirect, va
 from app.oauth.scopes import InvalidScope, parse
 from app.oauth.server import current_db
 from app.security.secrets import new_token
+from app.security.text import invisible_character
 from app.services import clients
+from app.settings import NATIVE_APP_SCHEMES
 from app.stores import clients as store
 
 AUTH_METHODS = ("none", "client_secret_basic", "client_secret_post")
@@ -41,7 +44,7 @@ def _bad(description: str) -> InvalidClientMetadataError:
     return InvalidClientMetadataError(description)
 
 
-def client_metadata(data: object) -> dict[str, Any]:
+def client_metadata(data: object, native_schemes: Collection[str] = NATIVE_APP_SCHEMES) -> dict[str, Any]:
     """The metadata to register: validated, defaults filled in, unsupported values dropped.
 
     Raises InvalidRedirectURIError / InvalidClientMetadataError (RFC 7591 §3.2.2).
@@ -59,7 +62,7 @@ def client_metadata(data: object) -> dict[str, Any]:
     if len(uris) > MAX_REDIRECT_URIS:
         raise InvalidRedirectURIError(f"At most {MAX_REDIRECT_URIS} redirect URIs.")
     try:
-        meta["redirect_uris"] = list(dict.fromkeys(validate_registered(u) for u in uris))
+        meta["redirect_uris"] = list(dict.fromkeys(validate_registered(u, native_schemes) for u in uris))
     except InvalidRedirectUri as exc:
         raise InvalidRedirectURIError(safe_description(str(exc))) from None
 
@@ -68,6 +71,9 @@ def client_metadata(data: object) -> dict[str, Any]:
             raise _bad(f"'{name}' must be a string of at most {MAX_STRING} characters.")
         if meta.get(name) is None:
             meta.pop(name, None)
+        elif (hidden := invisible_character(meta[name])) is not None:
+            # Shown on the consent page: no bidi override or line break may change how it reads.
+            raise _bad(f"'{name}' must not contain control, format or separator characters ({hidden}).")
     for name in URL_FIELDS:
         value = meta.get(name)
         if value is None:
@@ -136,7 +142,7 @@ class RegistrationEndpoint(ClientRegistrationEndpoint):
         return True
 
     def extract_client_metadata(self, request: JsonRequest) -> dict[str, Any]:
-        return client_metadata(request.payload.data)
+        return client_metadata(request.payload.data, self.server.settings.native_app_schemes)
 
     def get_server_metadata(self) -> dict[str, Any]:
         return {}
@@ -218,7 +224,7 @@ class ClientConfigurationEndpoint(_ClientConfigurationEndpoint):
         data = dict(request.payload.data)
         data.pop("client_id", None)
         data.pop("client_secret", None)
-        return client_metadata(data)
+        return client_metadata(data, self.server.settings.native_app_schemes)
 
     def introspect_client(self, client: OAuthClient) -> dict[str, Any]:
         row = client.row

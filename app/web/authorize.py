@@ -153,7 +153,6 @@ def _render_refusal(browser: Browser, refusal: flow.ShowError | flow.RedirectErr
             error=refusal.error.error,
             client_name=refusal.client.row.name if refusal.client is not None else "an unknown app",
             redirect_host=host,
-            punycode_host=None,
             url=refusal.url,
         )
     description = getattr(refusal.error, "description", None) or "The request is not valid."
