@@ -86,3 +86,31 @@ def test_decision_table(prompts, scopes, user, auth_time, requested_at, consente
         decision=decision,
     )
     assert outcome == expected
+
+
+@pytest.mark.parametrize(
+    "prompts, max_age, auth_time, requested_at, expected",
+    [
+        pytest.param("", 60, T - 30, None, IssueCode(["read"], False), id="sign-in within max_age"),
+        pytest.param("", 60, T - 61, None, SignIn(force=True), id="sign-in older than max_age: again"),
+        pytest.param("none", 60, T - 61, None, PromptError(LoginRequiredError), id="older than max_age, prompt=none"),
+        pytest.param("", 0, T - 1, None, SignIn(force=True), id="max_age=0 is a fresh sign-in"),
+        pytest.param("", 0, T + 2, T, IssueCode(["read"], False), id="max_age=0, signed in after the request"),
+        pytest.param("", 60, T - 100, T - 50, IssueCode(["read"], False), id="stored request: counted from the request"),
+        pytest.param("", 60, T - 200, T - 50, SignIn(force=True), id="stored request, sign-in too old for it"),
+    ],
+)
+def test_max_age_oidc_core_3_1_2_1(prompts, max_age, auth_time, requested_at, expected):
+    """OIDC Core §3.1.2.1: a sign-in older than max_age seconds must be repeated."""
+    outcome = decide(
+        prompts=frozenset(prompts.split()),
+        scopes=["read"],
+        resource=RESOURCE,
+        user=ALICE,
+        auth_time=auth_time,
+        requested_at=requested_at,
+        consented={"read"},
+        max_age=max_age,
+        now_=T,
+    )
+    assert outcome == expected

@@ -404,6 +404,57 @@ async def test_prompt_login_forces_a_fresh_sign_in(client, runtime):
     assert claims["iat"] - claims["auth_time"] < 60
 
 
+async def test_max_age_older_than_the_sign_in_asks_to_sign_in_again(client, runtime):
+    """OIDC Core §3.1.2.1 max_age: a session signed in longer ago than max_age must sign in
+    again; within it, the code comes straight back."""
+    reg = await signed_in_flow(client, runtime)
+    await tokens_for(client, reg["client_id"], scope="mcp:read")
+    _, challenge = pkce()
+    fresh = await client.get("/authorize", params=authorize_params(reg["client_id"], challenge, max_age="300"))
+    assert fresh.status_code == 302 and "code" in query(fresh.headers["location"])
+    with runtime.engine.begin() as conn:  # the session signed in ten minutes ago
+        conn.execute(text("UPDATE browser_sessions SET auth_time = auth_time - 600"))
+    params = authorize_params(reg["client_id"], challenge, max_age="300")
+    response = await client.get("/authorize", params=params)
+    assert response.status_code == 303 and response.headers["location"].startswith("/login?")
+    login_url = response.headers["location"]
+    assert query(login_url)["prompt"] == "login"
+    next_url = query(login_url)["next"]
+    assert (await client.get(next_url)).headers["location"].startswith("/login?")  # not past it
+    form = await client.get(login_url)
+    signed_in = await client.post(
+        "/login", data={"username": "alice", "password": PASSWORD, "csrf_token": csrf_from(form.text), "next": next_url}
+    )
+    assert signed_in.headers["location"] == next_url
+    back = await client.get(next_url)
+    assert back.status_code == 302 and "code" in query(back.headers["location"])
+    with runtime.engine.begin() as conn:
+        conn.execute(text("UPDATE browser_sessions SET auth_time = auth_time - 5"))
+    none = await client.get("/authorize", params=authorize_params(reg["client_id"], challenge, max_age="0", prompt="none"))
+    assert query(none.headers["location"])["error"] == "login_required"
+
+
+@pytest.mark.parametrize(
+    "extra, error",
+    [
+        pytest.param({"max_age": "-1"}, "invalid_request", id="max_age negative"),
+        pytest.param({"max_age": "soon"}, "invalid_request", id="max_age not a number"),
+        pytest.param({"request": "eyJhbGciOiJub25lIn0.e30."}, "request_not_supported", id="request object (OIDC Core 6)"),
+        pytest.param(
+            {"request_uri": "https://client.example/req.jwt"}, "request_uri_not_supported", id="request_uri (OIDC Core 6)"
+        ),
+    ],
+)
+async def test_unsupported_oidc_parameters_are_refused_not_ignored(client, runtime, extra, error):
+    """OIDC Core §3.1.2.6 / §6: a request object the server does not support is refused with
+    its own error (a client may have moved parameters into it); max_age must be seconds."""
+    reg = await registered_flow(client, runtime)
+    _, challenge = pkce()
+    response = await client.get("/authorize", params=authorize_params(reg["client_id"], challenge, **extra))
+    assert response.status_code == 302 and response.headers["location"].startswith(REDIRECT)
+    assert query(response.headers["location"])["error"] == error
+
+
 async def test_consent_audit_events_hold_no_secrets(client, runtime):
     """Audit events carry identifiers, never a code or token
     (docs/decisions.md#bearer-secrets-are-stored-as-keyed-hmacs)."""

@@ -77,6 +77,8 @@ async def test_metadata_fields_mcp_and_oauth21(client, runtime):
     assert {"authorization_code", "refresh_token"} <= set(doc["grant_types_supported"])
     assert "implicit" not in doc["grant_types_supported"] and "password" not in doc["grant_types_supported"]
     assert "none" in doc["token_endpoint_auth_methods_supported"]  # public clients (MCP)
+    # OIDC Discovery §3: request objects are not supported (request_uri would default to true).
+    assert doc["request_parameter_supported"] is False and doc["request_uri_parameter_supported"] is False
     for field in (
         "authorization_endpoint",
         "token_endpoint",

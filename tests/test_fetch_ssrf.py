@@ -54,6 +54,7 @@ pytestmark = pytest.mark.anyio
         pytest.param("::1", False, id="::1 loopback"),
         pytest.param("fe80::1", False, id="fe80::/10 link-local"),
         pytest.param("fe80::1%eth0", False, id="link-local with zone id"),
+        pytest.param("fec0::1", False, id="fec0::/10 site-local (RFC 3879, still routed inside networks)"),
         pytest.param("169.254.169.254", False, id="169.254/16 link-local (cloud metadata)"),
         pytest.param("224.0.0.1", False, id="224/4 multicast"),
         pytest.param("239.255.255.250", False, id="224/4 multicast top"),

@@ -42,6 +42,10 @@ def is_public_address(address: str) -> bool:
             return False
         if ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
+        elif ip.is_site_local:
+            # fec0::/10, site-local (RFC 3879 deprecated it, but networks still route it
+            # internally); Python's is_global says True.
+            return False
     return ip.is_global and not (ip.is_multicast or ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved)
 
 

@@ -21,7 +21,13 @@ from app.oauth import scopes as scope_policy
 from app.oauth import tokens
 from app.oauth.catalogue import Catalogue, ResourceInfo
 from app.oauth.clients import OAuthClient
-from app.oauth.errors import InvalidTargetError, add_query, safe_description
+from app.oauth.errors import (
+    InvalidTargetError,
+    RequestNotSupportedError,
+    RequestUriNotSupportedError,
+    add_query,
+    safe_description,
+)
 from app.oauth.resource_indicators import InvalidResource, canonical_resource
 from app.oauth.server import Request, current_db, repeated_parameter
 from app.security.secrets import new_token
@@ -80,6 +86,24 @@ def parse_prompt(value: str | None) -> frozenset[str]:
     return prompts
 
 
+def parse_max_age(value: str | None) -> int | None:
+    """OIDC Core §3.1.2.1 max_age: a non-negative number of seconds."""
+    if value is None or value == "":
+        return None
+    if not value.isascii() or not value.isdigit() or len(value) > 10:
+        raise InvalidRequestError("'max_age' must be a non-negative number of seconds.")
+    return int(value)
+
+
+def refuse_request_objects(data: dict[str, str]) -> None:
+    """OIDC Core §6: request objects are optional; a server that does not support them says so
+    instead of ignoring parameters the client may have moved into one."""
+    if "request" in data:
+        raise RequestNotSupportedError("Request objects ('request') are not supported.")
+    if "request_uri" in data:
+        raise RequestUriNotSupportedError("'request_uri' is not supported.")
+
+
 def check_lengths(data: dict[str, str]) -> None:
     if len(data.get("state") or "") > MAX_STATE:
         raise InvalidRequestError("'state' is too long.")
@@ -119,9 +143,11 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             if repeated is not None:
                 raise InvalidRequestError(safe_description(f"Parameter '{repeated}' is repeated."))
             check_lengths(request.payload.data)
+            refuse_request_objects(request.payload.data)
             request.resource = resolve_resource(request.payload.datalist, self.server.catalogue, settings.default_resource)
             request.scopes = resolve_scopes(request.payload.scope, request.resource)
             request.prompts = parse_prompt(request.payload.data.get("prompt"))
+            request.max_age = parse_max_age(request.payload.data.get("max_age"))
         except OAuth2Error as error:
             error.redirect_uri = redirect_uri
             error.state = request.payload.state

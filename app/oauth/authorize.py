@@ -11,7 +11,7 @@ The decision table (docs/architecture.md has it with the pages around it):
 
 | who / what                                            | outcome                       |
 |-------------------------------------------------------|-------------------------------|
-| nobody signed in, or prompt=login not yet honoured    | prompt=none: PromptError(login_required); else SignIn |
+| nobody signed in, prompt=login not yet honoured, or a sign-in older than max_age | prompt=none: PromptError(login_required); else SignIn |
 | the user chose Deny                                   | Deny("user")                  |
 | the consent form must be shown again (expired form)   | AskConsent                    |
 | the policy allows none of the resource scopes asked   | Deny("policy")                |
@@ -69,6 +69,10 @@ class Validated:
     @property
     def prompts(self) -> frozenset[str]:
         return self.handler.request.prompts
+
+    @property
+    def max_age(self) -> int | None:
+        return self.handler.request.max_age
 
 
 # -- outcomes -----------------------------------------------------------------------------------
@@ -157,16 +161,21 @@ def decide(
     requested_at: int | None,
     consented: set[str],
     decision: Decision | None = None,
+    max_age: int | None = None,
+    now_: int = 0,
 ) -> Outcome:
     """The next step for a valid request asking for `scopes` of `resource`. `requested_at` is
     when a stored request was made (None on /authorize itself), `consented` the scopes of the
-    user's earlier consent to this client and resource."""
+    user's earlier consent to this client and resource, `now_` the current time."""
     # OIDC Core §3.1.2.1 prompt=login: a sign-in after this request, even with a session.
     stale = "login" in prompts and (requested_at is None or auth_time is None or auth_time < requested_at)
-    if user is None or stale:
+    # OIDC Core §3.1.2.1 max_age: the sign-in may be at most max_age seconds older than the
+    # request (a sign-in after a stored request was made always satisfies it).
+    too_old = max_age is not None and (auth_time is None or auth_time + max_age < (requested_at or now_))
+    if user is None or stale or too_old:
         if "none" in prompts:
             return PromptError(LoginRequiredError)
-        return SignIn(force="login" in prompts)
+        return SignIn(force="login" in prompts or too_old)
     if decision == "deny":
         return Deny("user")
     allowed = scope_policy.permitted(scopes, resource, user.groups)
@@ -252,6 +261,7 @@ def store_request(db: Session, keyring: Keyring, ttl: int, v: Validated) -> str:
             code_challenge=data["code_challenge"],
             nonce=data.get("nonce"),
             prompt=" ".join(sorted(v.prompts)) or None,
+            max_age=v.max_age,
             created_at=t,
             expires_at=t + ttl,
         ),
@@ -276,4 +286,6 @@ def stored_params(row: AuthorizationRequest, resource_uri: str) -> list[tuple[st
         value = getattr(row, name)
         if value:
             params.append((name, value))
+    if row.max_age is not None:
+        params.append(("max_age", str(row.max_age)))
     return params

@@ -26,6 +26,14 @@ class ConsentRequiredError(OAuth2Error):
     error = "consent_required"  # OIDC Core §3.1.2.6
 
 
+class RequestNotSupportedError(OAuth2Error):
+    error = "request_not_supported"  # OIDC Core §3.1.2.6, §6: no request objects here
+
+
+class RequestUriNotSupportedError(OAuth2Error):
+    error = "request_uri_not_supported"  # OIDC Core §3.1.2.6, §6
+
+
 class MissingGrantType(UnsupportedGrantTypeError):
     """RFC 6749 §5.2: a request without grant_type is invalid_request (a missing required
     parameter), not unsupported_grant_type. A subclass, because authlib's token endpoint turns

@@ -95,6 +95,7 @@ class Request(OAuth2Request):
     resource: ResourceInfo  # the RFC 8707 resource, resolved from the catalogue
     scopes: list[str]  # the scopes asked for (authorize) or kept (refresh)
     prompts: frozenset[str]  # OIDC Core §3.1.2.1 prompt values
+    max_age: int | None  # OIDC Core §3.1.2.1: the oldest sign-in (seconds) the client accepts
     authorization_code: AuthorizationCode
     refresh_token: RefreshToken
     # Set when the user has decided (app/oauth/authorize.py), for the code to carry:
@@ -253,6 +254,9 @@ class OstiaryServer(AuthorizationServer):
                 "id_token_signing_alg_values_supported": [self.settings.signing_alg],
                 "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "preferred_username"],
                 "prompt_values_supported": ["none", "login", "consent"],
+                # OIDC Discovery §3: request_uri_parameter_supported defaults to true; say no.
+                "request_parameter_supported": False,
+                "request_uri_parameter_supported": False,
             }
         )
         if self.settings.cimd_enabled:

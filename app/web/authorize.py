@@ -136,6 +136,8 @@ def _decide(
         requested_at=row.created_at if row is not None else None,
         consented=consented,
         decision=decision,
+        max_age=v.max_age,
+        now_=now(),
     )
 
 
