@@ -353,6 +353,27 @@ def cmd_clients_trust(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_clients_block(args: argparse.Namespace) -> int:
+    _, factory = _open(load_settings())
+    with factory() as db:
+        if args.action == "block":
+            changed = client_service.block(db, args.client_id, reason=args.reason or "", via="cli")
+        else:
+            changed = client_service.unblock(db, args.client_id, via="cli")
+        db.commit()
+    state = "blocked" if args.action == "block" else "unblocked"
+    print(f"{args.client_id}: {state}" + ("" if changed else " (already)"))
+    return 0
+
+
+def cmd_clients_blocked(args: argparse.Namespace) -> int:
+    _, factory = _open(load_settings())
+    with factory() as db:
+        rows = [[b.id, b.reason or "", _fmt_time(b.created_at)] for b in clients_store.blocked(db)]
+    print(_table(rows, ["CLIENT_ID", "REASON", "SINCE"]))
+    return 0
+
+
 def cmd_clients_initial_token(args: argparse.Namespace) -> int:
     if args.expires_in < 60 or args.expires_in > 365 * 24 * 3600:
         raise UsageError("--expires-in must be between 60 seconds and one year")
@@ -483,6 +504,14 @@ def build_parser() -> argparse.ArgumentParser:
         p = clients.add_parser(action, help=text)
         p.add_argument("client_id")
         p.set_defaults(func=cmd_clients_trust)
+    p = clients.add_parser("block", help="refuse a client id or metadata-document URL (deletes the client)")
+    p.add_argument("client_id")
+    p.add_argument("--reason", metavar="TEXT")
+    p.set_defaults(func=cmd_clients_block)
+    p = clients.add_parser("unblock", help="lift a block")
+    p.add_argument("client_id")
+    p.set_defaults(func=cmd_clients_block)
+    clients.add_parser("blocked", help="list blocked client ids").set_defaults(func=cmd_clients_blocked)
     p = clients.add_parser("initial-token", help="create an initial access token for registration (RFC 7591)")
     p.add_argument("--expires-in", type=int, default=7 * 24 * 3600, metavar="SECONDS")
     p.add_argument("--uses", type=int, default=1, help="how many registrations it allows")

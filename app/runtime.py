@@ -80,7 +80,13 @@ def build_runtime(settings: Settings, *, fetch_transport: httpx.BaseTransport | 
     transport = fetch_transport or guarded_transport(
         allowed_hosts=settings.cimd_allowed_hosts, ca_file=str(settings.cimd_ca_file) if settings.cimd_ca_file else None
     )
-    documents = MetadataDocuments(Fetcher(transport, settings.cimd_timeout), settings)
+    fetcher = Fetcher(
+        transport,
+        settings.cimd_timeout,
+        max_total=settings.cimd_max_fetches,
+        max_per_host=settings.cimd_max_fetches_per_host,
+    )
+    documents = MetadataDocuments(fetcher, settings)
     server = OstiaryServer(settings=settings, keyring=keyring, keys=key_cache, catalogue=catalogue, documents=documents)
     server.register_grant(AuthorizationCodeGrant, [S256CodeChallenge()])
     server.register_grant(RefreshTokenGrant)

@@ -228,6 +228,9 @@ class Settings(BaseSettings):
     # Client ID Metadata Documents: outbound fetching of https client_id URLs.
     cimd_enabled: bool = True
     cimd_timeout: float = Field(default=3.0, gt=0, le=30)
+    # Metadata fetches at once, in all and per host; more are refused at once, never queued.
+    cimd_max_fetches: PositiveInt = 8
+    cimd_max_fetches_per_host: PositiveInt = 2
     cimd_cache_min: NonNegativeInt = 300
     cimd_cache_max: Seconds = 24 * 3600
     # Hosts whose private or loopback addresses may be fetched anyway (tests, development).

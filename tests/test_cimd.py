@@ -7,8 +7,10 @@ The real guarded transport (SSRF rules, TLS) is tested in test_fetch_ssrf.py."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
+import threading
 import time
 from collections.abc import Callable
 from email.utils import formatdate
@@ -597,3 +599,83 @@ async def test_token_endpoint_with_an_unseen_document_url_is_invalid_client(clie
     assert response.status_code == 401, response.text
     assert response.json()["error"] == "invalid_client"
     assert hosts.requests == []
+
+
+# -- fetching costs little: capped concurrency, a block list ------------------------------------------
+
+
+class SlowHosts(MetadataHosts):
+    """Every document answers after `delay` seconds; counts how many are fetched at once."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay, self.now, self.most = delay, 0, 0
+        self._lock = threading.Lock()
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        with self._lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            time.sleep(self.delay)
+            return super().handler(request)
+        finally:
+            with self._lock:
+                self.now -= 1
+
+
+@pytest.mark.parametrize("settings_overrides", [{"cimd_max_fetches": 3, "cimd_max_fetches_per_host": 2}])
+async def test_slow_hosts_get_capped_fetches_and_other_requests_are_not_delayed(settings, settings_overrides, new_client):
+    """A slow document host holds at most two fetches at once (three over all hosts); the rest
+    are refused at once with a retry-later page, and an unrelated page answers promptly."""
+    hosts = SlowHosts(delay=0.6)
+    urls = [f"https://slow{i % 3}.example.com/client.json" for i in range(9)]
+    for url in urls:
+        hosts.serve(document(client_id=url), url=url)
+    application = create_app(settings, run_jobs=False, fetch_transport=httpx.MockTransport(hosts.handler))
+    try:
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url=settings.issuer) as browser:
+
+            async def timed_login() -> float:
+                await asyncio.sleep(0.2)  # while the fetches are in flight
+                started = time.monotonic()
+                assert (await browser.get("/login")).status_code == 200
+                return time.monotonic() - started
+
+            *responses, login_time = await asyncio.gather(*(start(browser, url) for url in urls), timed_login())
+    finally:
+        application.state.runtime.engine.dispose()
+    assert hosts.most <= 3
+    busy = [r for r in responses if "try again in a few seconds" in r.text]
+    assert busy and all(r.status_code == 400 for r in busy)
+    assert login_time < 0.5
+
+
+async def test_a_blocked_document_url_is_not_fetched_again(client, runtime, hosts, new_client):
+    """An admin blocks a metadata-document client: it is deleted with everything issued to it and
+    its URL is refused without a fetch until unblocked (a plain delete would fetch it again)."""
+    from tests.support import create_user, login, submit
+
+    await signed_in(client, runtime)
+    hosts.serve()
+    await full_flow(client)
+    create_user(runtime, "root", admin=True)
+    admin = new_client()
+    assert (await login(admin, "root", next_url="/admin")).status_code == 303
+    ask = await submit(admin, "/admin/clients/block", {"client_id": CLIENT_ID, "reason": "phishing"}, csrf_page="/admin")
+    assert ask.status_code == 200 and "Block Example MCP Client?" in ask.text
+    done = await submit(
+        admin, "/admin/clients/block", {"client_id": CLIENT_ID, "reason": "phishing"}, confirm=True, csrf_page="/admin"
+    )
+    assert done.status_code == 303 and done.headers["location"] == "/admin/clients?done=blocked"
+    assert stored(runtime) is None
+    fetched = hosts.fetches()
+    assert_error_page(await start(client), "blocked by the administrator")
+    assert hosts.fetches() == fetched
+    listing = await admin.get("/admin/clients")
+    assert f'data-blocked-id="{CLIENT_ID}"' in listing.text and "phishing" in listing.text
+    assert audit_events(runtime, "client.blocked")[-1].client_id == CLIENT_ID
+    await submit(admin, "/admin/clients/unblock", {"client_id": CLIENT_ID}, csrf_page="/admin")
+    assert (await start(client)).status_code in (302, 303)
+    assert hosts.fetches() == fetched + 1

@@ -255,6 +255,16 @@ def test_users_unlock_lifts_a_second_factor_lock(ostiary):
     assert ostiary("users", "unlock", "nobody").returncode == 2
 
 
+def test_clients_block_unblock_and_list(ostiary):
+    """A metadata-document URL blocked from the command line is listed, and unblocked again."""
+    url = "https://phish.example/client.json"
+    assert f"{url}: blocked" in ostiary.ok("clients", "block", url, "--reason", "phishing")
+    assert "(already)" in ostiary.ok("clients", "block", url)
+    assert re.search(rf"^{re.escape(url)}\s+phishing", ostiary.ok("clients", "blocked"), re.M)
+    assert f"{url}: unblocked" in ostiary.ok("clients", "unblock", url)
+    assert url not in ostiary.ok("clients", "blocked")
+
+
 def test_clients_trust_and_untrust(ostiary):
     """docs/decisions.md#errors-of-self-registered-clients-stay-on-ostiary-until-sign-in."""
     execute(

@@ -136,7 +136,8 @@ async def prune_scenario(client, runtime) -> dict[str, dict]:
         )
         db.commit()
     set_times(runtime, document_id, created_ago=200 * DAY, used_ago=None)
-    cases["metadata document, never used"] = {"id": document_id, "pruned": False}
+    # Cached documents are pruned like registrations (fetched again if the app comes back).
+    cases["metadata document, never used"] = {"id": document_id, "pruned": True}
     return cases
 
 
@@ -149,7 +150,7 @@ async def run_prune_function(runtime, database_url) -> None:
 async def run_prune_cli(runtime, database_url) -> None:
     result = run_ostiary(database_url, "clients", "prune")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("pruned 4 client(s)"), result.stdout
+    assert result.stdout.startswith("pruned 5 client(s)"), result.stdout
 
 
 @pytest.mark.parametrize(
@@ -158,9 +159,9 @@ async def run_prune_cli(runtime, database_url) -> None:
 )
 async def test_pruning_rules(client, runtime, clean_db, run_prune):
     """docs/decisions.md#unused-registered-clients-are-pruned: never used within 24 h of
-    registering -> deleted; idle 90 days with no live refresh token -> deleted; everything else,
-    and every operator-created or metadata document client, kept. Each deletion and the run are
-    audited."""
+    registering -> deleted; idle 90 days with no live refresh token -> deleted, for registered
+    and metadata-document clients alike; everything else, and every operator-created client,
+    kept. Each deletion and the run are audited."""
     cases = await prune_scenario(client, runtime)
     await run_prune(runtime, clean_db)
     remaining = client_ids(runtime)
@@ -172,7 +173,7 @@ async def test_pruning_rules(client, runtime, clean_db, run_prune):
     assert set(deleted) == pruned
     assert deleted[cases["never used, registered 25 h ago"]["id"]] == "never_used"
     assert deleted[cases["idle 91 d, no refresh token"]["id"]] == "idle"
-    assert [e.details.get("count") for e in audit_events(runtime, "client.pruned")] == [4]
+    assert [e.details.get("count") for e in audit_events(runtime, "client.pruned")] == [5]
 
 
 async def test_pruned_client_gets_invalid_client_at_the_token_endpoint(client, runtime):

@@ -13,7 +13,7 @@ from app.admin.pages import AdminDep, Pager, confirm, confirmed, done_notice, no
 from app.http.body import FormDep
 from app.http.deps import DbDep
 from app.models.client import KIND_ADMIN, KIND_DYNAMIC, KIND_METADATA_DOCUMENT
-from app.services.clients import delete_client, set_trusted
+from app.services.clients import block, delete_client, set_trusted, unblock
 from app.stores import clients as store
 from app.stores import consents as consents_store
 from app.stores import resources as resources_store
@@ -42,7 +42,8 @@ def clients_page(
         pager=pager,
         kinds=KINDS,
         filters={"kind": kind, "unused": never_used, "q": q},
-        done=done_notice(done, "deleted"),
+        blocked=store.blocked(db),
+        done=done_notice(done, "deleted", "blocked", "unblocked"),
     )
 
 
@@ -103,3 +104,36 @@ def trust(browser: AdminDep, db: DbDep, form: FormDep) -> Response:
     return browser.redirect(
         "/admin/clients/detail?id=" + quote(client.id, safe="") + "&done=" + ("trusted" if trusted else "untrusted")
     )
+
+
+@router.post("/admin/clients/block")
+def block_client(browser: AdminDep, db: DbDep, form: FormDep) -> Response:
+    """Block a client id, above all a metadata-document URL that would otherwise be fetched
+    again after a delete."""
+    require_csrf(browser, form)
+    client_id = str(form.get("client_id") or "").strip()[:2048]
+    if not client_id:
+        return browser.redirect("/admin/clients")
+    if not confirmed(form):
+        known = store.get(db, client_id)
+        return confirm(
+            browser,
+            title=f"Block {known.name if known else client_id}?",
+            message="It can no longer sign anyone in: "
+            + ("its consents, codes and refresh tokens are deleted, its access tokens reported inactive, and " if known else "")
+            + "its metadata document is not fetched again until you unblock it.",
+            action="/admin/clients/block",
+            fields={"client_id": client_id, "reason": str(form.get("reason") or "")[:500]},
+            back="/admin/clients",
+        )
+    block(db, client_id, reason=str(form.get("reason") or ""), actor_id=browser.me.id, via="console")
+    db.commit()
+    return browser.redirect("/admin/clients?done=blocked")
+
+
+@router.post("/admin/clients/unblock")
+def unblock_client(browser: AdminDep, db: DbDep, form: FormDep) -> Response:
+    require_csrf(browser, form)
+    unblock(db, str(form.get("client_id") or "")[:2048], actor_id=browser.me.id, via="console")
+    db.commit()
+    return browser.redirect("/admin/clients?done=unblocked")

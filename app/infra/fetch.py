@@ -16,10 +16,13 @@ from __future__ import annotations
 import ipaddress
 import socket
 import ssl
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpcore
 import httpx
@@ -115,9 +118,41 @@ class Fetched:
     body: bytes
 
 
+class Busy(FetchError):
+    """Too many documents are being fetched right now (from this host, or at all)."""
+
+
+class _Slots:
+    """Counting caps taken without waiting: a fetch that finds no free slot is refused at once,
+    so slow hosts can hold at most `total` worker threads, and one host at most `per_host`, and
+    every other request keeps the rest of the thread pool."""
+
+    def __init__(self, total: int, per_host: int):
+        self._total, self._per_host = total, per_host
+        self._busy: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def take(self, host: str) -> Iterator[None]:
+        with self._lock:
+            if sum(self._busy.values()) >= self._total:
+                raise Busy("too many metadata documents are being fetched")
+            if self._busy.get(host, 0) >= self._per_host:
+                raise Busy(f"too many documents are being fetched from {host}")
+            self._busy[host] = self._busy.get(host, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._busy[host] -= 1
+                if not self._busy[host]:
+                    del self._busy[host]
+
+
 class Fetcher:
-    def __init__(self, transport: httpx.BaseTransport, timeout: float):
+    def __init__(self, transport: httpx.BaseTransport, timeout: float, *, max_total: int = 8, max_per_host: int = 2):
         self._timeout = timeout
+        self._slots = _Slots(max_total, max_per_host)
         self._client = httpx.Client(
             transport=transport,
             timeout=httpx.Timeout(timeout),
@@ -133,7 +168,11 @@ class Fetcher:
 
     def get_json_document(self, url: str) -> Fetched:
         """GET a small JSON document. Raises FetchError for anything but a 200 JSON answer
-        within the size cap."""
+        within the size cap, and Busy when the concurrency caps are reached."""
+        with self._slots.take((urlsplit(url).hostname or "").lower()):
+            return self._get(url)
+
+    def _get(self, url: str) -> Fetched:
         # httpx's timeouts bound each read, not the whole body: a server dripping a byte at a
         # time would hold a worker for hours. The whole exchange gets twice the timeout.
         deadline = time.monotonic() + 2 * self._timeout

@@ -22,7 +22,7 @@ from authlib.oauth2.rfc6749 import InvalidClientError
 from sqlalchemy.orm import Session
 
 from app.infra.db import now
-from app.infra.fetch import Fetcher, FetchError
+from app.infra.fetch import Busy, Fetcher, FetchError
 from app.models import Client
 from app.models.client import KIND_METADATA_DOCUMENT
 from app.oauth.errors import safe_description
@@ -36,6 +36,8 @@ log = logging.getLogger("ostiary.cimd")
 
 SHARED_SECRET_METHODS = {"client_secret_basic", "client_secret_post", "client_secret_jwt"}
 PUBLIC_GRANT_TYPES = ("authorization_code", "refresh_token")
+BUSY = "Too many apps are being looked up right now. Please try again in a few seconds."
+BLOCKED = "This app has been blocked by the administrator of this server."
 FETCH_FAILED = "The app's metadata document could not be fetched. If you publish it, check that it is served over https from a public address."
 
 
@@ -165,6 +167,9 @@ class MetadataDocuments:
             return row
         if not refresh:
             return None  # the token endpoint never fetches: no document seen yet, no client
+        # Blocking deletes the cached row; before fetching again, look at the block list.
+        if store.is_blocked(db, client_id):
+            raise InvalidClientError(description=BLOCKED)
         return self._fetch(db, client_id)
 
     def _fetch(self, db: Session, client_id: str) -> Client:
@@ -183,7 +188,12 @@ class MetadataDocuments:
             # connection, a timeout) would let anyone probe the network from here: the page says
             # only that it failed; the log and the audit row say why. What is wrong with a
             # document that was fetched is the publisher's own content, and is shown.
-            reason = FETCH_FAILED if isinstance(exc, FetchError) else f"The app's metadata document could not be used: {exc}."
+            if isinstance(exc, Busy):
+                reason = BUSY
+            elif isinstance(exc, FetchError):
+                reason = FETCH_FAILED
+            else:
+                reason = f"The app's metadata document could not be used: {exc}."
             raise InvalidClientError(description=safe_description(reason)) from None
         expires = now() + cache_lifetime(fetched.headers, self._settings)
         return clients.cache_document(db, client_id, meta, expires_at=expires)

@@ -162,21 +162,47 @@ def delete_client(db: Session, row: Client, *, reason: str, actor_id: str | None
 
 
 def prune(db: Session, settings: Settings) -> list[str]:
-    """Registration hygiene: delete dynamically registered clients never used within a day of
-    registering, and those idle for 90 days with no live refresh token (settings)."""
+    """Registration hygiene: delete dynamically registered clients, and cached metadata-document
+    clients, never used within a day of appearing, and those idle for 90 days with no live
+    refresh token (settings). A pruned metadata-document client is fetched again if it comes
+    back."""
     t = now()
-    doomed = store.prunable(
-        db,
-        kind=KIND_DYNAMIC,
-        unused_before=t - settings.prune_unused_clients_after,
-        idle_before=t - settings.prune_idle_clients_after,
-        now_=t,
-    )
+    doomed = [
+        row
+        for kind in (KIND_DYNAMIC, KIND_METADATA_DOCUMENT)
+        for row in store.prunable(
+            db,
+            kind=kind,
+            unused_before=t - settings.prune_unused_clients_after,
+            idle_before=t - settings.prune_idle_clients_after,
+            now_=t,
+        )
+    ]
     for row in doomed:
         delete_client(db, row, reason="never_used" if row.last_used_at is None else "idle")
     if doomed:
         audit.record(db, "client.pruned", count=len(doomed))
     return [row.id for row in doomed]
+
+
+def block(db: Session, client_id: str, *, reason: str = "", actor_id: str | None = None, via: str = "cli") -> bool:
+    """Refuse a client id from now on (above all a metadata-document URL, which would otherwise
+    be fetched again): the client, if known, is deleted with everything issued to it. False if
+    it was blocked already."""
+    row = store.get(db, client_id)
+    if row is not None:
+        delete_client(db, row, reason="blocked", actor_id=actor_id)
+    if not store.block(db, client_id, reason[:500], now()):
+        return False
+    audit.record(db, "client.blocked", client_id=client_id, actor_id=actor_id, via=via, reason=reason[:200] or None)
+    return True
+
+
+def unblock(db: Session, client_id: str, *, actor_id: str | None = None, via: str = "cli") -> bool:
+    if not store.unblock(db, client_id):
+        return False
+    audit.record(db, "client.unblocked", client_id=client_id, actor_id=actor_id, via=via)
+    return True
 
 
 def create_initial_token(db: Session, keyring: Keyring, *, expires_in: int, uses: int, note: str | None, via: str) -> str:

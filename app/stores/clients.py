@@ -5,7 +5,7 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import CursorResult, Select, and_, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.models import Client, InitialAccessToken, RefreshToken
+from app.models import BlockedClient, Client, InitialAccessToken, RefreshToken
 
 _Query = TypeVar("_Query", bound=Select[*tuple[Any, ...]])
 
@@ -99,3 +99,28 @@ def count(db: Session, *, kind: str | None = None, never_used: bool = False, sea
 def counts_by_kind(db: Session) -> dict[str, int]:
 
     return {kind: n for kind, n in db.execute(select(Client.kind, func.count()).group_by(Client.kind))}
+
+
+# -- the block list ---------------------------------------------------------------------------
+
+
+def is_blocked(db: Session, client_id: str) -> bool:
+    return db.scalar(select(BlockedClient.id).where(BlockedClient.id == client_id)) is not None
+
+
+def block(db: Session, client_id: str, reason: str, at: int) -> bool:
+    """False if it was blocked already."""
+    if db.get(BlockedClient, client_id) is not None:
+        return False
+    db.add(BlockedClient(id=client_id, reason=reason, created_at=at))
+    db.flush()
+    return True
+
+
+def unblock(db: Session, client_id: str) -> bool:
+    result = db.execute(delete(BlockedClient).where(BlockedClient.id == client_id))
+    return cast(CursorResult[Any], result).rowcount == 1
+
+
+def blocked(db: Session) -> list[BlockedClient]:
+    return list(db.scalars(select(BlockedClient).order_by(BlockedClient.created_at.desc(), BlockedClient.id)))
