@@ -22,6 +22,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -740,3 +741,33 @@ async def browser_context(chromium: str):
             yield await browser.new_context()
         finally:
             await browser.close()
+
+
+class UvicornServer:
+    """The real app under uvicorn on 127.0.0.1, in a thread, for as long as the block runs."""
+
+    def __init__(self, settings):
+        import uvicorn
+
+        self.port = free_port()
+        from app.main import create_app
+
+        self.app = create_app(settings, run_jobs=False)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                self.__exit__(None, None, None)
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.app.state.runtime.engine.dispose()

@@ -5,12 +5,13 @@ on the public protocol endpoints."""
 from __future__ import annotations
 
 import json
+import socket
 
 import httpx
 import pytest
 
 from app.security.hosts import HostPolicy, ProxyPolicy, split_host
-from tests.support import make_settings, signed_in_flow, tokens_for
+from tests.support import UvicornServer, make_settings, signed_in_flow, tokens_for
 
 pytestmark = pytest.mark.anyio
 
@@ -260,3 +261,31 @@ async def test_every_response_has_a_request_id(client, runtime):
     assert echoed.headers["x-request-id"] == "trace-123"
     forged = await client.get("/jwks", headers={"X-Request-Id": "bad\x7fid" + "x" * 100})
     assert forged.headers["x-request-id"] != "bad"
+
+
+def _post_oversized(port: int, size: int, host: str) -> bytes:
+    """POST /register with a body of `size` bytes sent in full, then read the whole answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        head = (
+            f"POST /register HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {size}\r\n\r\n"
+        ).encode()
+        sock.sendall(head + b" " * size)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer
+
+
+def test_an_oversized_body_gets_its_413_not_a_reset(settings):
+    """RFC 9110 §15.5.14 / RFC 9112 §9.6: the server refuses a 2 MiB registration before using
+    it, but reads (a bounded amount of) what the client is sending before it closes, so that
+    the client reads the 413 instead of a TCP reset caused by unread data (lingering close)."""
+    with UvicornServer(settings) as base_url:
+        port = int(base_url.rsplit(":", 1)[1])
+        for _ in range(10):
+            answer = _post_oversized(port, 2 * 1024 * 1024, settings.issuer.split("//", 1)[1])
+            assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+            assert b"invalid_request" in answer
+        # Any refusal before the app runs, here a Host that is not ours (421), drains the same way.
+        answer = _post_oversized(port, 512 * 1024, "elsewhere.example")
+        assert answer.startswith(b"HTTP/1.1 421"), answer[:200]

@@ -6,19 +6,16 @@ PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 
 import httpx
 import pytest
 from sqlalchemy import select, text
 
-from app.main import create_app
 from app.models import RefreshToken
 from tests.support import (
+    UvicornServer,
     admin_client,
     audit_events,
-    free_port,
     introspect,
     login,
     refresh,
@@ -237,34 +234,6 @@ async def test_refresh_requires_the_client_to_be_allowed_the_grant(client, runti
 # -- concurrency, on SQLite and PostgreSQL, through uvicorn ------------------------------------------
 
 
-class _Server:
-    """The real app under uvicorn on 127.0.0.1, in a thread, for as long as the block runs."""
-
-    def __init__(self, settings):
-        import uvicorn
-
-        self.port = free_port()
-        self.app = create_app(settings, run_jobs=False)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                self.__exit__(None, None, None)
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        return f"http://127.0.0.1:{self.port}"
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.app.state.runtime.engine.dispose()
-
-
 async def test_fifty_parallel_refreshes_yield_one_successor(client, runtime, settings):
     """docs/decisions.md#one-time-values-are-consumed-with-one-conditional-update: 50 parallel
     refreshes of one token (PostgreSQL: row locks; SQLite: one writer at a time): exactly one
@@ -272,7 +241,7 @@ async def test_fifty_parallel_refreshes_yield_one_successor(client, runtime, set
     reg = await signed_in_flow(client, runtime)
     first = await tokens_for(client, reg["client_id"])
     data = {"grant_type": "refresh_token", "refresh_token": first["refresh_token"], "client_id": reg["client_id"]}
-    with _Server(settings) as base_url:
+    with UvicornServer(settings) as base_url:
         limits = httpx.Limits(max_connections=50, max_keepalive_connections=50)
         # The issuer's Host, as a load balancer in front of this replica would send it.
         host = {"Host": settings.issuer.split("://", 1)[1]}
@@ -318,7 +287,7 @@ async def test_sixteen_clients_refreshing_at_once_all_rotate(client, new_client,
                 return
             token = r.json()["refresh_token"]
 
-    with _Server(settings) as base_url:
+    with UvicornServer(settings) as base_url:
         limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
         async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30, headers=host) as http:
             await asyncio.gather(*(rotate(http, cid, rt) for cid, rt in chains))

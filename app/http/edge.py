@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable
 
+import anyio
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -46,12 +47,14 @@ class EdgeMiddleware:
         headers = scope["headers"]
 
         if len(headers) > MAX_HEADERS or sum(len(n) + len(v) for n, v in headers) > MAX_HEADER_BYTES:
-            return await self._refuse(scope, send, 431, "request_header_fields_too_large", "The request headers are too large.")
+            return await self._refuse(
+                scope, send, 431, "request_header_fields_too_large", "The request headers are too large.", receive
+            )
         if len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") > MAX_TARGET_BYTES:
-            return await self._refuse(scope, send, 414, "invalid_request", "The request URI is too long.")
+            return await self._refuse(scope, send, 414, "invalid_request", "The request URI is too long.", receive)
 
         if "\x00" in scope["path"] or b"%00" in (scope.get("query_string") or b""):
-            return await self._refuse(scope, send, 400, "invalid_request", "The request URI contains a NUL character.")
+            return await self._refuse(scope, send, 400, "invalid_request", "The request URI contains a NUL character.", receive)
 
         self._apply_proxy_headers(scope)
         headers = scope["headers"]  # the Host a trusted proxy forwarded (X-Forwarded-Host) counts
@@ -59,18 +62,22 @@ class EdgeMiddleware:
         if not endpoint.probe:
             if not self.hosts.allows(_header(headers, b"host")):
                 # RFC 9110 §15.5.20: this server is not configured to answer for that host.
-                return await self._refuse(scope, send, 421, "invalid_request", "This server does not answer for that host name.")
+                return await self._refuse(
+                    scope, send, 421, "invalid_request", "This server does not answer for that host name.", receive
+                )
             if self.require_tls and scope.get("scheme") != "https":
                 # OAuth 2.1 §1.5: every endpoint requires TLS (unless the issuer is loopback).
-                return await self._refuse(scope, send, 400, "invalid_request", "HTTPS is required.")
+                return await self._refuse(scope, send, 400, "invalid_request", "HTTPS is required.", receive)
 
         limit = self.max_body_protocol if endpoint.protocol_body else self.max_body
         length = _header(headers, b"content-length")
         if length is not None:
             if not length.isdigit():
-                return await self._refuse(scope, send, 400, "invalid_request", "Invalid Content-Length.")
+                return await self._refuse(scope, send, 400, "invalid_request", "Invalid Content-Length.", receive)
             if int(length) > limit:
-                return await self._refuse(scope, send, 413, "invalid_request", f"The request body exceeds {limit} bytes.")
+                return await self._refuse(
+                    scope, send, 413, "invalid_request", f"The request body exceeds {limit} bytes.", receive
+                )
 
         started = False
         received = 0
@@ -96,7 +103,7 @@ class EdgeMiddleware:
         except BodyTooLarge as exc:
             if started:
                 raise
-            await self._refuse(scope, send, 413, "invalid_request", exc.detail)
+            await self._refuse(scope, send, 413, "invalid_request", exc.detail, receive)
         finally:
             request_context.reset(token)
 
@@ -122,7 +129,13 @@ class EdgeMiddleware:
             value = forwarded_host.split(",")[0].strip().encode("latin-1", "replace")
             scope["headers"] = [(n, v) for n, v in headers if n != b"host"] + [(b"host", value)]
 
-    async def _refuse(self, scope: Scope, send: Send, status: int, error: str, description: str) -> None:
+    async def _refuse(
+        self, scope: Scope, send: Send, status: int, error: str, description: str, receive: Receive | None = None
+    ) -> None:
+        """Answer before the app runs. What the client is still sending is read first (bounded),
+        so that the connection closes cleanly and the client reads this answer."""
+        if receive is not None:
+            await _drain(scope, receive)
         accept = _header(scope["headers"], b"accept") or ""
         if "text/html" in accept:
             body = self.render_page(status, "This request cannot be served", description)
@@ -143,6 +156,30 @@ class EdgeMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+# Lingering close (RFC 9112 §9.6): closing with unread request data makes the kernel send a
+# reset, which can destroy the 413 before the client reads it. Read and discard up to this much
+# of an oversized body, for at most this long, before answering; past that the client is abusive.
+DRAIN_BYTES = 8 * 1024 * 1024
+DRAIN_SECONDS = 5.0
+
+
+async def _drain(scope: Scope, receive: Receive) -> None:
+    """Read what is left of the request body, within the bounds above. Not when the client waits
+    for `100 Continue` (RFC 9110 §10.1.1): it has sent nothing and will send nothing."""
+    expect = _header(scope["headers"], b"expect") or ""
+    if expect.lower() == "100-continue":
+        return
+    drained = 0
+    with anyio.move_on_after(DRAIN_SECONDS):
+        while drained <= DRAIN_BYTES:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            drained += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
 
 
 def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str | None:
