@@ -13,6 +13,8 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from urllib.parse import urlsplit
 
@@ -21,6 +23,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.infra.db import make_engine, make_sessionmaker, transaction
+from app.models import User
 from app.models.key import ACTIVE
 from app.oauth.redirect_uris import InvalidRedirectUri, validate_registered
 from app.oauth.scopes import is_scope_token
@@ -189,15 +192,22 @@ def cmd_users_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_users_disable(args: argparse.Namespace) -> int:
+@contextmanager
+def _named_user(username: str) -> Iterator[tuple[Session, User]]:
+    """A database session and the user named `username`, or a usage error."""
     settings = load_settings()
     if _nothing_there(settings):
-        raise UsageError(f"no user named {args.username!r}")
+        raise UsageError(f"no user named {username!r}")
     _, factory = _open(settings)
     with factory() as db:
-        user = users_store.by_username(db, args.username)
+        user = users_store.by_username(db, username)
         if user is None:
-            raise UsageError(f"no user named {args.username!r}")
+            raise UsageError(f"no user named {username!r}")
+        yield db, user
+
+
+def cmd_users_disable(args: argparse.Namespace) -> int:
+    with _named_user(args.username) as (db, user):
         if user.disabled:
             print(f"user {user.username} is already disabled")
             return 0
@@ -213,14 +223,7 @@ def cmd_users_disable(args: argparse.Namespace) -> int:
 def cmd_users_unlock(args: argparse.Namespace) -> int:
     """Lift a lock after wrong second-factor codes
     (docs/decisions.md#wrong-totp-codes-lock-the-account-after-twenty-in-a-row)."""
-    settings = load_settings()
-    if _nothing_there(settings):
-        raise UsageError(f"no user named {args.username!r}")
-    _, factory = _open(settings)
-    with factory() as db:
-        user = users_store.by_username(db, args.username)
-        if user is None:
-            raise UsageError(f"no user named {args.username!r}")
+    with _named_user(args.username) as (db, user):
         unlocked = user_service.unlock(db, user, via="cli")
         db.commit()
     print(f"user {user.username}: " + ("unlocked" if unlocked else "was not locked"))
