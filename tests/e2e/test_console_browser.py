@@ -111,7 +111,8 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
                      "--scope", "mcp:write=Change your notes", "--default-scope", "mcp:read"),
                     ("resources", "add", wiki, "--name", "Team wiki", "--scope", "wiki:read=Read the wiki",
                      "--scope", "wiki:edit=Edit wiki pages"),
-                    ("clients", "add", "--name", "rs", "--redirect-uri", "https://rs.example/cb", "--confidential"),
+                    # introspects tokens for both MCP servers (docs/decisions.md#introspection-is-for-the-tokens-mcp-server)
+                    ("clients", "add", "--name", "rs", "--confidential", "--introspect-any"),
                 ]  # fmt: skip
                 with ThreadPoolExecutor(max_workers=3) as pool:  # each CLI start is about a second
                     outputs = list(pool.map(lambda args: ostiary_cli(env, *args, stdin=PASSWORD + "\n"), commands))

@@ -105,9 +105,7 @@ def test_no_secret_reaches_the_database_or_the_logs(tmp_path):
             "--default-scope",
             "mcp:read",
         )
-        printed = ostiary_cli(
-            env, "clients", "add", "--name", "Resource server", "--redirect-uri", "https://rs.example/cb", "--confidential"
-        )
+        printed = ostiary_cli(env, "clients", "add", "--name", "Resource server", "--confidential", "--introspect-any")
         rs_id = re.search(r"client_id:?\s+(\S+)", printed).group(1)
         rs_secret = seen.add("client secret", re.search(r"client_secret:?\s+(\S+)", printed).group(1))
         initial = seen.add("initial access token", ostiary_cli(env, "clients", "initial-token", "--uses", "2").split()[-1])
