@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import logging
 import os
 import sys
@@ -16,6 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import uvicorn
@@ -282,6 +284,10 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
         raise UsageError(f"--name must be 1 to {client_service.MAX_NAME} characters")
     if invisible_character(name):
         raise UsageError("--name must not contain control, format or separator characters")
+    if args.client_credentials:
+        return _add_machine_client(args, name)
+    if args.resource or args.scope or args.jwks_uri or args.jwks_file:
+        raise UsageError("--resource, --scope, --jwks-uri and --jwks-file are for --client-credentials")
     if not args.redirect_uri and not (args.resource_server or args.introspect_any):
         raise UsageError("--redirect-uri is required (except for an MCP server's credentials)")
     if (args.resource_server or args.introspect_any) and not args.confidential:
@@ -307,6 +313,41 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
             introspect_any=args.introspect_any,
             via="cli",
         )
+        db.commit()
+    print(f"client_id: {client.id}")
+    if secret:
+        print(f"client_secret: {secret}")
+        print("The secret is shown once; only its hash is stored.", file=sys.stderr)
+    return 0
+
+
+def _add_machine_client(args: argparse.Namespace, name: str) -> int:
+    """`clients add --client-credentials`: a machine client of one MCP server."""
+    if not args.resource or not args.scope:
+        raise UsageError("--client-credentials needs --resource URI and at least one --scope")
+    if args.redirect_uri or args.confidential or args.resource_server or args.introspect_any:
+        raise UsageError("--client-credentials takes no --redirect-uri, --confidential, --resource-server or --introspect-any")
+    if args.jwks_uri and args.jwks_file:
+        raise UsageError("give --jwks-uri or --jwks-file, not both")
+    jwks = None
+    if args.jwks_file:
+        try:
+            jwks = json.loads(Path(args.jwks_file).read_text())
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--jwks-file: {exc}") from None
+    settings = load_settings()
+    keyring = Keyring(settings.keyring())
+    _, factory = _open(settings)
+    with factory() as db:
+        resource = resource_service.find(db, args.resource)
+        if resource is None:
+            raise UsageError(f"--resource: no MCP server {args.resource!r} (see 'ostiary resources list')")
+        try:
+            client, secret = client_service.create_machine_client(
+                db, keyring, name=name, resource=resource, scopes=args.scope, jwks=jwks, jwks_uri=args.jwks_uri, via="cli"
+            )
+        except Refused as exc:
+            raise _refused(exc) from None
         db.commit()
     print(f"client_id: {client.id}")
     if secret:
@@ -500,6 +541,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--resource-server", metavar="URI", help="the MCP server whose credentials these are: it may introspect its tokens"
     )
     p.add_argument("--introspect-any", action="store_true", help="may introspect every token (RFC 7662 §4)")
+    p.add_argument("--client-credentials", action="store_true", help="a machine client (client_credentials grant)")
+    p.add_argument("--resource", metavar="URI", help="with --client-credentials: the MCP server it gets tokens for")
+    p.add_argument("--scope", action="append", default=[], metavar="SCOPE", help="with --client-credentials: an allowed scope")
+    p.add_argument("--jwks-uri", metavar="URL", help="private_key_jwt: where its public keys are published")
+    p.add_argument("--jwks-file", metavar="PATH", help="private_key_jwt: a JWK Set file of its public keys")
     p.set_defaults(func=cmd_clients_add)
     clients.add_parser("list", help="list clients").set_defaults(func=cmd_clients_list)
     clients.add_parser("prune", help="delete unused dynamically registered clients now").set_defaults(func=cmd_clients_prune)

@@ -16,9 +16,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.infra.db import make_engine, make_sessionmaker
 from app.infra.fetch import Fetcher, guarded_transport
 from app.infra.templates import make_templates
+from app.oauth import client_assertion
 from app.oauth.authorization_code import AuthorizationCodeGrant
 from app.oauth.catalogue import Catalogue
 from app.oauth.cimd import MetadataDocuments
+from app.oauth.client_credentials import ClientCredentialsGrant
 from app.oauth.introspection import IntrospectionEndpoint
 from app.oauth.metadata import MetadataCache
 from app.oauth.pkce import S256CodeChallenge
@@ -90,6 +92,11 @@ def build_runtime(settings: Settings, *, fetch_transport: httpx.BaseTransport | 
     server = OstiaryServer(settings=settings, keyring=keyring, keys=key_cache, catalogue=catalogue, documents=documents)
     server.register_grant(AuthorizationCodeGrant, [S256CodeChallenge()])
     server.register_grant(RefreshTokenGrant)
+    server.register_grant(ClientCredentialsGrant)
+    # RFC 7523 §2.2 client authentication (authlib's own uses its deprecated JOSE module).
+    server.register_client_auth_method(
+        client_assertion.METHOD, lambda _query, request: client_assertion.authenticate(server, request)
+    )
     for endpoint in (RegistrationEndpoint, ClientConfigurationEndpoint, RevocationEndpoint, IntrospectionEndpoint):
         server.register_endpoint(endpoint(server))
     return Runtime(

@@ -369,7 +369,6 @@ async def test_public_client_authenticates_with_client_id_only(client, runtime):
     "grant_type",
     [
         pytest.param("password", id="password (OAuth 2.1 removed it)"),
-        pytest.param("client_credentials", id="client_credentials (not offered)"),
         pytest.param("implicit", id="not a grant type"),
     ],
 )

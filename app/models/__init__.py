@@ -2,7 +2,7 @@
 
 from app.models.audit import AuditEvent
 from app.models.authorization import AuthorizationCode, AuthorizationRequest
-from app.models.client import BlockedClient, Client
+from app.models.client import BlockedClient, Client, UsedAssertion
 from app.models.consent import Consent
 from app.models.job import JobRun
 from app.models.key import SigningKey
@@ -29,5 +29,6 @@ __all__ = [
     "ResourceScope",
     "RevokedAccessToken",
     "SigningKey",
+    "UsedAssertion",
     "User",
 ]

@@ -42,6 +42,12 @@ class Client(Base):
     # let a client introspect any token.
     resource_id: Mapped[int | None] = mapped_column(ForeignKey("resources.id", ondelete="SET NULL"), index=True)
     introspect_any: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # A machine client (client_credentials, MCP extension io.modelcontextprotocol/oauth-client-
+    # credentials): the MCP server it may get tokens for; its allowed scopes are `scope`.
+    grant_resource_id: Mapped[int | None] = mapped_column(ForeignKey("resources.id", ondelete="SET NULL"))
+    # private_key_jwt (RFC 7523 §2.2): the client's public keys, inline or by URL (RFC 7591 §2).
+    jwks: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    jwks_uri: Mapped[str | None] = mapped_column(String(2048))
 
     @property
     def is_trusted(self) -> bool:
@@ -62,3 +68,13 @@ class BlockedClient(Base):
     id: Mapped[str] = mapped_column(String(2048), primary_key=True)
     reason: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class UsedAssertion(Base):
+    """The jti of a client assertion (RFC 7523 §3), kept until the assertion expires so that it
+    is accepted once, on every replica; only its HMAC is stored."""
+
+    __tablename__ = "used_assertions"
+
+    jti_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[int] = mapped_column(BigInteger, index=True)

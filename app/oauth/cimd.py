@@ -154,7 +154,7 @@ class MetadataDocuments:
     """Resolves client_ids: registered clients from the table, URLs through their documents."""
 
     def __init__(self, fetcher: Fetcher, settings: Settings):
-        self._fetcher = fetcher
+        self.fetcher = fetcher
         self._settings = settings
 
     def resolve(self, db: Session, client_id: str, *, refresh: bool) -> Client | None:
@@ -179,7 +179,7 @@ class MetadataDocuments:
         if problem:
             raise InvalidClientError(description=problem)
         try:
-            fetched = self._fetcher.get_json_document(client_id)
+            fetched = self.fetcher.get_json_document(client_id)
             meta = validate_document(client_id, fetched.body, self._settings.native_app_schemes)
         except (FetchError, InvalidDocument) as exc:
             log.info("client metadata document %s refused: %s", client_id, exc)

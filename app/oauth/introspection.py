@@ -18,8 +18,14 @@ from app.infra.db import now
 from app.oauth.clients import OAuthClient
 from app.oauth.revocation import AccessHandle, RefreshHandle, find_token
 from app.oauth.server import Request, current_db
+from app.stores import clients as clients_store
 from app.stores import tokens as store
 from app.stores import users as users_store
+
+
+def _is_machine_token(claims: dict[str, Any]) -> bool:
+    """A client_credentials token: issued to a client for itself (sub = client_id, no sign-in)."""
+    return claims.get("sub") == claims.get("client_id") and "auth_time" not in claims
 
 
 @dataclass
@@ -47,6 +53,9 @@ class IntrospectionEndpoint(_IntrospectionEndpoint):
             active = row.revoked_at is None and row.used_at is None and row.expires_at > now()
         else:
             active = not store.is_access_token_revoked(db, handle.claims["jti"])
+        if isinstance(handle, AccessHandle) and _is_machine_token(handle.claims):
+            # client_credentials: the subject is the client, active while it exists.
+            return Introspected(handle, active and clients_store.get(db, handle.claims["sub"]) is not None)
         user_id = handle.row.user_id if isinstance(handle, RefreshHandle) else handle.claims.get("sub")
         user = users_store.get(db, user_id) if active and user_id else None
         return Introspected(handle, active and user is not None and not user.disabled)
@@ -69,7 +78,7 @@ class IntrospectionEndpoint(_IntrospectionEndpoint):
         handle = token.handle
         if isinstance(handle, AccessHandle):
             c = handle.claims
-            user = users_store.get(current_db(), c["sub"])
+            user = None if _is_machine_token(c) else users_store.get(current_db(), c["sub"])
             return {
                 "active": True,
                 "token_type": "Bearer",

@@ -139,6 +139,9 @@ class OstiaryServer(AuthorizationServer):
         self.keys = keys
         self.catalogue = catalogue
         self.documents = documents
+        from app.oauth.client_assertion import JwksCache
+
+        self.jwks_cache = JwksCache()  # private_key_jwt clients' jwks_uri
 
     # -- authlib's framework hooks ------------------------------------------------------------
 
@@ -259,6 +262,10 @@ class OstiaryServer(AuthorizationServer):
                 "request_uri_parameter_supported": False,
             }
         )
+        if "private_key_jwt" in auth_methods:
+            from app.oauth.client_assertion import ALGORITHMS
+
+            doc["token_endpoint_auth_signing_alg_values_supported"] = list(ALGORITHMS)
         if self.settings.cimd_enabled:
             # MCP 2025-11-25: clients may identify with a Client ID Metadata Document URL.
             doc["client_id_metadata_document_supported"] = True

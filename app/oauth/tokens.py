@@ -32,10 +32,11 @@ def new_jti() -> str:
 
 
 def access_token_claims(
-    *, issuer: str, user_id: str, client_id: str, audience: str, scope: str, auth_time: int, jti: str, iat: int, ttl: int
+    *, issuer: str, user_id: str, client_id: str, audience: str, scope: str, auth_time: int | None, jti: str, iat: int, ttl: int
 ) -> dict[str, Any]:
-    """RFC 9068 §2.2: iss, exp, aud, sub, client_id, iat, jti (+ scope, auth_time)."""
-    return {
+    """RFC 9068 §2.2: iss, exp, aud, sub, client_id, iat, jti (+ scope, auth_time when a user
+    signed in)."""
+    claims: dict[str, Any] = {
         "iss": issuer,
         "sub": user_id,
         # RFC 8707 §2 / MCP: the audience is the resource (the MCP server), never the client.
@@ -45,8 +46,37 @@ def access_token_claims(
         "iat": iat,
         "exp": iat + ttl,
         "jti": jti,
-        "auth_time": auth_time,
     }
+    if auth_time is not None:
+        claims["auth_time"] = auth_time
+    return claims
+
+
+def mint_for_client(
+    server: OstiaryServer, *, client_id: str, resource: ResourceInfo, scope: list[str]
+) -> tuple[dict[str, Any], str]:
+    """A machine client's token (client_credentials): RFC 9068 §2.2 with `sub` = the client
+    (no user signed in, so no auth_time), `aud` = the MCP server; no refresh token (RFC 6749
+    §4.4.3). Returns the body and the jti."""
+    t, jti, scope_str = now(), new_jti(), join(scope)
+    claims = access_token_claims(
+        issuer=server.settings.issuer,
+        user_id=client_id,
+        client_id=client_id,
+        audience=resource.uri,
+        scope=scope_str,
+        auth_time=None,
+        jti=jti,
+        iat=t,
+        ttl=resource.token_ttl,
+    )
+    body = {
+        "access_token": server.keys.sign(claims, typ="at+jwt"),
+        "token_type": "Bearer",
+        "expires_in": resource.token_ttl,
+        "scope": scope_str,
+    }
+    return body, jti
 
 
 def id_token_claims(

@@ -40,6 +40,8 @@ def steps(settings: Settings, t: int) -> list[tuple[str, Callable[[Session, int]
         ("refresh_successors", lambda db, n: store.sealed_successors(db, t - settings.refresh_grace_period, n)),
         ("refresh_tokens", lambda db, n: store.expired_refresh_tokens(db, t, t - REVOKED_TOKEN_MEMORY, n)),
         ("revoked_access_tokens", lambda db, n: store.expired_revoked_access_tokens(db, t, n)),
+        # A client assertion's jti is remembered until the assertion expires (RFC 7523 §3).
+        ("used_assertions", lambda db, n: store.expired_assertions(db, t - 60, n)),
         ("initial_access_tokens", lambda db, n: store.spent_initial_tokens(db, t, n)),
         ("password_setup_tokens", lambda db, n: store.expired_password_links(db, t, n)),
         ("audit_events", lambda db, n: store.old_audit_events(db, t - settings.audit_retention_days * DAY, n)),

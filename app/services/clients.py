@@ -14,10 +14,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.infra.db import now
-from app.models import Client, InitialAccessToken
+from app.models import Client, InitialAccessToken, Resource
 from app.models.client import KIND_ADMIN, KIND_DYNAMIC, KIND_METADATA_DOCUMENT
 from app.security.secrets import Keyring, new_token
-from app.services import audit
+from app.services import Refused, audit
 from app.settings import Settings
 from app.stores import clients as store
 from app.stores import tokens as tokens_store
@@ -99,6 +99,74 @@ def create_admin_client(
         introspect_any=introspect_any,
     )
     return client, secret
+
+
+def create_machine_client(
+    db: Session,
+    keyring: Keyring,
+    *,
+    name: str,
+    resource: Resource,
+    scopes: list[str],
+    jwks: dict[str, Any] | None = None,
+    jwks_uri: str | None = None,
+    actor_id: str | None = None,
+    via: str = "cli",
+) -> tuple[Client, str | None]:
+    """A machine client (client_credentials) for one MCP server and these of its scopes. With
+    keys (`jwks` or `jwks_uri`) it authenticates with private_key_jwt; otherwise it gets a
+    secret, returned once."""
+    unknown = [s for s in scopes if s not in {sc.name for sc in resource.scopes}]
+    if unknown:
+        raise Refused(f"{resource.uri} has no scope {', '.join(unknown)}")
+    if jwks is not None and jwks_uri is not None:
+        raise Refused("give keys inline or by URL, not both")
+    if jwks is not None:
+        check_jwks(jwks)
+    if jwks_uri is not None and not jwks_uri.startswith("https://"):
+        raise Refused("the jwks_uri must be an https URL")
+    keyed = jwks is not None or jwks_uri is not None
+    secret = None if keyed else new_secret()
+    meta = {
+        "client_name": name,
+        "redirect_uris": [],
+        "token_endpoint_auth_method": "private_key_jwt" if keyed else "client_secret_basic",
+        "grant_types": ["client_credentials"],
+        "response_types": [],
+        "scope": " ".join(scopes),
+    }
+    row = Client(
+        id=new_client_id(),
+        kind=KIND_ADMIN,
+        secret_hash=keyring.hash(secret) if secret else None,
+        grant_resource_id=resource.id,
+        jwks=jwks,
+        jwks_uri=jwks_uri,
+    )
+    client = store.add(db, apply_metadata(row, meta))
+    client.response_types = []
+    audit.record(
+        db,
+        "client.created",
+        client_id=client.id,
+        actor_id=actor_id,
+        via=via,
+        kind=KIND_ADMIN,
+        grant_type="client_credentials",
+        resource=resource.uri,
+        scope=client.scope,
+        auth_method=client.token_endpoint_auth_method,
+    )
+    return client, secret
+
+
+def check_jwks(jwks: Any) -> None:
+    """A JWK Set of public keys (RFC 7517 §5) for private_key_jwt."""
+    keys = jwks.get("keys") if isinstance(jwks, dict) else None
+    if not isinstance(keys, list) or not keys or not all(isinstance(k, dict) and k.get("kty") for k in keys):
+        raise Refused('the keys must be a JWK Set: {"keys": [...]} with at least one key')
+    if any(k.get("kty") == "oct" or "d" in k for k in keys):
+        raise Refused("the JWK Set must hold public keys only (no private or symmetric keys)")
 
 
 def register(

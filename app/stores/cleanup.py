@@ -21,6 +21,7 @@ from app.models import (
     PasswordSetupToken,
     RefreshToken,
     RevokedAccessToken,
+    UsedAssertion,
 )
 
 
@@ -70,6 +71,10 @@ def sealed_successors(db: Session, used_before: int, limit: int) -> int:
 
 def expired_revoked_access_tokens(db: Session, t: int, limit: int) -> int:
     return _delete_batch(db, RevokedAccessToken, RevokedAccessToken.jti, RevokedAccessToken.expires_at < t, limit)
+
+
+def expired_assertions(db: Session, t: int, limit: int) -> int:
+    return _delete_batch(db, UsedAssertion, UsedAssertion.jti_hash, UsedAssertion.expires_at < t, limit)
 
 
 def spent_initial_tokens(db: Session, t: int, limit: int) -> int:

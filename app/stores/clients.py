@@ -3,9 +3,10 @@ from __future__ import annotations
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import CursorResult, Select, and_, delete, exists, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.models import BlockedClient, Client, InitialAccessToken, RefreshToken
+from app.models import BlockedClient, Client, InitialAccessToken, RefreshToken, UsedAssertion
 
 _Query = TypeVar("_Query", bound=Select[*tuple[Any, ...]])
 
@@ -124,3 +125,14 @@ def unblock(db: Session, client_id: str) -> bool:
 
 def blocked(db: Session) -> list[BlockedClient]:
     return list(db.scalars(select(BlockedClient).order_by(BlockedClient.created_at.desc(), BlockedClient.id)))
+
+
+def use_assertion(db: Session, jti_hash: str, expires_at: int) -> bool:
+    """Remember a client assertion's jti; False if it was seen before (one INSERT: of two
+    concurrent uses one wins)."""
+    try:
+        with db.begin_nested():
+            db.add(UsedAssertion(jti_hash=jti_hash, expires_at=expires_at))
+    except IntegrityError:
+        return False
+    return True
