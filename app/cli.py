@@ -33,10 +33,12 @@ from app.security.secrets import Keyring
 from app.security.text import invisible_character
 from app.services import Refused, keys
 from app.services import clients as client_service
+from app.services import identities as identity_service
 from app.services import resources as resource_service
 from app.services import users as user_service
 from app.settings import Settings, SettingsError, ensure_development_keyring, is_loopback_host, load_settings
 from app.stores import clients as clients_store
+from app.stores import identities as identity_store
 from app.stores import keys as keys_store
 from app.stores import resources as resources_store
 from app.stores import schema
@@ -418,6 +420,74 @@ def cmd_clients_blocked(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_idps_add(args: argparse.Namespace) -> int:
+    secret = None
+    if args.client_secret_file:
+        try:
+            secret = Path(args.client_secret_file).read_text().strip()
+        except OSError as exc:
+            raise UsageError(f"--client-secret-file: {exc}") from None
+    settings = load_settings()
+    keyring = Keyring(settings.keyring())
+    _, factory = _open(settings)
+    with factory() as db:
+        try:
+            provider = identity_service.add_provider(
+                db,
+                keyring,
+                name=args.name,
+                issuer=args.issuer,
+                client_id=args.client_id,
+                client_secret=secret,
+                scopes=args.scope or None,
+                groups_claim=args.groups_claim,
+                allowed_domains=args.allowed_domain,
+                id_jag=args.id_jag,
+                via="cli",
+            )
+        except Refused as exc:
+            raise _refused(exc) from None
+        db.commit()
+    print(f"added identity provider {provider.name} ({provider.issuer})")
+    print(f"redirect_uri: {settings.issuer}/login/{provider.name}/callback")
+    return 0
+
+
+def cmd_idps_list(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    _, factory = _open(settings)
+    with factory() as db:
+        providers = [
+            {
+                "name": p.name,
+                "issuer": p.issuer,
+                "redirect_uri": f"{settings.issuer}/login/{p.name}/callback",
+                "sign_in": p.client_id is not None,
+                "id_jag": p.id_jag,
+                "enabled": p.enabled,
+            }
+            for p in identity_store.all_providers(db)
+        ]
+    if args.json:
+        print(json.dumps(providers, indent=2))
+        return 0
+    rows = [
+        [str(p["name"]), str(p["issuer"]), "yes" if p["sign_in"] else "no", "yes" if p["id_jag"] else "no"] for p in providers
+    ]
+    print(_table(rows, ["NAME", "ISSUER", "SIGN-IN", "ID-JAG"]))
+    return 0
+
+
+def cmd_idps_remove(args: argparse.Namespace) -> int:
+    _, factory = _open(load_settings())
+    with factory() as db:
+        if not identity_service.remove_provider(db, args.name, via="cli"):
+            raise UsageError(f"no identity provider named {args.name!r}")
+        db.commit()
+    print(f"removed identity provider {args.name}")
+    return 0
+
+
 def cmd_clients_initial_token(args: argparse.Namespace) -> int:
     if args.expires_in < 60 or args.expires_in > 365 * 24 * 3600:
         raise UsageError("--expires-in must be between 60 seconds and one year")
@@ -566,6 +636,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--uses", type=int, default=1, help="how many registrations it allows")
     p.add_argument("--note", help="what it is for (shown to operators)")
     p.set_defaults(func=cmd_clients_initial_token)
+
+    idps = sub.add_parser("idps", help="manage organisations' identity providers").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    p = idps.add_parser("add", help="add an OpenID Connect provider (sign-in and/or trusted ID-JAG issuer)")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--issuer", required=True, metavar="URL")
+    p.add_argument("--client-id", metavar="ID", help="Ostiary's client id at the provider (sign-in)")
+    p.add_argument("--client-secret-file", metavar="PATH", help="a file holding Ostiary's client secret there")
+    p.add_argument("--scope", action="append", default=[], metavar="S", help="scopes to ask the provider for")
+    p.add_argument("--groups-claim", metavar="CLAIM", help="the claim whose values become the user's groups")
+    p.add_argument("--allowed-domain", action="append", default=[], metavar="DOMAIN", help="email domains it may vouch for")
+    p.add_argument("--id-jag", action="store_true", help="trust the ID-JAGs it issues (enterprise-managed authorization)")
+    p.set_defaults(func=cmd_idps_add)
+    p = idps.add_parser("list", help="list identity providers")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_idps_list)
+    p = idps.add_parser("remove", help="remove an identity provider (trust ends at once)")
+    p.add_argument("name", metavar="NAME")
+    p.set_defaults(func=cmd_idps_remove)
 
     keys = sub.add_parser("keys", help="manage signing keys").add_subparsers(dest="action", required=True, metavar="ACTION")
     keys.add_parser("list", help="list signing keys").set_defaults(func=cmd_keys_list)

@@ -21,6 +21,7 @@ from app.oauth.authorization_code import AuthorizationCodeGrant
 from app.oauth.catalogue import Catalogue
 from app.oauth.cimd import MetadataDocuments
 from app.oauth.client_credentials import ClientCredentialsGrant
+from app.oauth.id_jag import JwtBearerGrant
 from app.oauth.introspection import IntrospectionEndpoint
 from app.oauth.metadata import MetadataCache
 from app.oauth.pkce import S256CodeChallenge
@@ -93,6 +94,7 @@ def build_runtime(settings: Settings, *, fetch_transport: httpx.BaseTransport | 
     server.register_grant(AuthorizationCodeGrant, [S256CodeChallenge()])
     server.register_grant(RefreshTokenGrant)
     server.register_grant(ClientCredentialsGrant)
+    server.register_grant(JwtBearerGrant)
     # RFC 7523 §2.2 client authentication (authlib's own uses its deprecated JOSE module).
     server.register_client_auth_method(
         client_assertion.METHOD, lambda _query, request: client_assertion.authenticate(server, request)

@@ -166,13 +166,13 @@ class Fetcher:
             trust_env=False,
         )
 
-    def get_json_document(self, url: str) -> Fetched:
+    def get_json_document(self, url: str, max_body: int = MAX_BODY) -> Fetched:
         """GET a small JSON document. Raises FetchError for anything but a 200 JSON answer
         within the size cap, and Busy when the concurrency caps are reached."""
         with self._slots.take((urlsplit(url).hostname or "").lower()):
-            return self._get(url)
+            return self._get(url, max_body)
 
-    def _get(self, url: str) -> Fetched:
+    def _get(self, url: str, max_body: int) -> Fetched:
         # httpx's timeouts bound each read, not the whole body: a server dripping a byte at a
         # time would hold a worker for hours. The whole exchange gets twice the timeout.
         deadline = time.monotonic() + 2 * self._timeout
@@ -190,13 +190,13 @@ class Fetcher:
                 if response.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity"):
                     raise FetchError("the document is compressed although identity was asked for")
                 length = response.headers.get("content-length")
-                if length and length.isdigit() and int(length) > MAX_BODY:
-                    raise FetchError(f"the document is larger than {MAX_BODY} bytes")
+                if length and length.isdigit() and int(length) > max_body:
+                    raise FetchError(f"the document is larger than {max_body} bytes")
                 body = b""
                 for chunk in response.iter_bytes():
                     body += chunk
-                    if len(body) > MAX_BODY:
-                        raise FetchError(f"the document is larger than {MAX_BODY} bytes")
+                    if len(body) > max_body:
+                        raise FetchError(f"the document is larger than {max_body} bytes")
                     if time.monotonic() > deadline:
                         raise FetchError("the document did not answer in time")
                 return Fetched(url, response.status_code, content_type, response.headers, body)

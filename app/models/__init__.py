@@ -4,6 +4,7 @@ from app.models.audit import AuditEvent
 from app.models.authorization import AuthorizationCode, AuthorizationRequest
 from app.models.client import BlockedClient, Client, UsedAssertion
 from app.models.consent import Consent
+from app.models.identity import IdentityProvider, UserIdentity
 from app.models.job import JobRun
 from app.models.key import SigningKey
 from app.models.registration import InitialAccessToken
@@ -20,6 +21,7 @@ __all__ = [
     "BrowserSession",
     "Client",
     "Consent",
+    "IdentityProvider",
     "InitialAccessToken",
     "JobRun",
     "PasswordSetupToken",
@@ -31,4 +33,5 @@ __all__ = [
     "SigningKey",
     "UsedAssertion",
     "User",
+    "UserIdentity",
 ]

@@ -86,18 +86,19 @@ def _key_set(server: OstiaryServer, client: OAuthClient, kid: str | None) -> Key
         raise _refuse("The client's registered keys cannot be used.") from None
 
 
-def _unverified(assertion: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The header and claims, before the signature is checked: they name the client whose keys
-    verify it. Nothing here is trusted until jwt.decode has verified the signature."""
+def split_jwt(assertion: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The header and claims of a JWS compact JWT, before the signature is checked: they name
+    whose keys verify it. Nothing here is trusted until jwt.decode has verified the signature.
+    Raises ValueError when it is not a JWS with JSON objects in both parts."""
     parts = assertion.split(".")
     if len(parts) != 3:
-        raise _refuse("The client assertion is not a signed JWT.")
+        raise ValueError("not a signed JWT")
     try:
         header, claims = (json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4))) for p in parts[:2])
     except (ValueError, TypeError):
-        raise _refuse("The client assertion is not a signed JWT.") from None
+        raise ValueError("not a signed JWT") from None
     if not isinstance(header, dict) or not isinstance(claims, dict):
-        raise _refuse("The client assertion is not a signed JWT.")
+        raise ValueError("not a signed JWT")
     return header, claims
 
 
@@ -109,7 +110,10 @@ def authenticate(server: OstiaryServer, request: OAuth2Request) -> OAuthClient |
     assertion = data.get("client_assertion")
     if not isinstance(assertion, str) or not assertion or len(assertion) > MAX_ASSERTION:
         raise _refuse("Missing or malformed 'client_assertion'.")
-    header, unverified = _unverified(assertion)
+    try:
+        header, unverified = split_jwt(assertion)
+    except ValueError:
+        raise _refuse("The client assertion is not a signed JWT.") from None
     if header.get("alg") not in ALGORITHMS:
         raise _refuse("The client assertion's algorithm is not accepted.")
     client_id = unverified.get("sub")

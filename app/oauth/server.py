@@ -101,6 +101,7 @@ class Request(OAuth2Request):
     # Set when the user has decided (app/oauth/authorize.py), for the code to carry:
     auth_time: int
     consent_id: int | None
+    provider_name: str  # the identity provider of an ID-JAG (app/oauth/id_jag.py)
 
     def __init__(self, method: str, uri: str, headers: Headers, params: list[tuple[str, str]], form: bool):
         super().__init__(method, uri, headers=headers)
@@ -142,6 +143,9 @@ class OstiaryServer(AuthorizationServer):
         from app.oauth.client_assertion import JwksCache
 
         self.jwks_cache = JwksCache()  # private_key_jwt clients' jwks_uri
+        from app.oauth.id_jag import IdpKeys
+
+        self.idp_keys = IdpKeys()  # trusted identity providers' keys (ID-JAG)
 
     # -- authlib's framework hooks ------------------------------------------------------------
 
@@ -262,6 +266,9 @@ class OstiaryServer(AuthorizationServer):
                 "request_uri_parameter_supported": False,
             }
         )
+        if "urn:ietf:params:oauth:grant-type:jwt-bearer" in grant_types:
+            # MCP enterprise-managed authorization: ID-JAGs are accepted at the token endpoint.
+            doc["authorization_grant_profiles_supported"] = ["urn:ietf:params:oauth:grant-profile:id-jag"]
         if "private_key_jwt" in auth_methods:
             from app.oauth.client_assertion import ALGORITHMS
 
