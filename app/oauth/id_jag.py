@@ -14,22 +14,17 @@ carries and what the user's groups permit. No refresh token: the client presents
 
 from __future__ import annotations
 
-import json
-import threading
-import time
 from typing import Any
 
 from authlib.oauth2.rfc6749 import InvalidGrantError, InvalidScopeError, UnauthorizedClientError, grants
 from joserfc import jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
 
 from app.infra.db import now
-from app.infra.fetch import FetchError
 from app.models.client import KIND_ADMIN
 from app.oauth import scopes as scope_policy
 from app.oauth import tokens
-from app.oauth.client_assertion import ALGORITHMS, PRIVATE_MEMBERS, split_jwt
+from app.oauth.client_assertion import ALGORITHMS, split_jwt
 from app.oauth.errors import InvalidTargetError, safe_description
 from app.oauth.resource_indicators import InvalidResource, canonical_resource
 from app.oauth.server import Request, current_db
@@ -43,43 +38,6 @@ TYP = "oauth-id-jag+jwt"
 MAX_LIFETIME = 3600  # an ID-JAG is short-lived; a longer one is refused
 CLOCK_SKEW = 60
 MAX_ASSERTION = 16384
-KEYS_TTL = 300
-MAX_DOCUMENT = 64 * 1024
-
-
-class IdpKeys:
-    """Each trusted provider's JWK Set, from its discovery document's jwks_uri, cached a few
-    minutes and fetched again when a `kid` is unknown (key rollover)."""
-
-    def __init__(self) -> None:
-        self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, fetcher: Any, issuer: str, kid: str | None) -> KeySet:
-        with self._lock:
-            cached = self._cache.get(issuer)
-        document = cached[1] if cached and cached[0] > time.monotonic() else None
-        if document is None or (kid and not any(k.get("kid") == kid for k in document.get("keys", []))):
-            document = self._fetch(fetcher, issuer)
-            with self._lock:
-                self._cache[issuer] = (time.monotonic() + KEYS_TTL, document)
-        public: Any = {"keys": [{k: v for k, v in key.items() if k not in PRIVATE_MEMBERS} for key in document["keys"]]}
-        return KeySet.import_key_set(public)
-
-    @staticmethod
-    def _fetch(fetcher: Any, issuer: str) -> dict[str, Any]:
-        try:
-            discovery = json.loads(fetcher.get_json_document(issuer + "/.well-known/openid-configuration", MAX_DOCUMENT).body)
-            jwks_uri = discovery.get("jwks_uri") if isinstance(discovery, dict) else None
-            # OIDC Discovery §4.3: the document's issuer is the one we asked for.
-            if not isinstance(jwks_uri, str) or discovery.get("issuer") != issuer:
-                raise InvalidGrantError("The identity provider's discovery document is not usable.")
-            keys = json.loads(fetcher.get_json_document(jwks_uri, MAX_DOCUMENT).body)
-        except (FetchError, ValueError):
-            raise InvalidGrantError("The identity provider's keys could not be fetched.") from None
-        if not isinstance(keys, dict) or not isinstance(keys.get("keys"), list):
-            raise InvalidGrantError("The identity provider's jwks_uri is not a JWK Set.")
-        return keys
 
 
 class JwtBearerGrant(grants.BaseGrant, grants.TokenEndpointMixin):
@@ -113,7 +71,7 @@ class JwtBearerGrant(grants.BaseGrant, grants.TokenEndpointMixin):
             raise InvalidGrantError("The assertion's issuer is not trusted here.")
         kid = header.get("kid") if isinstance(header.get("kid"), str) else None
         try:
-            keys = self.server.idp_keys.get(self.server.documents.fetcher, provider.issuer, kid)
+            keys = self.server.upstreams.keys(provider.issuer, kid)
             claims = jwt.decode(assertion, keys, algorithms=ALGORITHMS).claims
         except (JoseError, ValueError, TypeError):
             raise InvalidGrantError("The assertion's signature is not valid.") from None

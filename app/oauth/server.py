@@ -143,9 +143,9 @@ class OstiaryServer(AuthorizationServer):
         from app.oauth.client_assertion import JwksCache
 
         self.jwks_cache = JwksCache()  # private_key_jwt clients' jwks_uri
-        from app.oauth.id_jag import IdpKeys
+        from app.oauth.upstream import Upstreams
 
-        self.idp_keys = IdpKeys()  # trusted identity providers' keys (ID-JAG)
+        self.upstreams = Upstreams(documents.fetcher)  # identity providers' metadata and keys
 
     # -- authlib's framework hooks ------------------------------------------------------------
 
