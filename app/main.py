@@ -22,7 +22,7 @@ from app.oauth import routes as oauth_routes
 from app.runtime import Runtime, build_runtime
 from app.services import jobs
 from app.settings import Settings, load_settings
-from app.web import account, authorize, login, mfa, setup_password
+from app.web import account, authorize, login, mfa, setup_password, upstream
 
 
 def create_app(settings: Settings, *, run_jobs: bool = True, fetch_transport: httpx.BaseTransport | None = None) -> FastAPI:
@@ -49,7 +49,8 @@ def create_app(settings: Settings, *, run_jobs: bool = True, fetch_transport: ht
     app.include_router(oauth_routes.router, prefix=prefix)
     if settings.registration != "closed":  # a closed registration endpoint is not served at all
         app.include_router(oauth_routes.registration_router, prefix=prefix)
-    for pages in (authorize, login, account, mfa, setup_password):
+    # upstream after mfa: /login/otp is a page, /login/{name} an identity provider.
+    for pages in (authorize, login, account, mfa, setup_password, upstream):
         app.include_router(pages.router, prefix=prefix)
     for console in (overview, consents, users, clients, resources, keys, audit_log):
         app.include_router(console.router, prefix=prefix)

@@ -172,6 +172,19 @@ class Fetcher:
         with self._slots.take((urlsplit(url).hostname or "").lower()):
             return self._get(url, max_body)
 
+    def post_form(self, url: str, data: dict[str, str], auth: tuple[str, str], max_body: int = 64 * 1024) -> Fetched:
+        """POST a form with HTTP Basic client credentials (an upstream provider's token endpoint)
+        and read a JSON answer of any status, within the caps; raises FetchError otherwise."""
+        with self._slots.take((urlsplit(url).hostname or "").lower()):
+            try:
+                response = self._client.post(url, data=data, auth=auth)
+            except httpx.HTTPError as exc:
+                raise FetchError(f"the request could not be made ({exc.__class__.__name__})") from None
+            if len(response.content) > max_body:
+                raise FetchError(f"the answer is larger than {max_body} bytes")
+            content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+            return Fetched(url, response.status_code, content_type, response.headers, response.content)
+
     def _get(self, url: str, max_body: int) -> Fetched:
         # httpx's timeouts bound each read, not the whole body: a server dripping a byte at a
         # time would hold a worker for hours. The whole exchange gets twice the timeout.

@@ -24,6 +24,7 @@ from app.stores import identities as store
 from app.stores import users as users_store
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+RESERVED = {"otp"}  # /login/otp is the second-factor page
 
 
 def secret_context(name: str) -> bytes:
@@ -45,8 +46,8 @@ def add_provider(
     actor_id: str | None = None,
     via: str = "cli",
 ) -> IdentityProvider:
-    if not NAME.match(name):
-        raise Refused("a provider name is 1 to 64 lowercase letters, digits and hyphens")
+    if not NAME.match(name) or name in RESERVED:
+        raise Refused("a provider name is 1 to 64 lowercase letters, digits and hyphens (not 'otp')")
     problem = canonical_issuer_problem(issuer)
     if problem:
         raise Refused(f"--issuer: {problem}")

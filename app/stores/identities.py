@@ -15,6 +15,12 @@ def all_providers(db: Session) -> list[IdentityProvider]:
     return list(db.scalars(select(IdentityProvider).order_by(IdentityProvider.name)))
 
 
+def sign_in_providers(db: Session) -> list[IdentityProvider]:
+    """Providers users may sign in through (enabled, with Ostiary's client credentials there)."""
+    query = select(IdentityProvider).where(IdentityProvider.enabled.is_(True), IdentityProvider.client_id.is_not(None))
+    return list(db.scalars(query.order_by(IdentityProvider.name)))
+
+
 def get(db: Session, name: str) -> IdentityProvider | None:
     return db.get(IdentityProvider, name)
 

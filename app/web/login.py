@@ -5,14 +5,16 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request, Response
+from sqlalchemy.orm import Session
 
 from app.http.body import FormDep
 from app.http.deps import DbDep
 from app.security.hosts import client_ip
 from app.security.passwords import verify_password
 from app.services import audit
+from app.stores import identities as identity_store
 from app.stores import users as users_store
-from app.web.browser import BrowserDep, safe_next
+from app.web.browser import Browser, BrowserDep, safe_next
 
 router = APIRouter()
 
@@ -25,13 +27,18 @@ ACCOUNT_LOCKED = (
 )
 
 
+def _page(browser: Browser, db: Session, status: int, **context: str | None) -> Response:
+    """The sign-in page: the password form and a button per identity provider."""
+    return browser.render("login.html", status, providers=identity_store.sign_in_providers(db), **context)
+
+
 @router.get("/login")
-def login_page(browser: BrowserDep, next: str | None = None, prompt: str | None = None) -> Response:
+def login_page(browser: BrowserDep, db: DbDep, next: str | None = None, prompt: str | None = None) -> Response:
     # prompt=login (OIDC Core §3.1.2.1): the app asked for a fresh sign-in.
     if browser.signed_in and prompt != "login":
         return browser.redirect(safe_next(next))
     username = browser.user.username if browser.user and prompt == "login" else ""
-    return browser.render("login.html", next=safe_next(next, ""), username=username, error=None)
+    return _page(browser, db, 200, next=safe_next(next, ""), username=username, error=None)
 
 
 @router.post("/login")
@@ -40,7 +47,7 @@ def login(request: Request, browser: BrowserDep, db: DbDep, form: FormDep) -> Re
     username = str(form.get("username") or "")[:150]
     password = str(form.get("password") or "")
     if not browser.csrf_ok(form):
-        return browser.render("login.html", 400, next=next_url, username=username, error=EXPIRED_FORM)
+        return _page(browser, db, 400, next=next_url, username=username, error=EXPIRED_FORM)
     settings, limiter = browser.runtime.settings, browser.runtime.limiter
     limited = browser.limited(client_ip(request), settings.login_rate_per_ip, "login-ip")
     if limited is not None:
@@ -72,7 +79,7 @@ def login(request: Request, browser: BrowserDep, db: DbDep, form: FormDep) -> Re
             reason="disabled" if ok and user and user.disabled else "bad_credentials",
         )
         db.commit()
-        return browser.render("login.html", 401, next=next_url, username=username, error=BAD_CREDENTIALS)
+        return _page(browser, db, 401, next=next_url, username=username, error=BAD_CREDENTIALS)
     limiter.reset(settings.login_failures_per_source, "login-source", source)
     limiter.reset(settings.login_failures_per_user, "login-user", subject)
     if user.locked_at is not None:
