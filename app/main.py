@@ -10,7 +10,7 @@ import httpx
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from app.admin import audit_log, clients, consents, keys, overview, resources, users
+from app.admin import audit_log, clients, consents, idps, keys, overview, resources, users
 from app.admin.pages import Denied, denied_handler
 from app.http import errors, health
 from app.http.cors import PublicCORSMiddleware
@@ -52,7 +52,7 @@ def create_app(settings: Settings, *, run_jobs: bool = True, fetch_transport: ht
     # upstream after mfa: /login/otp is a page, /login/{name} an identity provider.
     for pages in (authorize, login, account, mfa, setup_password, upstream):
         app.include_router(pages.router, prefix=prefix)
-    for console in (overview, consents, users, clients, resources, keys, audit_log):
+    for console in (overview, consents, users, clients, resources, idps, keys, audit_log):
         app.include_router(console.router, prefix=prefix)
     app.include_router(health.router, prefix=prefix)
     app.include_router(oauth_routes.well_known_router)

@@ -140,6 +140,7 @@ PAGES = [
     "/admin/resources/new",
     "/admin/resources/{resource}",
     "/admin/keys",
+    "/admin/idps",
     "/admin/audit",
     "/admin/audit?event=login.succeeded",
 ]
@@ -160,6 +161,7 @@ ACTIONS = [
     ("/admin/resources/new", SCOPES_FORM),
     ("/admin/resources/{resource}", SCOPES_FORM),
     ("/admin/keys/rotate", {"force": "on"}),
+    ("/admin/idps", {"name": "acme", "issuer": "https://idp.acme.example", "id_jag": "on"}),
 ]
 
 
@@ -895,3 +897,27 @@ async def test_cli_created_admin_signs_in_straight_to_the_console(settings, clie
     assert signed_in.status_code == 303 and signed_in.headers["location"] == "/admin"
     console = await client.get("/admin")
     assert console.status_code == 200 and "Overview" in console.text
+
+
+async def test_identity_providers_are_added_disabled_and_shown(world, runtime):
+    """The console's identity providers page: add (the secret stored encrypted), the redirect
+    URI to register upstream, disable (neither offered nor trusted), and a refusal shown on the
+    page."""
+    form = {"name": "acme", "issuer": "https://idp.acme.example", "client_id": "ostiary", "client_secret": "s3cret-upstream"}
+    done = await submit(world.admin, "/admin/idps", form, csrf_page="/admin")
+    assert done.status_code == 303 and done.headers["location"] == "/admin/idps?done=added"
+    page = await world.admin.get("/admin/idps")
+    assert 'data-idp="acme"' in page.text and f"{ISSUER}/login/acme/callback" in page.text
+    assert "s3cret-upstream" not in page.text and "s3cret-upstream" not in database_text(world.db_url)
+    assert "Sign in with acme" in (await world.anonymous.get("/login")).text
+    off = await submit(world.admin, "/admin/idps/acme/enabled", {"enabled": "0"}, csrf_page="/admin")
+    assert off.headers["location"] == "/admin/idps?done=disabled"
+    assert "Sign in with acme" not in (await world.anonymous.get("/login")).text
+    again = await submit(world.admin, "/admin/idps", {**form, "name": "acme2"}, csrf_page="/admin")
+    assert again.status_code == 400 and "exists already" in again.text
+    assert audit_events(runtime, "idp.added")[-1].actor_id == world.root.id
+
+
+async def test_a_users_page_says_how_they_sign_in(world, runtime):
+    page = await world.admin.get(f"/admin/users/{world.alice.id}")
+    assert "a password here" in page.text

@@ -233,3 +233,18 @@ def test_idps_cli_add_list_remove(clean_db, tmp_path):
     assert neither.returncode == 2
     assert run_ostiary(clean_db, "idps", "remove", "okta").returncode == 0
     assert json.loads(run_ostiary(clean_db, "idps", "list", "--json").stdout) == []
+
+
+async def test_console_test_connection_fetches_the_providers_keys(client, runtime, world, new_client):
+    from tests.support import create_user, login, submit
+
+    create_user(runtime, "root", admin=True)
+    admin = new_client()
+    assert (await login(admin, "root", next_url="/admin")).status_code == 303
+    ok = await submit(admin, "/admin/idps/acme/test", {}, csrf_page="/admin")
+    assert ok.status_code == 200 and "acme answered" in ok.text
+    with runtime.sessions() as db:
+        add_provider(db, runtime.keyring, name="gone", issuer="https://gone.example", id_jag=True)
+        db.commit()
+    failed = await submit(admin, "/admin/idps/gone/test", {}, csrf_page="/admin")
+    assert failed.status_code == 502 and "could not be reached" in failed.text

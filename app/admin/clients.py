@@ -59,6 +59,7 @@ def client_page(browser: AdminDep, db: DbDep, id: str = "", done: str = "") -> R
         kind_label=KINDS.get(client.kind, client.kind),
         metadata_json=json.dumps(client.client_metadata or {}, indent=2, sort_keys=True),
         mcp_server=resources_store.get(db, client.resource_id) if client.resource_id else None,
+        machine_server=resources_store.get(db, client.grant_resource_id) if client.grant_resource_id else None,
         rows=consents_store.search(db, client_id=client.id, limit=500),
         done=done_notice(done, "trusted", "untrusted"),
     )

@@ -17,6 +17,7 @@ from app.models import User
 from app.services import Refused, mfa
 from app.services import users as user_service
 from app.stores import consents as consents_store
+from app.stores import identities as identity_store
 from app.stores import users as store
 from app.web.browser import Browser
 
@@ -90,6 +91,7 @@ def _user_page(
         subject=user,
         rows=consents_store.search(db, user_id=user.id, limit=500),
         recovery_left=mfa.recovery_codes_left(db, user) if user.mfa_enabled else 0,
+        identities=identity_store.identities_with_providers(db, user.id),
         is_self=user.id == browser.me.id,
         error=error,
         done=done,

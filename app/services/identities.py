@@ -73,6 +73,14 @@ def add_provider(
     return provider
 
 
+def set_enabled(
+    db: Session, provider: IdentityProvider, enabled: bool, *, actor_id: str | None = None, via: str = "console"
+) -> None:
+    """A disabled provider is neither offered for sign-in nor trusted for ID-JAGs."""
+    provider.enabled = enabled
+    audit.record(db, "idp.enabled" if enabled else "idp.disabled", actor_id=actor_id, via=via, idp=provider.name)
+
+
 def remove_provider(db: Session, name: str, *, actor_id: str | None = None, via: str = "cli") -> bool:
     """Trust ends at once: every replica reads the table on each use."""
     if not store.remove(db, name):

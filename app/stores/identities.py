@@ -70,3 +70,15 @@ def seen(db: Session, issuer: str, subject: str, at: int) -> None:
 
 def identities_of(db: Session, user_id: str) -> list[UserIdentity]:
     return list(db.scalars(select(UserIdentity).where(UserIdentity.user_id == user_id)))
+
+
+def identities_with_providers(db: Session, user_id: str) -> list[tuple[str, str]]:
+    """(provider name, subject) for each upstream identity of a user ("?" for a provider since
+    removed)."""
+    rows = db.execute(
+        select(IdentityProvider.name, UserIdentity.subject)
+        .select_from(UserIdentity)
+        .outerjoin(IdentityProvider, IdentityProvider.issuer == UserIdentity.issuer)
+        .where(UserIdentity.user_id == user_id)
+    )
+    return [(name or "?", subject) for name, subject in rows]
