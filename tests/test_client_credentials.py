@@ -269,3 +269,19 @@ async def test_remembered_assertions_are_forgotten_after_they_expire(client, run
     sql(runtime.settings, "UPDATE used_assertions SET expires_at = expires_at - 3600")
     cleanup.run(runtime.sessions, runtime.settings)
     assert sql(runtime.settings, "SELECT count(*) FROM used_assertions")[0][0] == 0
+
+
+async def test_the_audit_log_filters_tokens_by_grant(client, runtime, new_client):
+    """The console's audit log lists machine tokens apart (grant=client_credentials)."""
+    from tests.support import create_user, login
+
+    create_resource(runtime)
+    client_id, secret = machine_client(runtime)
+    assert (await cc(client, auth=(client_id, secret))).status_code == 200
+    create_user(runtime, "root", admin=True)
+    admin = new_client()
+    assert (await login(admin, "root", next_url="/admin")).status_code == 303
+    machine = await admin.get("/admin/audit", params={"event": "token.issued", "grant": "client_credentials"})
+    assert machine.status_code == 200 and client_id in machine.text
+    others = await admin.get("/admin/audit", params={"event": "token.issued", "grant": "id-jag"})
+    assert client_id not in others.text

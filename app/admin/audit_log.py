@@ -24,6 +24,15 @@ def _day(value: str, end: bool = False) -> int | None:
     return start + 86400 if end else start
 
 
+# Tokens by how they were obtained (the audit rows' grant_type).
+GRANTS = {
+    "authorization_code": "authorization_code",
+    "refresh_token": "refresh_token",
+    "client_credentials": "client_credentials",
+    "id-jag": "urn:ietf:params:oauth:grant-type:jwt-bearer",
+}
+
+
 @router.get("/admin/audit")
 def audit_page(
     browser: AdminDep,
@@ -33,6 +42,7 @@ def audit_page(
     client: str = "",
     since: str = "",
     until: str = "",
+    grant: str = "",
     page: str | None = None,
 ) -> Response:
     event, user, client = event.strip()[:64], user.strip()[:150], client.strip()[:2048]
@@ -45,8 +55,16 @@ def audit_page(
         client_id=client or None,
         since=_day(since) if since else None,
         until=_day(until, end=True) if until else None,
+        grant_type=GRANTS.get(grant),
     )
-    params = {"event": event, "user": user, "client": client, "since": since, "until": until}
+    params = {
+        "event": event,
+        "user": user,
+        "client": client,
+        "since": since,
+        "until": until,
+        "grant": grant if grant in GRANTS else "",
+    }
     pager = Pager(page_number(page), store.count(db, where), params)
     events = store.search(db, where, limit=pager.per_page, offset=pager.offset)
     # Who: events that carry only ids (token.issued, code.issued ...) show the username too.
@@ -62,4 +80,5 @@ def audit_page(
         pager=pager,
         filters=params,
         event_names=store.event_names(db),
+        grants=GRANTS,
     )

@@ -34,10 +34,13 @@ class Filter:
     client_id: str | None = None
     since: int | None = None
     until: int | None = None
+    grant_type: str | None = None  # token.issued by grant: client_credentials, jwt-bearer ...
 
     def apply(self, query: _Query) -> _Query:
         if self.event:
             query = query.where(AuditEvent.event == self.event)
+        if self.grant_type:
+            query = query.where(AuditEvent.details["grant_type"].as_string() == self.grant_type)
         if self.user_id or self.username:
             who: list[ColumnElement[bool]] = []
             if self.user_id:
