@@ -204,6 +204,8 @@ class Settings(BaseSettings):
     token_rate_per_client: Rate = "100/minute"  # per client_id and address
     authorize_rate_per_ip: Rate = "120/minute"
     login_rate_per_ip: Rate = "60/minute"
+    # False: users sign in only through the identity providers (the password form is not offered).
+    local_sign_in: bool = True
     # Failed sign-ins per username and address: each tier a longer wait, the last a lock of that
     # address only; per username from every address: a short wait, never a lock
     # (docs/decisions.md#failed-sign-ins-lock-one-source-and-only-slow-the-rest).

@@ -190,3 +190,16 @@ async def test_a_locally_disabled_user_cannot_sign_in_through_the_provider(clien
 async def test_unknown_provider_is_404(client):
     assert (await client.get("/login/nobody")).status_code == 404
     assert (await client.get("/login/nobody/callback", params={"code": "x", "state": "y"})).status_code == 404
+
+
+@pytest.mark.parametrize("settings_overrides", [{"local_sign_in": False}])
+async def test_the_provider_can_be_the_only_way_to_sign_in(client, runtime, provider, acme):
+    """OSTIARY_LOCAL_SIGN_IN=false: no password form, and a posted password is refused."""
+    from tests.support import create_user
+
+    page = await client.get("/login")
+    assert 'name="password"' not in page.text and "Sign in with acme" in page.text
+    create_user(runtime, "bob")
+    response = await client.post("/login", data={"username": "bob", "password": "x", "csrf_token": "x"})
+    assert response.status_code == 403 and "Passwords are not used" in response.text
+    assert (await sign_in_through_acme(client, provider)).status_code == 303

@@ -46,6 +46,10 @@ def login(request: Request, browser: BrowserDep, db: DbDep, form: FormDep) -> Re
     next_url = safe_next(str(form.get("next") or ""))
     username = str(form.get("username") or "")[:150]
     password = str(form.get("password") or "")
+    if not browser.runtime.settings.local_sign_in:
+        return browser.render(
+            "error.html", 403, title="Sign in with your organisation", message="Passwords are not used on this server."
+        )
     if not browser.csrf_ok(form):
         return _page(browser, db, 400, next=next_url, username=username, error=EXPIRED_FORM)
     settings, limiter = browser.runtime.settings, browser.runtime.limiter
