@@ -679,3 +679,66 @@ async def test_a_blocked_document_url_is_not_fetched_again(client, runtime, host
     await submit(admin, "/admin/clients/unblock", {"client_id": CLIENT_ID}, csrf_page="/admin")
     assert (await start(client)).status_code in (302, 303)
     assert hosts.fetches() == fetched + 1
+
+
+# -- private_key_jwt with the document's keys ---------------------------------------------------------
+
+
+async def test_a_document_with_keys_authenticates_with_private_key_jwt(client, runtime, hosts):
+    """MCP client registration (CIMD): a document may say private_key_jwt and publish its public
+    keys; the client then proves itself at /token with a signed assertion (RFC 7523 §2.2), and
+    a code without one is refused."""
+    import uuid
+
+    from joserfc import jwt as jose_jwt
+    from joserfc.jwk import RSAKey
+
+    from tests.support import ISSUER
+
+    key = RSAKey.generate_key(2048, parameters={"kid": "doc-1"})
+    await signed_in(client, runtime)
+    hosts.serve(document(token_endpoint_auth_method="private_key_jwt", jwks={"keys": [key.as_dict(private=False)]}))
+
+    def assertion() -> str:
+        t = int(time.time())
+        claims = {"iss": CLIENT_ID, "sub": CLIENT_ID, "aud": ISSUER, "iat": t, "exp": t + 60, "jti": uuid.uuid4().hex}
+        return jose_jwt.encode({"alg": "RS256", "kid": "doc-1"}, claims, key)
+
+    verifier, challenge = pkce()
+    response = await authorize(client, authorize_params(CLIENT_ID, challenge))
+    code = query(response.headers["location"])["code"]
+    form = {"grant_type": "authorization_code", "code": code, "code_verifier": verifier, "redirect_uri": REDIRECT}
+    bare = await client.post("/token", data={**form, "client_id": CLIENT_ID})
+    assert (bare.status_code, bare.json()["error"]) == (401, "invalid_client")
+    grant = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+    ok = await client.post("/token", data={**form, "client_assertion_type": grant, "client_assertion": assertion()})
+    assert ok.status_code == 200, ok.text
+    renewed = await client.post(
+        "/token",
+        data={"grant_type": "refresh_token", "refresh_token": ok.json()["refresh_token"], "client_assertion_type": grant,
+              "client_assertion": assertion()},
+    )  # fmt: skip
+    assert renewed.status_code == 200, renewed.text
+    assert stored(runtime).jwks == {"keys": [key.as_dict(private=False)]}
+
+
+@pytest.mark.parametrize(
+    "fields, problem",
+    [
+        pytest.param({"token_endpoint_auth_method": "private_key_jwt"}, "needs either jwks or jwks_uri", id="no keys"),
+        pytest.param(
+            {"token_endpoint_auth_method": "private_key_jwt", "jwks": {"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}},
+            "public keys only",
+            id="a symmetric key",
+        ),
+        pytest.param(
+            {"token_endpoint_auth_method": "private_key_jwt", "jwks_uri": "http://client.example.com/jwks"},
+            "https URL",
+            id="jwks_uri over http",
+        ),
+    ],
+)
+async def test_private_key_jwt_documents_without_usable_keys_are_refused(client, runtime, hosts, fields, problem):
+    await signed_in(client, runtime)
+    hosts.serve(document(**fields))
+    assert_error_page(await start(client), problem)

@@ -114,7 +114,8 @@ def check_lengths(data: dict[str, str]) -> None:
 class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
     request: Request
     # OAuth 2.1 §2.4 / MCP: public clients (auth method `none`) use this grant too.
-    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+    # private_key_jwt: metadata-document clients that publish keys (app/oauth/client_assertion.py).
+    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none", "private_key_jwt"]
 
     # -- /authorize ---------------------------------------------------------------------------
 

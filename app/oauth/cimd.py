@@ -131,8 +131,14 @@ def validate_document(client_id: str, body: bytes, native_schemes: Collection[st
             method = "none"
     if method in SHARED_SECRET_METHODS:
         raise InvalidDocument(f"token_endpoint_auth_method {method} needs a shared secret, which a document cannot have")
-    if method != "none":
-        raise InvalidDocument(f"token_endpoint_auth_method {method} is not supported; use none")
+    if method == "private_key_jwt":
+        # MCP client registration (CIMD): a document may publish public keys, and the client
+        # then authenticates at the token endpoint with signed assertions (RFC 7523 §2.2).
+        keys_problem = _keys_problem(doc)
+        if keys_problem:
+            raise InvalidDocument(keys_problem)
+    elif method != "none":
+        raise InvalidDocument(f"token_endpoint_auth_method {method} is not supported; use none or private_key_jwt")
 
     grant_types = doc.get("grant_types", list(PUBLIC_GRANT_TYPES))
     if not isinstance(grant_types, list):
@@ -144,10 +150,30 @@ def validate_document(client_id: str, body: bytes, native_schemes: Collection[st
     return {
         **doc,
         "redirect_uris": uris,
-        "token_endpoint_auth_method": "none",
+        "token_endpoint_auth_method": method,
         "grant_types": grant_types,
         "client_name": name.strip(),
     }
+
+
+def _keys_problem(doc: dict[str, Any]) -> str | None:
+    """private_key_jwt needs public keys: `jwks` (a JWK Set without private members) or an
+    https `jwks_uri`, not both (RFC 7591 §2)."""
+    jwks, jwks_uri = doc.get("jwks"), doc.get("jwks_uri")
+    if (jwks is None) == (jwks_uri is None):
+        return "private_key_jwt needs either jwks or jwks_uri in the document"
+    if jwks_uri is not None:
+        return (
+            None
+            if isinstance(jwks_uri, str) and jwks_uri.startswith("https://") and len(jwks_uri) <= 2000
+            else "jwks_uri must be an https URL"
+        )
+    keys = jwks.get("keys") if isinstance(jwks, dict) else None
+    if not isinstance(keys, list) or not keys or not all(isinstance(k, dict) and k.get("kty") for k in keys):
+        return "jwks must be a JWK Set"
+    if any(k.get("kty") == "oct" or "d" in k for k in keys):
+        return "jwks must hold public keys only"
+    return None
 
 
 class MetadataDocuments:

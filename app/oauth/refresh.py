@@ -57,7 +57,8 @@ def narrowed_scope(requested: str | None, granted: str) -> list[str]:
 class RefreshTokenGrant(grants.RefreshTokenGrant):
     request: Request
     # OAuth 2.1 §4.3: public clients refresh too (they authenticate with `none`).
-    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+    # private_key_jwt: metadata-document clients that publish keys (app/oauth/client_assertion.py).
+    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none", "private_key_jwt"]
 
     @hooked  # type: ignore[untyped-decorator]  # authlib ships no type information
     def validate_token_request(self) -> None:

@@ -51,6 +51,9 @@ def apply_metadata(row: Client, meta: dict[str, Any]) -> Client:
     row.scope = meta.get("scope") if isinstance(meta.get("scope"), str) else None
     row.application_type = meta.get("application_type") if meta.get("application_type") in ("web", "native") else None
     row.client_metadata = meta
+    if row.token_endpoint_auth_method == "private_key_jwt":  # a metadata document's keys
+        row.jwks = meta.get("jwks") if isinstance(meta.get("jwks"), dict) else None
+        row.jwks_uri = meta.get("jwks_uri") if isinstance(meta.get("jwks_uri"), str) else None
     return row
 
 
