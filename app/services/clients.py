@@ -137,6 +137,8 @@ def create_machine_client(
         "grant_types": ["client_credentials"],
         "response_types": [],
         "scope": " ".join(scopes),
+        **({"jwks": jwks} if jwks is not None else {}),
+        **({"jwks_uri": jwks_uri} if jwks_uri is not None else {}),
     }
     row = Client(
         id=new_client_id(),
