@@ -162,6 +162,7 @@ ACTIONS = [
     ("/admin/resources/{resource}", SCOPES_FORM),
     ("/admin/keys/rotate", {"force": "on"}),
     ("/admin/idps", {"name": "acme", "issuer": "https://idp.acme.example", "id_jag": "on"}),
+    ("/admin/clients/machine", {"name": "agent", "resource": RESOURCE, "scopes": "mcp:read"}),
 ]
 
 
@@ -921,3 +922,22 @@ async def test_identity_providers_are_added_disabled_and_shown(world, runtime):
 async def test_a_users_page_says_how_they_sign_in(world, runtime):
     page = await world.admin.get(f"/admin/users/{world.alice.id}")
     assert "a password here" in page.text
+
+
+async def test_an_admin_creates_a_machine_client_in_the_console(world, runtime):
+    """Client credentials from the console: the secret is shown once and works at /token."""
+    response = await submit(
+        world.admin, "/admin/clients/machine", {"name": "Nightly", "resource": RESOURCE, "scopes": "mcp:read"}, csrf_page="/admin"
+    )
+    assert response.status_code == 200, response.text
+    client_id = re.search(r"data-client-id>([^<]+)<", response.text).group(1)
+    secret = re.search(r'id="machine-secret" type="text" readonly value="([^"]+)"', response.text).group(1)
+    assert secret not in database_text(world.db_url)
+    token = await world.anonymous.post("/token", data={"grant_type": "client_credentials"}, auth=(client_id, secret))
+    assert token.status_code == 200 and token.json()["scope"] == "mcp:read"
+    detail = await world.admin.get("/admin/clients/detail", params={"id": client_id})
+    assert "data-machine" in detail.text and "client_credentials for" in detail.text
+    refused = await submit(
+        world.admin, "/admin/clients/machine", {"name": "X", "resource": RESOURCE, "scopes": "nope"}, csrf_page="/admin"
+    )
+    assert refused.status_code == 400 and "no scope nope" in refused.text

@@ -11,9 +11,10 @@ from fastapi import APIRouter, Response
 
 from app.admin.pages import AdminDep, Pager, confirm, confirmed, done_notice, not_found, page_number, require_csrf
 from app.http.body import FormDep
-from app.http.deps import DbDep
+from app.http.deps import DbDep, RuntimeDep
 from app.models.client import KIND_ADMIN, KIND_DYNAMIC, KIND_METADATA_DOCUMENT
-from app.services.clients import block, delete_client, set_trusted, unblock
+from app.services import Refused
+from app.services.clients import block, create_machine_client, delete_client, set_trusted, unblock
 from app.stores import clients as store
 from app.stores import consents as consents_store
 from app.stores import resources as resources_store
@@ -43,6 +44,7 @@ def clients_page(
         kinds=KINDS,
         filters={"kind": kind, "unused": never_used, "q": q},
         blocked=store.blocked(db),
+        resources=resources_store.all_resources(db),
         done=done_notice(done, "deleted", "blocked", "unblocked"),
     )
 
@@ -138,3 +140,30 @@ def unblock_client(browser: AdminDep, db: DbDep, form: FormDep) -> Response:
     unblock(db, str(form.get("client_id") or "")[:2048], actor_id=browser.me.id, via="console")
     db.commit()
     return browser.redirect("/admin/clients?done=unblocked")
+
+
+@router.post("/admin/clients/machine")
+def add_machine_client(browser: AdminDep, db: DbDep, runtime: RuntimeDep, form: FormDep) -> Response:
+    """A machine client (client_credentials) for one MCP server and some of its scopes; with a
+    JWK Set it authenticates with private_key_jwt, otherwise its secret is shown once."""
+    require_csrf(browser, form)
+    name = str(form.get("name") or "").strip()[:200]
+    resource = resources_store.by_uri(db, str(form.get("resource") or ""))
+    scopes = [s for s in str(form.get("scopes") or "").replace(",", " ").split() if s]
+    keys_text = str(form.get("jwks") or "").strip()
+    try:
+        if not name or resource is None or not scopes:
+            raise Refused("Give a name, an MCP server and at least one of its scopes.")
+        try:
+            jwks = json.loads(keys_text) if keys_text else None
+        except ValueError:
+            raise Refused("The keys must be a JWK Set in JSON.") from None
+        client, secret = create_machine_client(
+            db, runtime.keyring, name=name, resource=resource, scopes=scopes, jwks=jwks, actor_id=browser.me.id, via="console"
+        )
+    except Refused as exc:
+        db.rollback()
+        return browser.render("error.html", 400, title="The machine client was not created", message=str(exc))
+    db.commit()
+    # Shown once: only its HMAC is stored.
+    return browser.render("admin/machine_client.html", section="clients", client=client, secret=secret)
