@@ -40,10 +40,15 @@ IDP_KEY = RSAKey.generate_key(2048, parameters={"kid": "idp-1"})
 GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 
 
+ANSWERS: dict[str, dict] = {}
+
+
 @pytest.fixture
 def app(settings):
     """The real app; the network edge plays the enterprise IdP (discovery and JWKS)."""
-    answers = {
+    answers = ANSWERS
+    answers.clear()
+    answers |= {
         IDP + "/.well-known/openid-configuration": {"issuer": IDP, "jwks_uri": IDP + "/keys"},
         IDP + "/keys": {"keys": [IDP_KEY.as_dict(private=False)]},
     }
@@ -248,3 +253,16 @@ async def test_console_test_connection_fetches_the_providers_keys(client, runtim
         db.commit()
     failed = await submit(admin, "/admin/idps/gone/test", {}, csrf_page="/admin")
     assert failed.status_code == 502 and "could not be reached" in failed.text
+
+
+async def test_a_rolled_over_idp_key_is_fetched_when_its_kid_appears(client, runtime, world):
+    """Key rollover: keys are cached, and an ID-JAG signed with a `kid` not seen before makes
+    Ostiary fetch the provider's JWK Set again."""
+    assert (await exchange(client, world, id_jag(world[0]))).status_code == 200
+    new_key = RSAKey.generate_key(2048, parameters={"kid": "idp-2"})
+    ANSWERS[IDP + "/keys"] = {"keys": [IDP_KEY.as_dict(private=False), new_key.as_dict(private=False)]}
+    t = int(time.time())
+    claims = {"iss": IDP, "sub": "U019488227", "aud": ISSUER, "resource": RESOURCE, "client_id": world[0],
+              "jti": uuid.uuid4().hex, "iat": t, "exp": t + 300, "scope": "mcp:read"}  # fmt: skip
+    rolled = jwt.encode({"alg": "RS256", "kid": "idp-2", "typ": "oauth-id-jag+jwt"}, claims, new_key)
+    assert (await exchange(client, world, rolled)).status_code == 200
