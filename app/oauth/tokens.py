@@ -58,25 +58,43 @@ def mint_for_client(
     """A machine client's token (client_credentials): RFC 9068 §2.2 with `sub` = the client
     (no user signed in, so no auth_time), `aud` = the MCP server; no refresh token (RFC 6749
     §4.4.3). Returns the body and the jti."""
-    t, jti, scope_str = now(), new_jti(), join(scope)
+    jti = new_jti()
+    body, _ = _access_token(
+        server, subject=client_id, client_id=client_id, resource=resource, scope=scope, auth_time=None, jti=jti
+    )
+    return body, jti
+
+
+def _access_token(
+    server: OstiaryServer,
+    *,
+    subject: str,
+    client_id: str,
+    resource: ResourceInfo,
+    scope: list[str],
+    auth_time: int | None,
+    jti: str,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The token response body for an access token (RFC 6749 §5.1) and the token's claims."""
+    scope_str = join(scope)
     claims = access_token_claims(
         issuer=server.settings.issuer,
-        user_id=client_id,
+        user_id=subject,
         client_id=client_id,
         audience=resource.uri,
         scope=scope_str,
-        auth_time=None,
+        auth_time=auth_time,
         jti=jti,
-        iat=t,
+        iat=now(),
         ttl=resource.token_ttl,
     )
     body = {
-        "access_token": server.keys.sign(claims, typ="at+jwt"),
+        "access_token": server.keys.sign(claims, typ="at+jwt"),  # RFC 9068 §2.1
         "token_type": "Bearer",
         "expires_in": resource.token_ttl,
         "scope": scope_str,
     }
-    return body, jti
+    return body, claims
 
 
 def id_token_claims(
@@ -108,26 +126,11 @@ def mint(
     jti: str | None = None,
 ) -> tuple[dict[str, Any], str, int]:
     """The token response body without a refresh token, the access token's jti and expiry."""
-    t = now()
     jti = jti or new_jti()
-    scope_str = join(scope)
-    claims = access_token_claims(
-        issuer=server.settings.issuer,
-        user_id=user.id,
-        client_id=client_id,
-        audience=resource.uri,
-        scope=scope_str,
-        auth_time=auth_time,
-        jti=jti,
-        iat=t,
-        ttl=resource.token_ttl,
+    body, claims = _access_token(
+        server, subject=user.id, client_id=client_id, resource=resource, scope=scope, auth_time=auth_time, jti=jti
     )
-    body = {
-        "access_token": server.keys.sign(claims, typ="at+jwt"),  # RFC 9068 §2.1
-        "token_type": "Bearer",
-        "expires_in": resource.token_ttl,
-        "scope": scope_str,
-    }
+    t = claims["iat"]
     if OPENID in scope:
         body["id_token"] = server.keys.sign(
             id_token_claims(

@@ -91,6 +91,17 @@ class SignInRefused(Exception):
 
 
 @dataclass(frozen=True)
+class Registration:
+    """Ostiary as a client of one provider (OIDC Core §2: the relying party's registration)."""
+
+    issuer: str
+    client_id: str
+    client_secret: str
+    scope: list[str]
+    redirect_uri: str
+
+
+@dataclass(frozen=True)
 class Started:
     url: str  # where the browser goes: the provider's authorization endpoint
     state: str
@@ -98,19 +109,19 @@ class Started:
     verifier: str
 
 
-def start(upstreams: Upstreams, issuer: str, client_id: str, client_secret: str, scope: list[str], redirect_uri: str) -> Started:
+def start(upstreams: Upstreams, rp: Registration) -> Started:
     """The authorization request (OIDC Core §3.1.2.1) with state, nonce and a PKCE verifier."""
-    endpoint = upstreams.discovery(issuer).get("authorization_endpoint")
+    endpoint = upstreams.discovery(rp.issuer).get("authorization_endpoint")
     if not isinstance(endpoint, str) or not endpoint.startswith(("https://", "http://")):
         raise SignInRefused("the provider's discovery document has no authorization endpoint")
     state, nonce, verifier = new_token(), new_token(), new_token() + new_token()
     # authlib's RFC 6749 §4.1.1 request builder, with RFC 7636 §4.2 S256 and OIDC's nonce.
     url = prepare_grant_uri(
         endpoint,
-        client_id,
+        rp.client_id,
         "code",
-        redirect_uri=redirect_uri,
-        scope=" ".join(scope),
+        redirect_uri=rp.redirect_uri,
+        scope=" ".join(rp.scope),
         state=state,
         nonce=nonce,
         code_challenge=create_s256_code_challenge(verifier),
@@ -119,27 +130,17 @@ def start(upstreams: Upstreams, issuer: str, client_id: str, client_secret: str,
     return Started(url, state, nonce, verifier)
 
 
-def finish(
-    upstreams: Upstreams,
-    issuer: str,
-    client_id: str,
-    client_secret: str,
-    scope: list[str],
-    redirect_uri: str,
-    *,
-    code: str,
-    verifier: str,
-    nonce: str,
-) -> dict[str, Any]:
+def finish(upstreams: Upstreams, rp: Registration, *, code: str, verifier: str, nonce: str) -> dict[str, Any]:
     """Redeem the code (OIDC Core §3.1.3) and return the verified ID token's claims."""
-    endpoint = upstreams.discovery(issuer).get("token_endpoint")
+    endpoint = upstreams.discovery(rp.issuer).get("token_endpoint")
     if not isinstance(endpoint, str):
         raise SignInRefused("the provider's discovery document has no token endpoint")
     # authlib's httpx integration runs on httpx2, our guarded transport on httpx: the code is
     # redeemed through the guarded fetcher (RFC 6749 §4.1.3 with RFC 7636 §4.5 and HTTP Basic).
-    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri, "code_verifier": verifier}
+    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": rp.redirect_uri, "code_verifier": verifier}
+    credentials = (quote(rp.client_id, safe=""), quote(rp.client_secret, safe=""))  # RFC 6749 §2.3.1
     try:
-        answer = upstreams.fetcher.post_form(endpoint, form, (quote(client_id, safe=""), quote(client_secret, safe="")))
+        answer = upstreams.fetcher.post_form(endpoint, form, credentials)
         token = json.loads(answer.body)
     except (FetchError, ValueError):
         raise SignInRefused("the provider's token endpoint could not be used") from None
@@ -149,7 +150,7 @@ def finish(
     id_token = token.get("id_token")
     if not isinstance(id_token, str):
         raise SignInRefused("the provider sent no ID token")
-    return verify_id_token(upstreams, issuer, client_id, id_token, nonce)
+    return verify_id_token(upstreams, rp.issuer, rp.client_id, id_token, nonce)
 
 
 def verify_id_token(upstreams: Upstreams, issuer: str, client_id: str, id_token: str, nonce: str) -> dict[str, Any]:

@@ -51,32 +51,27 @@ def _refused(browser: Browser, status: int, message: str) -> Response:
     return browser.render("error.html", status, title="Sign-in did not complete", message=message)
 
 
-def _secret(runtime: Runtime, provider: IdentityProvider) -> str:
-    assert provider.client_secret_enc is not None  # sign-in providers have one (services)
-    return runtime.keyring.decrypt(provider.client_secret_enc, identities.secret_context(provider.name)).decode()
+def _registration(runtime: Runtime, provider: IdentityProvider) -> upstream.Registration:
+    assert provider.client_id is not None and provider.client_secret_enc is not None  # sign-in providers (services)
+    secret = runtime.keyring.decrypt(provider.client_secret_enc, identities.secret_context(provider.name)).decode()
+    redirect_uri = f"{runtime.settings.issuer}/login/{provider.name}/callback"
+    return upstream.Registration(provider.issuer, provider.client_id, secret, provider.scopes, redirect_uri)
 
 
-def _redirect_uri(runtime: Runtime, provider: IdentityProvider) -> str:
-    return f"{runtime.settings.issuer}/login/{provider.name}/callback"
+def _unknown(browser: Browser) -> Response:
+    return browser.render("error.html", 404, title="Unknown sign-in option", message="There is no such way to sign in here.")
 
 
 @router.get("/login/{name}")
 def start(name: str, request: Request, browser: BrowserDep, db: DbDep, runtime: RuntimeDep, next: str | None = None) -> Response:
     provider = _provider(db, name)
     if provider is None:
-        return browser.render("error.html", 404, title="Unknown sign-in option", message="There is no such way to sign in here.")
+        return _unknown(browser)
     limited = browser.limited(client_ip(request), runtime.settings.login_rate_per_ip, "login-ip")
     if limited is not None:
         return limited
     try:
-        started = upstream.start(
-            runtime.server.upstreams,
-            provider.issuer,
-            provider.client_id or "",
-            _secret(runtime, provider),
-            provider.scopes,
-            _redirect_uri(runtime, provider),
-        )
+        started = upstream.start(runtime.server.upstreams, _registration(runtime, provider))
     except (SignInRefused, UpstreamError) as exc:
         log.warning("sign-in through %s could not start: %s", provider.name, exc)
         return _refused(browser, 502, f"{provider.name} could not be reached. Please try again later.")
@@ -96,7 +91,7 @@ def start(name: str, request: Request, browser: BrowserDep, db: DbDep, runtime: 
 def callback(name: str, request: Request, browser: BrowserDep, db: DbDep, runtime: RuntimeDep) -> Response:
     provider = _provider(db, name)
     if provider is None:
-        return browser.render("error.html", 404, title="Unknown sign-in option", message="There is no such way to sign in here.")
+        return _unknown(browser)
     pending = _pending(request, runtime, provider.name)
     browser.cookies_to_set.append((_cookie(runtime), "", 0))  # used once, whatever happens
     if pending is None:
@@ -118,11 +113,7 @@ def callback(name: str, request: Request, browser: BrowserDep, db: DbDep, runtim
     try:
         claims = upstream.finish(
             runtime.server.upstreams,
-            provider.issuer,
-            provider.client_id or "",
-            _secret(runtime, provider),
-            provider.scopes,
-            _redirect_uri(runtime, provider),
+            _registration(runtime, provider),
             code=code,
             verifier=pending["verifier"],
             nonce=pending["nonce"],
