@@ -460,11 +460,12 @@ def http_date(offset: int) -> str:
         pytest.param({"Cache-Control": "max-age=600"}, 600, id="max-age within bounds"),
         pytest.param({"Cache-Control": "public, max-age=1200"}, 1200, id="max-age among directives"),
         pytest.param({"Cache-Control": "max-age=10"}, 300, id="max-age below the floor"),
-        pytest.param({"Cache-Control": "max-age=0"}, 300, id="max-age=0 -> floor"),
+        pytest.param({"Cache-Control": "max-age=0"}, 0, id="max-age=0 -> not cached (no floor)"),
         pytest.param({"Cache-Control": "max-age=999999"}, 7200, id="max-age above the ceiling"),
         pytest.param({"Cache-Control": "s-maxage=50"}, 300, id="s-maxage is not max-age"),
-        pytest.param({"Cache-Control": "no-store, max-age=600"}, 300, id="no-store -> floor"),
-        pytest.param({"Cache-Control": "no-cache"}, 300, id="no-cache -> floor"),
+        pytest.param({"Cache-Control": "no-store, max-age=600"}, 0, id="no-store -> not cached (no floor)"),
+        pytest.param({"Cache-Control": "no-cache"}, 0, id="no-cache -> not cached (no floor)"),
+        pytest.param({"Cache-Control": "max-age=00"}, 0, id="max-age=00 -> not cached"),
         pytest.param({"Expires": http_date(900)}, 900, id="Expires within bounds"),
         pytest.param({"Expires": http_date(10)}, 300, id="Expires below the floor"),
         pytest.param({"Expires": http_date(-600)}, 300, id="Expires in the past"),
@@ -742,3 +743,16 @@ async def test_private_key_jwt_documents_without_usable_keys_are_refused(client,
     await signed_in(client, runtime)
     hosts.serve(document(**fields))
     assert_error_page(await start(client), problem)
+
+
+async def test_a_no_store_document_is_fetched_again_each_time_yet_the_flow_completes(client, runtime, hosts):
+    """RFC 9111 §5.2.2.5 no-store is honoured, not overridden by the cache floor
+    (docs/decisions.md#metadata-documents-are-cached-between-a-floor-and-a-ceiling): each
+    /authorize fetches again; a whole authorization still completes and the code redeems."""
+    await signed_in(client, runtime)
+    hosts.serve(headers={"Cache-Control": "no-store"})
+    assert (await start(client)).status_code == 303
+    assert (await start(client)).status_code == 303
+    assert hosts.fetches() == 2
+    token = await full_flow(client)
+    assert token["access_token"]

@@ -73,21 +73,23 @@ def url_problem(client_id: str) -> str | None:
 
 
 def cache_lifetime(headers: httpx.Headers, settings: Settings, at: float | None = None) -> int:
-    """Seconds to keep a document: Cache-Control max-age, else Expires, within floor/ceiling."""
+    """Seconds to keep a document: Cache-Control max-age, else Expires, within floor/ceiling.
+    An explicit no-store, no-cache or max-age=0 is not overridden by the floor: the document is
+    used for the request that fetched it and fetched again next time
+    (docs/decisions.md#metadata-documents-are-cached-between-a-floor-and-a-ceiling)."""
     at = time.time() if at is None else at
-    lifetime = None
     cache_control = headers.get("cache-control", "").lower()
-    if "no-store" in cache_control or "no-cache" in cache_control:
-        lifetime = 0
-    else:
-        match = re.search(r"(?:^|[,\s])max-age\s*=\s*(\d+)", cache_control)
-        if match:
-            lifetime = int(match.group(1))
-        elif headers.get("expires"):
-            try:
-                lifetime = int(parsedate_to_datetime(headers["expires"]).timestamp() - at)
-            except (TypeError, ValueError, IndexError):
-                lifetime = 0
+    match = re.search(r"(?:^|[,\s])max-age\s*=\s*(\d+)", cache_control)
+    if "no-store" in cache_control or "no-cache" in cache_control or (match and int(match.group(1)) == 0):
+        return 0
+    lifetime = None
+    if match:
+        lifetime = int(match.group(1))
+    elif headers.get("expires"):
+        try:
+            lifetime = int(parsedate_to_datetime(headers["expires"]).timestamp() - at)
+        except (TypeError, ValueError, IndexError):
+            lifetime = 0
     if lifetime is None:
         lifetime = settings.cimd_cache_min
     return max(settings.cimd_cache_min, min(settings.cimd_cache_max, lifetime))
