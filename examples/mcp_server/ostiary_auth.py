@@ -118,6 +118,7 @@ def protect(
     base_scope: str,
     tool_scopes: dict[str, str],
     resource_name: str | None = None,
+    allowed_origins: list[str] | None = None,
 ) -> Starlette:
     """Finish the app from `MCPServer.streamable_http_app()`.
 
@@ -142,7 +143,28 @@ def protect(
         done.add(path)
     if not {prm_path, mcp_path} <= done:
         raise RuntimeError("the MCP SDK's app no longer has the routes protect() expects")
+    # Outermost: a browser page from another origin is refused before any token is looked at.
+    parts = urlsplit(resource)
+    app.add_middleware(OriginGuard, allowed={f"{parts.scheme}://{parts.netloc}", *(allowed_origins or [])})
     return app
+
+
+class OriginGuard:
+    """MCP Streamable HTTP transport (security warning): servers MUST validate the `Origin`
+    header of every request and answer 403 when it is present and not allowed (DNS rebinding,
+    a web page driving a local MCP server). Requests without `Origin` (native clients) pass."""
+
+    def __init__(self, app: ASGIApp, allowed: set[str]):
+        self.app = app
+        self.allowed = allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            origin = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"origin"), None)
+            if origin is not None and origin not in self.allowed:
+                await _respond(send, 403, {"error": "origin not allowed"})
+                return
+        await self.app(scope, receive, send)
 
 
 class ScopeChallenges:
@@ -187,13 +209,12 @@ class ScopeChallenges:
             message = json.loads(body)
         except ValueError:
             return set()  # the SDK answers the parse error
-        needed = set()
-        for msg in message if isinstance(message, list) else [message]:
-            if isinstance(msg, dict) and msg.get("method") == "tools/call" and isinstance(msg.get("params"), dict):
-                tool_scope = self.tool_scopes.get(msg["params"].get("name"))
-                if tool_scope:
-                    needed.add(tool_scope)
-        return needed
+        # One JSON-RPC message per request: batches are gone from MCP (2025-06-18 and later), and
+        # whatever else arrives is the SDK's to refuse.
+        if isinstance(message, dict) and message.get("method") == "tools/call" and isinstance(message.get("params"), dict):
+            tool_scope = self.tool_scopes.get(message["params"].get("name"))
+            return {tool_scope} if tool_scope else set()
+        return set()
 
     async def _challenge(self, send: Send, status: int, error: str | None, scope: str) -> None:
         params = [f'error="{error}"'] if error else []

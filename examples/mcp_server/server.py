@@ -20,9 +20,8 @@ from mcp.server import MCPServer
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.transport_security import TransportSecuritySettings
-from starlette.applications import Starlette
-
 from ostiary_auth import OstiaryTokenVerifier, protect
+from starlette.applications import Starlette
 
 
 def build_app(*, issuer: str, url: str, read_scope: str, write_scope: str) -> Starlette:
