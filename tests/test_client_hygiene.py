@@ -236,3 +236,12 @@ async def test_scheduled_prune_runs_once_per_interval_across_calls(client, runti
     jobs.run_once(runtime.jobs())
     assert row(runtime, second) is None
     assert len(audit_events(runtime, "client.pruned")) == 2
+
+
+def test_client_ids_never_start_with_a_dash():
+    """A client id is typed on command lines (`ostiary clients trust ID`): never an option."""
+    from app.services.clients import new_client_id
+
+    ids = [new_client_id() for _ in range(2000)]
+    assert all(i[0].isalnum() and len(i) == 24 for i in ids)
+    assert len(set(ids)) == len(ids)

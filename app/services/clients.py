@@ -28,7 +28,12 @@ MAX_NAME = 200
 
 
 def new_client_id() -> str:
-    return secrets.token_urlsafe(18)
+    """144 random bits, URL-safe, never starting with '-' or '_' (a leading '-' reads as an
+    option on a command line: `ostiary clients trust -x...`)."""
+    while True:
+        value = secrets.token_urlsafe(18)
+        if value[0].isalnum():
+            return value
 
 
 def new_secret() -> str:

@@ -47,7 +47,15 @@ def stack(tmp_path) -> Iterator[CimdStack]:
 
 
 def run(node: str, stack: CimdStack, mode: str, client_id: str, **env: str) -> dict:
-    argv = [node, str(FLOW), "--server-url", stack.mcp_url, "--issuer", stack.issuer, "--mode", mode, "--client-id", client_id]
+    # --name=value: a value never reads as an option, whatever its first character.
+    argv = [
+        node,
+        str(FLOW),
+        f"--server-url={stack.mcp_url}",
+        f"--issuer={stack.issuer}",
+        f"--mode={mode}",
+        f"--client-id={client_id}",
+    ]
     try:
         done = subprocess.run(argv, cwd=NODE_DIR, env=clean_env(**env), capture_output=True, text=True, timeout=60)
     except subprocess.TimeoutExpired as exc:
