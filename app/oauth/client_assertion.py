@@ -10,10 +10,6 @@ never used before (remembered until the assertion expires, shared by every repli
 
 from __future__ import annotations
 
-import base64
-import json
-import threading
-import time
 from typing import TYPE_CHECKING, Any
 
 from authlib.oauth2.rfc6749 import InvalidClientError, OAuth2Request
@@ -22,9 +18,10 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from app.infra.db import now
-from app.infra.fetch import FetchError
 from app.oauth.clients import OAuthClient
+from app.oauth.jwts import ALGORITHMS, public_key_set, split_jwt
 from app.oauth.server import current_db
+from app.oauth.upstream import UpstreamError
 from app.stores import clients as store
 
 if TYPE_CHECKING:
@@ -32,74 +29,27 @@ if TYPE_CHECKING:
 
 METHOD = "private_key_jwt"
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-# Asymmetric algorithms only: `none` and the HMAC family (a shared secret) are never accepted.
-ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
 MAX_LIFETIME = 600  # seconds an assertion may still be valid for when it arrives
 CLOCK_SKEW = 60
 MAX_ASSERTION = 8192
-JWKS_TTL = 300
-PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "k")  # only public keys verify assertions
 
 
 def _refuse(description: str) -> InvalidClientError:
     return InvalidClientError(description=description)
 
 
-class JwksCache:
-    """Keys fetched from clients' `jwks_uri`, for a few minutes per URL (a rotated key is
-    picked up by fetching again when a `kid` is unknown)."""
-
-    def __init__(self) -> None:
-        self._keys: dict[str, tuple[float, dict[str, Any]]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, server: OstiaryServer, url: str, *, fresh: bool = False) -> dict[str, Any]:
-        with self._lock:
-            cached = self._keys.get(url)
-        if cached is not None and not fresh and cached[0] > time.monotonic():
-            return cached[1]
-        try:
-            body = json.loads(server.documents.fetcher.get_json_document(url).body)
-        except (FetchError, ValueError):
-            raise _refuse("The client's jwks_uri could not be fetched.") from None
-        if not isinstance(body, dict) or not isinstance(body.get("keys"), list):
-            raise _refuse("The client's jwks_uri is not a JWK Set.")
-        with self._lock:
-            self._keys[url] = (time.monotonic() + JWKS_TTL, body)
-        return body
-
-
 def _key_set(server: OstiaryServer, client: OAuthClient, kid: str | None) -> KeySet:
     row = client.row
-    if row.jwks:
-        document = row.jwks
-    elif row.jwks_uri:
-        document = server.jwks_cache.get(server, row.jwks_uri)
-        if kid and not any(k.get("kid") == kid for k in document.get("keys", [])):
-            document = server.jwks_cache.get(server, row.jwks_uri, fresh=True)  # a rotated key
-    else:
-        raise _refuse("The client has no registered keys.")
     try:
-        public: Any = {"keys": [{k: v for k, v in key.items() if k not in PRIVATE_MEMBERS} for key in document["keys"]]}
-        return KeySet.import_key_set(public)
-    except (JoseError, ValueError, KeyError, TypeError):
+        if row.jwks:
+            return public_key_set(row.jwks)
+        if row.jwks_uri:
+            return server.upstreams.jwks(row.jwks_uri, kid)
+    except UpstreamError:
+        raise _refuse("The client's jwks_uri could not be used.") from None
+    except ValueError:
         raise _refuse("The client's registered keys cannot be used.") from None
-
-
-def split_jwt(assertion: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The header and claims of a JWS compact JWT, before the signature is checked: they name
-    whose keys verify it. Nothing here is trusted until jwt.decode has verified the signature.
-    Raises ValueError when it is not a JWS with JSON objects in both parts."""
-    parts = assertion.split(".")
-    if len(parts) != 3:
-        raise ValueError("not a signed JWT")
-    try:
-        header, claims = (json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4))) for p in parts[:2])
-    except (ValueError, TypeError):
-        raise ValueError("not a signed JWT") from None
-    if not isinstance(header, dict) or not isinstance(claims, dict):
-        raise ValueError("not a signed JWT")
-    return header, claims
+    raise _refuse("The client has no registered keys.")
 
 
 def authenticate(server: OstiaryServer, request: OAuth2Request) -> OAuthClient | None:

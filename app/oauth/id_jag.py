@@ -24,8 +24,8 @@ from app.infra.db import now
 from app.models.client import KIND_ADMIN
 from app.oauth import scopes as scope_policy
 from app.oauth import tokens
-from app.oauth.client_assertion import ALGORITHMS, split_jwt
 from app.oauth.errors import InvalidTargetError, safe_description
+from app.oauth.jwts import ALGORITHMS, split_jwt
 from app.oauth.resource_indicators import InvalidResource, canonical_resource
 from app.oauth.server import Request, current_db
 from app.services import Refused, audit, identities

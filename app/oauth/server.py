@@ -140,9 +140,6 @@ class OstiaryServer(AuthorizationServer):
         self.keys = keys
         self.catalogue = catalogue
         self.documents = documents
-        from app.oauth.client_assertion import JwksCache
-
-        self.jwks_cache = JwksCache()  # private_key_jwt clients' jwks_uri
         from app.oauth.upstream import Upstreams
 
         self.upstreams = Upstreams(documents.fetcher)  # identity providers' metadata and keys
@@ -270,7 +267,7 @@ class OstiaryServer(AuthorizationServer):
             # MCP enterprise-managed authorization: ID-JAGs are accepted at the token endpoint.
             doc["authorization_grant_profiles_supported"] = ["urn:ietf:params:oauth:grant-profile:id-jag"]
         if "private_key_jwt" in auth_methods:
-            from app.oauth.client_assertion import ALGORITHMS
+            from app.oauth.jwts import ALGORITHMS
 
             doc["token_endpoint_auth_signing_alg_values_supported"] = list(ALGORITHMS)
         if self.settings.cimd_enabled:

@@ -22,7 +22,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from app.infra.fetch import Fetcher, FetchError
-from app.oauth.client_assertion import PRIVATE_MEMBERS, split_jwt
+from app.oauth.jwts import ALGORITHMS, has_kid, public_key_set, split_jwt
 from app.security.secrets import new_token
 
 TTL = 300
@@ -63,26 +63,24 @@ class Upstreams:
         return doc
 
     def keys(self, issuer: str, kid: str | None) -> KeySet:
-        """The provider's public keys; fetched again when a `kid` is unknown (key rollover)."""
-        uri = self.discovery(issuer)["jwks_uri"]
+        """The provider's public keys (OIDC Discovery §3 jwks_uri)."""
+        return self.jwks(self.discovery(issuer)["jwks_uri"], kid)
+
+    def jwks(self, uri: str, kid: str | None) -> KeySet:
+        """The public keys published at `uri`, cached; fetched again when a `kid` is unknown
+        (key rollover). Providers' keys and private_key_jwt clients' jwks_uri alike."""
         document = self._cached(uri)
-        if kid and not any(isinstance(k, dict) and k.get("kid") == kid for k in document.get("keys", [])):
+        if kid and not has_kid(document, kid):
             document = self._cached(uri, fresh=True)
-        keys = document.get("keys")
-        if not isinstance(keys, list):
-            raise UpstreamError("The identity provider's jwks_uri is not a JWK Set.")
-        public: Any = {
-            "keys": [{k: v for k, v in key.items() if k not in PRIVATE_MEMBERS} for key in keys if isinstance(key, dict)]
-        }
         try:
-            return KeySet.import_key_set(public)
-        except Exception:  # noqa: BLE001 - any malformed key set is the same refusal
-            raise UpstreamError("The identity provider's keys cannot be used.") from None
+            return public_key_set(document)
+        except ValueError:
+            raise UpstreamError("The published keys cannot be used.") from None
 
 
 # -- signing in through a provider (OIDC Core §3.1: authorization code flow, as a client) --------
 
-ID_TOKEN_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
+ID_TOKEN_ALGORITHMS = ALGORITHMS
 CLOCK_SKEW = 120
 
 
