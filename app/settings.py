@@ -172,6 +172,10 @@ class Settings(BaseSettings):
     refresh_grace_period: NonNegativeInt = 30
     authorization_request_ttl: Seconds = 600
     id_token_ttl: Seconds = 600
+    # DPoP (RFC 9449): every public client must send a proof, so its tokens are sender-constrained.
+    dpop_required_for_public_clients: bool = False
+    # RFC 9449 §8: proofs at the token endpoint must carry a nonce this server issued.
+    dpop_nonce: bool = False
 
     signing_alg: Literal["RS256", "ES256"] = "RS256"
     key_rotation_period: Seconds = 30 * 24 * 3600

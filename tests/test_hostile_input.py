@@ -232,7 +232,9 @@ class Harness:
                     assert not value.lower().startswith(b"pwned"), f"{what}: an injected cookie was set"
                 if name.lower() == b"location":
                     target = urlsplit(value.decode("latin-1"))
-                    assert "evil" not in (target.netloc + target.path).lower(), f"{what}: redirected to {value!r}"
+                    # Every attacker host in these cases is `evil.example`; random ids (base64url,
+                    # no dots) can spell "evil" but never "evil.example".
+                    assert "evil.example" not in (target.netloc + target.path).lower(), f"{what}: redirected to {value!r}"
 
     async def assert_healthy(self) -> None:
         """The process still serves: liveness, the metadata document, and a database write."""

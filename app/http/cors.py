@@ -10,8 +10,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.http.endpoints import endpoint_for
 
-ALLOW_HEADERS = b"Authorization, Content-Type, MCP-Protocol-Version"
-EXPOSE_HEADERS = b"WWW-Authenticate, Retry-After"
+ALLOW_HEADERS = b"Authorization, Content-Type, MCP-Protocol-Version, DPoP"  # RFC 9449 §4.1
+EXPOSE_HEADERS = b"WWW-Authenticate, Retry-After, DPoP-Nonce"  # RFC 9449 §8
 
 
 class PublicCORSMiddleware:

@@ -2,7 +2,7 @@
 
 from app.models.audit import AuditEvent
 from app.models.authorization import AuthorizationCode, AuthorizationRequest
-from app.models.client import BlockedClient, Client, UsedAssertion
+from app.models.client import BlockedClient, CimdHostRule, Client, UsedAssertion
 from app.models.consent import Consent
 from app.models.identity import IdentityProvider, UserIdentity
 from app.models.job import JobRun
@@ -19,6 +19,7 @@ __all__ = [
     "AuthorizationRequest",
     "BlockedClient",
     "BrowserSession",
+    "CimdHostRule",
     "Client",
     "Consent",
     "IdentityProvider",

@@ -78,3 +78,15 @@ class UsedAssertion(Base):
 
     jti_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     expires_at: Mapped[int] = mapped_column(BigInteger, index=True)
+
+
+class CimdHostRule(Base):
+    """An administrator's rule for a Client ID Metadata Document host: `allow` or `deny`
+    (docs/decisions.md#cimd-client-host-trust-policy)."""
+
+    __tablename__ = "cimd_host_rules"
+
+    host: Mapped[str] = mapped_column(String(253), primary_key=True)
+    rule: Mapped[str] = mapped_column(String(5))  # "allow" | "deny"
+    note: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)

@@ -35,5 +35,7 @@ class ResourceScope(Base):
     # None: anyone may be granted this scope; otherwise only members of one of these groups.
     allowed_groups: Mapped[list[str] | None] = mapped_column(JSON)
     position: Mapped[int] = mapped_column(Integer, default=0)
+    # Other scopes of this resource that this one includes (`mcp:write` implies `mcp:read`).
+    implies: Mapped[list[str] | None] = mapped_column(JSON)
 
     resource: Mapped[Resource] = relationship(back_populates="scopes")

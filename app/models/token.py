@@ -35,6 +35,8 @@ class RefreshToken(Base):
     # also make that access token inactive at introspection.
     access_jti: Mapped[str | None] = mapped_column(String(64))
     access_expires_at: Mapped[int | None] = mapped_column(BigInteger)
+    # RFC 9449 §5: a public client's refresh token is bound to the DPoP key it was issued with.
+    jkt: Mapped[str | None] = mapped_column(String(43))
 
 
 class RevokedAccessToken(Base):

@@ -17,8 +17,8 @@ from authlib.oauth2.rfc6749 import InvalidGrantError, InvalidRequestError, Inval
 
 from app.infra.db import now
 from app.models import AuthorizationCode, User
+from app.oauth import dpop, tokens
 from app.oauth import scopes as scope_policy
-from app.oauth import tokens
 from app.oauth.catalogue import Catalogue, ResourceInfo
 from app.oauth.clients import OAuthClient
 from app.oauth.errors import (
@@ -221,6 +221,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         if user is None or user.disabled:
             raise InvalidGrantError("The user of this code cannot sign in.")
         resource = self.request.resource
+        proof = self.request.dpop
         body, jti, exp = tokens.mint(
             self.server,
             client_id=client.client_id,
@@ -230,9 +231,12 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             auth_time=code.auth_time,
             nonce=code.nonce,
             jti=jti,
+            jkt=proof.jkt if proof else None,
         )
         if client.check_grant_type("refresh_token"):
-            raw, row = tokens.new_refresh_token(self.server, code, access_jti=jti, access_expires_at=exp)
+            raw, row = tokens.new_refresh_token(
+                self.server, code, access_jti=jti, access_expires_at=exp, jkt=dpop.refresh_jkt(proof, client.row.is_public)
+            )
             tokens_store.add_refresh(db, row)
             body["refresh_token"] = raw
         tokens.touch_usage(db, client.row, code.grant_id)

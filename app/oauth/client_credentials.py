@@ -62,7 +62,14 @@ class ClientCredentialsGrant(grants.ClientCredentialsGrant):
 
     def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
         client, resource = self.request.client, self.request.resource
-        body, jti = tokens.mint_for_client(self.server, client_id=client.client_id, resource=resource, scope=self.request.scopes)
+        proof = self.request.dpop
+        body, jti = tokens.mint_for_client(
+            self.server,
+            client_id=client.client_id,
+            resource=resource,
+            scope=self.request.scopes,
+            jkt=proof.jkt if proof else None,
+        )
         db = current_db()
         tokens.touch_usage(db, client.row, None)
         audit.record(

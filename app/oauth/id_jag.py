@@ -153,6 +153,7 @@ class JwtBearerGrant(grants.BaseGrant, grants.TokenEndpointMixin):
             resource=req.resource,
             scope=req.scopes,
             auth_time=req.auth_time,
+            jkt=req.dpop.jkt if req.dpop else None,
         )
         db = current_db()
         tokens.touch_usage(db, req.client.row, None)

@@ -79,9 +79,12 @@ class IntrospectionEndpoint(_IntrospectionEndpoint):
         if isinstance(handle, AccessHandle):
             c = handle.claims
             user = None if _is_machine_token(c) else users_store.get(current_db(), c["sub"])
+            bound = c.get("cnf") if isinstance(c.get("cnf"), dict) else None
             return {
                 "active": True,
-                "token_type": "Bearer",
+                # RFC 9449 §6.2: a DPoP-bound token says so, and names its key.
+                "token_type": "DPoP" if bound else "Bearer",
+                **({"cnf": {"jkt": bound.get("jkt")}} if bound else {}),
                 "scope": c.get("scope", ""),
                 "client_id": c.get("client_id"),
                 "username": user.username if user else None,

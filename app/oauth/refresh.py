@@ -23,8 +23,8 @@ from authlib.oauth2.rfc6749.hooks import hooked
 
 from app.infra.db import now
 from app.models import RefreshToken
+from app.oauth import dpop, tokens
 from app.oauth import scopes as scope_policy
-from app.oauth import tokens
 from app.oauth.errors import safe_description
 from app.oauth.server import Request, current_db
 from app.security.secrets import DecryptError
@@ -78,6 +78,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
             raise InvalidGrantError("The refresh token has expired.")
         sent = self.request.payload.datalist.get("resource", [])
         self.request.resource = tokens.bound_resource(self.server.catalogue, row.resource_id, sent, "refresh token")
+        dpop.check_refresh_binding(row.jkt, self.request.dpop)  # RFC 9449 §5
         self.request.refresh_token = row
         self.request.scopes = narrowed_scope(self.request.payload.data.get("scope"), row.scope)
 
@@ -97,10 +98,19 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         t = now()
 
         if row.used_at is None:
+            proof = self.request.dpop
             body, jti, exp = tokens.mint(
-                self.server, client_id=client.client_id, user=user, resource=resource, scope=scope, auth_time=row.auth_time
+                self.server,
+                client_id=client.client_id,
+                user=user,
+                resource=resource,
+                scope=scope,
+                auth_time=row.auth_time,
+                jkt=proof.jkt if proof else None,
             )
-            raw, successor = tokens.new_refresh_token(self.server, row, access_jti=jti, access_expires_at=exp)
+            raw, successor = tokens.new_refresh_token(
+                self.server, row, access_jti=jti, access_expires_at=exp, jkt=dpop.refresh_jkt(proof, client.row.is_public)
+            )
             body["refresh_token"] = raw
             if store.claim_refresh(db, row.id, t, tokens.seal_response(self.server.keyring, body, exp, row.id)):
                 store.add_refresh(db, successor)

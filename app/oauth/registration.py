@@ -80,6 +80,8 @@ def client_metadata(data: object, native_schemes: Collection[str] = NATIVE_APP_S
             meta.pop(name, None)
         elif not isinstance(value, str) or not value.startswith("https://") or len(value) > MAX_STRING:
             meta.pop(name, None)  # a bad logo or homepage link is dropped, not fatal
+    if "dpop_bound_access_tokens" in meta and not isinstance(meta["dpop_bound_access_tokens"], bool):
+        raise _bad("'dpop_bound_access_tokens' must be a boolean (RFC 9449 section 5.2).")
     if "contacts" in meta and not (isinstance(meta["contacts"], list) and all(isinstance(c, str) for c in meta["contacts"])):
         raise _bad("'contacts' must be an array of strings.")
 

@@ -13,8 +13,10 @@ from starlette.datastructures import FormData
 from app.http import endpoints
 from app.http.body import FormDep, JsonDep
 from app.http.deps import DbDep, RuntimeDep
-from app.oauth import jwt_access
+from app.infra.db import now
+from app.oauth import dpop, jwt_access
 from app.oauth.errors import NO_STORE, dumps, safe_description
+from app.oauth.jwts import ALGORITHMS
 from app.oauth.server import Request as OAuthRequest
 from app.oauth.server import json_request, oauth_request, repeated_parameter, using
 from app.security.hosts import client_ip
@@ -109,6 +111,9 @@ def token(request: Request, runtime: RuntimeDep, db: DbDep, form: FormDep) -> Re
         response: Response = runtime.server.create_token_response(req)
     db.commit()  # also on errors: a consumed code or a revoked family must stay so
     response.headers.update(NO_STORE)  # RFC 6749 §5.1
+    if settings.dpop_nonce and "dpop-nonce" not in response.headers:
+        # RFC 9449 §8.2: the nonce for the client's next proof.
+        response.headers["DPoP-Nonce"] = dpop.nonce_for(runtime.keyring, now())
     return response
 
 
@@ -213,22 +218,40 @@ def _configure(request: Request, runtime: RuntimeDep, db: Session, body: dict[st
 def userinfo(request: Request, runtime: RuntimeDep, db: DbDep) -> Response:
     auth = request.headers.get("authorization", "")
     scheme, _, value = auth.partition(" ")
-    claims = jwt_access.decode(runtime.keys, runtime.settings.issuer, value.strip()) if scheme.lower() == "bearer" else None
+    scheme, value = scheme.lower(), value.strip()
+    claims = jwt_access.decode(runtime.keys, runtime.settings.issuer, value) if scheme in ("bearer", "dpop") else None
     if claims is not None and "openid" not in claims.get("scope", "").split():
         return _bearer_error(403, "insufficient_scope", "The token lacks the openid scope.")
     if claims is None or tokens_store.is_access_token_revoked(db, claims["jti"]):
         return _bearer_error(401, "invalid_token", "The access token is invalid or expired.")
+    problem = dpop.resource_request_problem(
+        db,
+        runtime.keyring,
+        scheme=scheme,
+        token=value,
+        claims=claims,
+        values=request.headers.getlist(dpop.HEADER),
+        method=request.method,
+        url=_endpoint_url(runtime, request),
+    )
+    db.commit()  # a proof's jti stays spent
+    if problem is not None:
+        if scheme == "dpop":
+            return _bearer_error(401, "invalid_dpop_proof", problem, challenge="DPoP")
+        return _bearer_error(401, "invalid_token", problem)
     user = users_store.get(db, claims["sub"])
     if user is None or user.disabled:
         return _bearer_error(401, "invalid_token", "The user of this token cannot sign in.")
     return Response(dumps({"sub": user.id, "preferred_username": user.username}), media_type="application/json", headers=NO_STORE)
 
 
-def _bearer_error(status: int, error: str, description: str) -> Response:
-    # RFC 6750 §3: the challenge names the error.
+def _bearer_error(status: int, error: str, description: str, challenge: str = "Bearer") -> Response:
+    # RFC 6750 §3: the challenge names the error; RFC 9449 §7.1: a DPoP challenge names the
+    # algorithms accepted for proofs.
+    algs = f', algs="{" ".join(ALGORITHMS)}"' if challenge == "DPoP" else ""
     return Response(
         dumps({"error": error, "error_description": description}),
         status_code=status,
         media_type="application/json",
-        headers={"WWW-Authenticate": f'Bearer error="{error}", error_description="{description}"', **NO_STORE},
+        headers={"WWW-Authenticate": f'{challenge} error="{error}", error_description="{description}"{algs}', **NO_STORE},
     )

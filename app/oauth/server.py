@@ -39,7 +39,10 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import Headers
 
 from app.oauth.clients import OAuthClient
+from app.oauth.dpop import HEADER as DPOP_HEADER
+from app.oauth.dpop import InvalidDPoPProofError, Proof, requires_proof, token_request_proof
 from app.oauth.errors import NO_STORE, MissingGrantType, error_redirect_url, safe_description
+from app.oauth.jwts import ALGORITHMS
 
 if TYPE_CHECKING:
     from app.models import AuthorizationCode, RefreshToken
@@ -102,12 +105,17 @@ class Request(OAuth2Request):
     auth_time: int
     consent_id: int | None
     provider_name: str  # the identity provider of an ID-JAG (app/oauth/id_jag.py)
+    # Set at the token endpoint once the client is authenticated (app/oauth/dpop.py):
+    dpop: Proof | None
+    dpop_checked: bool
 
     def __init__(self, method: str, uri: str, headers: Headers, params: list[tuple[str, str]], form: bool):
         super().__init__(method, uri, headers=headers)
         self.payload = Payload(params)
         self._is_form = form
         self.consent_id = None
+        self.dpop = None
+        self.dpop_checked = False
 
     @property
     def args(self) -> dict[str, str]:
@@ -179,10 +187,29 @@ class OstiaryServer(AuthorizationServer):
 
     def authenticate_client(self, request: OAuth2Request, methods: list[str], endpoint: str = "token") -> Any:
         try:
-            return super().authenticate_client(request, methods, endpoint)
+            client = super().authenticate_client(request, methods, endpoint)
         except UnicodeDecodeError:
             # authlib decodes HTTP Basic credentials as UTF-8 and lets the error escape (a 500).
             raise InvalidClientError(description="Malformed client credentials.") from None
+        if endpoint == "token" and isinstance(request, Request) and not request.dpop_checked:
+            self._check_dpop(request, client)
+        return client
+
+    def _check_dpop(self, request: Request, client: OAuthClient) -> None:
+        # RFC 9449 §5: the proof of a token request, checked once the client is known; every
+        # grant authenticates its client here, so every grant gets sender-constrained tokens.
+        request.dpop_checked = True
+        request.dpop = token_request_proof(
+            current_db(),
+            self.keyring,
+            request.headers.getlist(DPOP_HEADER),
+            url=request.uri,
+            require_nonce=self.settings.dpop_nonce,
+        )
+        if request.dpop is None and requires_proof(
+            client.row, public_clients_must=self.settings.dpop_required_for_public_clients
+        ):
+            raise InvalidDPoPProofError("This client must send a DPoP proof (RFC 9449 section 5.2).")
 
     def save_token(self, token: dict[str, Any], request: OAuth2Request) -> None:
         raise NotImplementedError("the grants persist what they issue (see the module docstring)")
@@ -267,9 +294,9 @@ class OstiaryServer(AuthorizationServer):
             # MCP enterprise-managed authorization: ID-JAGs are accepted at the token endpoint.
             doc["authorization_grant_profiles_supported"] = ["urn:ietf:params:oauth:grant-profile:id-jag"]
         if "private_key_jwt" in auth_methods:
-            from app.oauth.jwts import ALGORITHMS
-
             doc["token_endpoint_auth_signing_alg_values_supported"] = list(ALGORITHMS)
+        # RFC 9449 §5.1: DPoP proofs are accepted, signed with these (asymmetric) algorithms.
+        doc["dpop_signing_alg_values_supported"] = list(ALGORITHMS)
         if self.settings.cimd_enabled:
             # MCP 2025-11-25: clients may identify with a Client ID Metadata Document URL.
             doc["client_id_metadata_document_supported"] = True

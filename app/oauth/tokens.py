@@ -32,10 +32,20 @@ def new_jti() -> str:
 
 
 def access_token_claims(
-    *, issuer: str, user_id: str, client_id: str, audience: str, scope: str, auth_time: int | None, jti: str, iat: int, ttl: int
+    *,
+    issuer: str,
+    user_id: str,
+    client_id: str,
+    audience: str,
+    scope: str,
+    auth_time: int | None,
+    jti: str,
+    iat: int,
+    ttl: int,
+    jkt: str | None = None,
 ) -> dict[str, Any]:
     """RFC 9068 §2.2: iss, exp, aud, sub, client_id, iat, jti (+ scope, auth_time when a user
-    signed in)."""
+    signed in, and the DPoP key's thumbprint when the token is bound to one)."""
     claims: dict[str, Any] = {
         "iss": issuer,
         "sub": user_id,
@@ -49,18 +59,20 @@ def access_token_claims(
     }
     if auth_time is not None:
         claims["auth_time"] = auth_time
+    if jkt is not None:
+        claims["cnf"] = {"jkt": jkt}  # RFC 9449 §6.1
     return claims
 
 
 def mint_for_client(
-    server: OstiaryServer, *, client_id: str, resource: ResourceInfo, scope: list[str]
+    server: OstiaryServer, *, client_id: str, resource: ResourceInfo, scope: list[str], jkt: str | None = None
 ) -> tuple[dict[str, Any], str]:
     """A machine client's token (client_credentials): RFC 9068 §2.2 with `sub` = the client
     (no user signed in, so no auth_time), `aud` = the MCP server; no refresh token (RFC 6749
     §4.4.3). Returns the body and the jti."""
     jti = new_jti()
     body, _ = _access_token(
-        server, subject=client_id, client_id=client_id, resource=resource, scope=scope, auth_time=None, jti=jti
+        server, subject=client_id, client_id=client_id, resource=resource, scope=scope, auth_time=None, jti=jti, jkt=jkt
     )
     return body, jti
 
@@ -74,6 +86,7 @@ def _access_token(
     scope: list[str],
     auth_time: int | None,
     jti: str,
+    jkt: str | None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The token response body for an access token (RFC 6749 §5.1) and the token's claims."""
     scope_str = join(scope)
@@ -87,10 +100,11 @@ def _access_token(
         jti=jti,
         iat=now(),
         ttl=resource.token_ttl,
+        jkt=jkt,
     )
     body = {
         "access_token": server.keys.sign(claims, typ="at+jwt"),  # RFC 9068 §2.1
-        "token_type": "Bearer",
+        "token_type": "Bearer" if jkt is None else "DPoP",  # RFC 9449 §5.1
         "expires_in": resource.token_ttl,
         "scope": scope_str,
     }
@@ -124,11 +138,12 @@ def mint(
     auth_time: int,
     nonce: str | None = None,
     jti: str | None = None,
+    jkt: str | None = None,
 ) -> tuple[dict[str, Any], str, int]:
     """The token response body without a refresh token, the access token's jti and expiry."""
     jti = jti or new_jti()
     body, claims = _access_token(
-        server, subject=user.id, client_id=client_id, resource=resource, scope=scope, auth_time=auth_time, jti=jti
+        server, subject=user.id, client_id=client_id, resource=resource, scope=scope, auth_time=auth_time, jti=jti, jkt=jkt
     )
     t = claims["iat"]
     if OPENID in scope:
@@ -147,11 +162,17 @@ def mint(
 
 
 def new_refresh_token(
-    server: OstiaryServer, source: AuthorizationCode | RefreshToken, *, access_jti: str, access_expires_at: int
+    server: OstiaryServer,
+    source: AuthorizationCode | RefreshToken,
+    *,
+    access_jti: str,
+    access_expires_at: int,
+    jkt: str | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """A new refresh token issued from a code or rotated from a refresh token: the raw value
     (returned once) and the row to insert (its HMAC). It keeps the client, user, consent,
-    resource, granted scope (RFC 6749 §6), auth_time and family of what it came from."""
+    resource, granted scope (RFC 6749 §6), auth_time and family of what it came from, and is
+    bound to `jkt`, the DPoP key of a public client (RFC 9449 §5)."""
     raw = new_token(REFRESH_PREFIX)
     t = now()
     row = {
@@ -168,6 +189,7 @@ def new_refresh_token(
         "expires_at": t + server.settings.refresh_token_ttl,
         "access_jti": access_jti,
         "access_expires_at": access_expires_at,
+        "jkt": jkt,
     }
     return raw, row
 
