@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -37,6 +38,7 @@ from app.services import identities as identity_service
 from app.services import resources as resource_service
 from app.services import users as user_service
 from app.settings import Settings, SettingsError, ensure_development_keyring, is_loopback_host, load_settings
+from app.stores import cimd_hosts as hosts_store
 from app.stores import clients as clients_store
 from app.stores import identities as identity_store
 from app.stores import keys as keys_store
@@ -242,12 +244,30 @@ def _scope_arg(value: str, defaults: list[str]) -> resource_service.ScopeSpec:
     return resource_service.ScopeSpec(name, description.strip(), is_default=name in defaults)
 
 
+def _implies_args(values: list[str], names: list[str]) -> dict[str, tuple[str, ...]]:
+    """--implies "name=other,other" (repeatable): what each scope includes
+    (docs/decisions.md#scope-hierarchy); the service checks the names it includes."""
+    implies: dict[str, tuple[str, ...]] = {}
+    for value in values:
+        name, sep, others = value.partition("=")
+        name = name.strip()
+        included = tuple(n for n in others.replace(",", " ").split() if n)
+        if not sep or not name or not included:
+            raise UsageError(f'--implies takes "name=other[,other...]", got {value!r}')
+        if name not in names:
+            raise UsageError(f"--implies {name!r} is not one of the --scope names")
+        implies[name] = implies.get(name, ()) + included
+    return implies
+
+
 def cmd_resources_add(args: argparse.Namespace) -> int:
     defaults = args.default_scope or []
     scopes = [_scope_arg(s, defaults) for s in args.scope or []]
     for name in defaults:
         if name not in [s.name for s in scopes]:
             raise UsageError(f"--default-scope {name!r} is not one of the --scope names")
+    implies = _implies_args(args.implies or [], [s.name for s in scopes])
+    scopes = [replace(s, implies=implies.get(s.name, ())) for s in scopes]
     try:
         spec = resource_service.check(args.uri, args.name, args.token_ttl, scopes)
     except Refused as exc:
@@ -271,12 +291,14 @@ def cmd_resources_list(args: argparse.Namespace) -> int:
             [
                 r.uri,
                 r.name,
-                " ".join(s.name + ("*" if s.is_default else "") for s in r.scopes),
+                " ".join(
+                    s.name + ("*" if s.is_default else "") + (">" + ",".join(s.implies) if s.implies else "") for s in r.scopes
+                ),
                 str(r.token_ttl or settings.access_token_ttl),
             ]
             for r in resources_store.all_resources(db)
         ]
-    print(_table(rows, ["URI", "NAME", "SCOPES (* = default)", "TOKEN TTL"]))
+    print(_table(rows, ["URI", "NAME", "SCOPES (* = default, >X,Y = includes X and Y)", "TOKEN TTL"]))
     return 0
 
 
@@ -417,6 +439,50 @@ def cmd_clients_blocked(args: argparse.Namespace) -> int:
     with factory() as db:
         rows = [[b.id, b.reason or "", _fmt_time(b.created_at)] for b in clients_store.blocked(db)]
     print(_table(rows, ["CLIENT_ID", "REASON", "SINCE"]))
+    return 0
+
+
+def cmd_clients_hosts_list(args: argparse.Namespace) -> int:
+    """The trust policy for metadata-document client hosts: the settings' rules and the console's
+    (docs/decisions.md#cimd-client-host-trust-policy)."""
+    settings = load_settings()
+    rows = [[h, "allow", "OSTIARY_CIMD_ALLOWED_CLIENT_HOSTS", "-"] for h in settings.cimd_allowed_client_hosts]
+    rows += [[h, "deny", "OSTIARY_CIMD_DENIED_CLIENT_HOSTS", "-"] for h in settings.cimd_denied_client_hosts]
+    _, factory = _open(settings)
+    with factory() as db:
+        rows += [[r.host, r.rule, "console: " + (r.note or "-"), _fmt_time(r.created_at)] for r in hosts_store.all_rules(db)]
+    print(_table(rows, ["HOST", "RULE", "SOURCE", "SINCE"]))
+    allow_list = any(row[1] == "allow" for row in rows)
+    print("only hosts an allow rule matches are accepted" if allow_list else "every host is accepted but denied ones")
+    return 0
+
+
+def cmd_clients_hosts_add(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    _, factory = _open(settings)
+    with factory() as db:
+        first_allow = args.rule == "allow" and not settings.cimd_allowed_client_hosts
+        first_allow = first_allow and not any(r.rule == "allow" for r in hosts_store.all_rules(db))
+        try:
+            host = client_service.add_host_rule(db, args.host, args.rule, note=args.note or "", via="cli")
+        except Refused as exc:
+            raise _refused(exc) from None
+        db.commit()
+    print(f"{host}: {args.rule}")
+    if first_allow:
+        print("This is the first allow rule: apps on hosts no allow rule matches are refused now.", file=sys.stderr)
+    print("Running servers apply it within a few seconds.", file=sys.stderr)
+    return 0
+
+
+def cmd_clients_hosts_remove(args: argparse.Namespace) -> int:
+    _, factory = _open(load_settings())
+    with factory() as db:
+        rule = client_service.remove_host_rule(db, args.host, via="cli")
+        if rule is None:
+            raise UsageError(f"no console rule for {args.host!r} (rules from settings change with the settings)")
+        db.commit()
+    print(f"{args.host}: {rule} rule removed")
     return 0
 
 
@@ -592,6 +658,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True)
     p.add_argument("--scope", action="append", metavar="NAME=DESCRIPTION", help="repeat for each scope")
     p.add_argument("--default-scope", action="append", metavar="NAME", help="granted when a client asks for none")
+    p.add_argument(
+        "--implies",
+        action="append",
+        metavar="NAME=OTHER,...",
+        help="the scope includes these other scopes (a consent to it covers them); repeatable",
+    )
     p.add_argument("--token-ttl", type=int, metavar="SECONDS")
     p.set_defaults(func=cmd_resources_add)
     resources.add_parser("list", help="list MCP servers").set_defaults(func=cmd_resources_list)
@@ -631,6 +703,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("client_id")
     p.set_defaults(func=cmd_clients_block)
     clients.add_parser("blocked", help="list blocked client ids").set_defaults(func=cmd_clients_blocked)
+    hosts = clients.add_parser("hosts", help="which hosts may publish metadata documents (allow and deny rules)").add_subparsers(
+        dest="hosts_action", required=True, metavar="ACTION"
+    )
+    hosts.add_parser("list", help="list the rules from the settings and the console").set_defaults(func=cmd_clients_hosts_list)
+    for rule, text in (
+        ("allow", "accept apps from this host (once any allow rule exists, only those)"),
+        ("deny", "refuse apps from this host"),
+    ):
+        p = hosts.add_parser(rule, help=text)
+        p.add_argument("host", metavar="HOST", help="example.com, or *.example.com for its subdomains")
+        p.add_argument("--note", metavar="TEXT")
+        p.set_defaults(func=cmd_clients_hosts_add, rule=rule)
+    p = hosts.add_parser("remove", help="remove a console rule")
+    p.add_argument("host", metavar="HOST")
+    p.set_defaults(func=cmd_clients_hosts_remove)
     p = clients.add_parser("initial-token", help="create an initial access token for registration (RFC 7591)")
     p.add_argument("--expires-in", type=int, default=7 * 24 * 3600, metavar="SECONDS")
     p.add_argument("--uses", type=int, default=1, help="how many registrations it allows")

@@ -18,6 +18,7 @@ from app.http.edge import EdgeMiddleware
 from app.http.middleware import RequestMiddleware
 from app.infra import logs
 from app.infra.paths import TEMPLATES
+from app.oauth import resource_scopes
 from app.oauth import routes as oauth_routes
 from app.runtime import Runtime, build_runtime
 from app.services import jobs
@@ -47,6 +48,7 @@ def create_app(settings: Settings, *, run_jobs: bool = True, fetch_transport: ht
 
     prefix = settings.issuer_path  # everything lives under the issuer's path, if it has one
     app.include_router(oauth_routes.router, prefix=prefix)
+    app.include_router(resource_scopes.router, prefix=prefix)
     if settings.registration != "closed":  # a closed registration endpoint is not served at all
         app.include_router(oauth_routes.registration_router, prefix=prefix)
     # upstream after mfa: /login/otp is a page, /login/{name} an identity provider.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import re
 import secrets
 import stat
 from functools import cached_property
@@ -140,6 +141,35 @@ def _short_rate(value: str) -> str:
     return value
 
 
+_HOST_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+
+
+def host_pattern(value: str) -> str:
+    """A client-host pattern in canonical form, or ValueError: a host name (lower case, IDNA
+    A-labels, no trailing dot) or an IP address, which match that host only; or `*.` and a
+    host name, which matches every subdomain at any depth but not the name itself
+    (docs/decisions.md#cimd-client-host-trust-policy)."""
+    text = value.strip().lower()
+    wildcard = text.startswith("*.")
+    name = (text[2:] if wildcard else text).removesuffix(".")
+    if not wildcard:
+        try:
+            return str(ipaddress.ip_address(name.removeprefix("[").removesuffix("]")))
+        except ValueError:
+            pass
+    try:
+        name = name.encode("idna").decode("ascii")
+    except UnicodeError:
+        name = ""
+    if not name or len(name) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in name.split(".")):
+        raise ValueError(f"{value.strip()!r} is not a host name, an IP address or *.domain")
+    return ("*." if wildcard else "") + name
+
+
+def _host_patterns(value: list[str]) -> list[str]:
+    return list(dict.fromkeys(host_pattern(item) for item in value))
+
+
 def _log_level(value: str) -> str:
     if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
@@ -152,6 +182,7 @@ Seconds = PositiveInt
 CommaList = Annotated[list[str], NoDecode]  # "a, b,c" in the environment
 Networks = Annotated[list[str], NoDecode, AfterValidator(_networks)]
 Proxies = Annotated[list[str], NoDecode, AfterValidator(_networks), AfterValidator(_proxies)]
+HostPatterns = Annotated[list[str], NoDecode, AfterValidator(_host_patterns)]  # "example.com, *.example.com"
 
 # Settings that may come from a file instead (OSTIARY_<NAME>_FILE).
 FILE_VARIANTS = ("database_url", "secret_keys", "redis_url")
@@ -245,6 +276,11 @@ class Settings(BaseSettings):
     native_app_schemes: CommaList = Field(default_factory=lambda: list(NATIVE_APP_SCHEMES))
     # An extra CA bundle to trust when fetching (a test CA, a corporate CA).
     cimd_ca_file: Path | None = None
+    # Which hosts may publish metadata documents (docs/decisions.md#cimd-client-host-trust-policy):
+    # a deny match refuses; once any allow rule exists (here or in the console), only hosts that
+    # match one are accepted. Not to be confused with cimd_allowed_hosts (private addresses).
+    cimd_allowed_client_hosts: HostPatterns = Field(default_factory=list)
+    cimd_denied_client_hosts: HostPatterns = Field(default_factory=list)
 
     @field_validator("secret_keys", mode="before")
     @classmethod
@@ -255,6 +291,8 @@ class Settings(BaseSettings):
 
     @field_validator(
         "cimd_allowed_hosts",
+        "cimd_allowed_client_hosts",
+        "cimd_denied_client_hosts",
         "trusted_proxies",
         "extra_hosts",
         "metrics_networks",

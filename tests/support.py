@@ -33,6 +33,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from joserfc import jwt as jose_jwt
+from joserfc.jwk import ECKey
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
@@ -771,3 +773,45 @@ class UvicornServer:
         self.server.should_exit = True
         self.thread.join(timeout=10)
         self.app.state.runtime.engine.dispose()
+
+
+# -- DPoP (RFC 9449): a client's key and proofs (tests/test_rfc9449_dpop.py, the example server) --
+
+TOKEN_URL = ISSUER + "/token"
+
+
+class DPoPClient:
+    """A DPoP key pair and the proofs it signs (RFC 9449 §4.2)."""
+
+    def __init__(self, key=None, alg: str = "ES256"):
+        self.key = key or ECKey.generate_key("P-256")
+        self.alg = alg
+
+    @property
+    def jkt(self) -> str:
+        return self.key.thumbprint()  # RFC 7638
+
+    def proof(
+        self,
+        htm: str = "POST",
+        htu: str = TOKEN_URL,
+        *,
+        access_token: str | None = None,
+        nonce: str | None = None,
+        header: dict | None = None,
+        **claims,
+    ) -> str:
+        body = {"jti": uuid.uuid4().hex, "htm": htm, "htu": htu, "iat": int(time.time())}
+        if access_token is not None:
+            digest = hashlib.sha256(access_token.encode()).digest()
+            body["ath"] = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+        if nonce is not None:
+            body["nonce"] = nonce
+        body.update(claims)
+        head = {"typ": "dpop+jwt", "alg": self.alg, "jwk": self.key.as_dict(private=False), **(header or {})}
+        return jose_jwt.encode(
+            {k: v for k, v in head.items() if v is not None},
+            {k: v for k, v in body.items() if v is not None},
+            self.key,
+            algorithms=[self.alg],
+        )

@@ -1,5 +1,5 @@
-"""Client ID Metadata Documents (draft-ietf-oauth-client-id-metadata-document, MCP 2025-11-25):
-a client_id that is an https URL names a JSON document the client publishes. Ostiary fetches it
+"""Client ID Metadata Documents (draft-ietf-oauth-client-id-metadata-document-02, as MCP 2025-11-25
+and 2026-07-28 use them; "CIMD §n" below is a section of -02): a client_id that is an https URL names a JSON document the client publishes. Ostiary fetches it
 (only the network edge is faked here: httpx.MockTransport), validates it, caches it per its HTTP
 cache headers, renders an error page for every failure, and never fetches at /token.
 
@@ -140,7 +140,7 @@ async def full_flow(client, client_id: str = CLIENT_ID, redirect_uri: str = REDI
 
 
 async def test_metadata_advertises_client_id_metadata_document_support(client):
-    """MCP 2025-11-25 / CIMD §5: the server says it accepts metadata-document client_ids."""
+    """MCP 2025-11-25 / CIMD §6: the server says it accepts metadata-document client_ids."""
     doc = (await client.get("/.well-known/oauth-authorization-server")).json()
     assert doc["client_id_metadata_document_supported"] is True
 
@@ -149,8 +149,8 @@ async def test_metadata_advertises_client_id_metadata_document_support(client):
 
 
 async def test_valid_document_consent_shows_client_id_host_and_localhost_warning(client, runtime, hosts):
-    """CIMD §6 (consent): the page names the client_id's host prominently and, since every
-    redirect URI is on localhost, warns that only a locally started app may be allowed; the
+    """CIMD §8.5 (phishing): the page names the client_id's host prominently and (MCP, client ID
+    metadata documents), since every redirect URI is on localhost, warns that only a locally started app may be allowed; the
     flow completes to a token whose client_id is the URL."""
     await signed_in(client, runtime)
     hosts.serve()
@@ -187,7 +187,8 @@ async def test_valid_document_consent_shows_client_id_host_and_localhost_warning
 
 
 async def test_consent_has_no_localhost_warning_when_a_redirect_uri_is_not_local(client, runtime, hosts):
-    """CIMD §6: the extra warning is for documents whose redirect URIs are all on localhost."""
+    """MCP (client ID metadata documents): the extra warning is for documents whose redirect URIs
+    are all on localhost."""
     await signed_in(client, runtime)
     hosts.serve(document(redirect_uris=[REDIRECT, "https://client.example.com/callback"]))
     response = await start(client)
@@ -197,7 +198,7 @@ async def test_consent_has_no_localhost_warning_when_a_redirect_uri_is_not_local
     assert 'class="notice"' not in page.text
 
 
-# -- refused documents: an error page, never a redirect (CIMD §4.1, §6; RFC 6749 §4.1.2.1) -----
+# -- refused documents: an error page, never a redirect (CIMD §4, §5, §5.1; RFC 6749 §4.1.2.1) --
 
 
 def _json(doc: dict, **headers) -> Callable[[httpx.Request], httpx.Response]:
@@ -227,21 +228,21 @@ REFUSED = [
     pytest.param(
         _json(document(client_id="https://client.example.com/other.json")),
         "client_id does not match",
-        id="client_id mismatch (CIMD 4.1)",
+        id="client_id mismatch (CIMD 4)",
     ),
     pytest.param(
         _json(document(client_id=CLIENT_ID + "/")),
         "client_id does not match",
-        id="client_id differs by a slash (CIMD 4.1 exact match)",
+        id="client_id differs by a slash (CIMD 4 simple string comparison)",
     ),
     pytest.param(
         lambda r: httpx.Response(302, headers={"Location": "https://evil.example/doc.json"}),
         "redirects are not followed",
-        id="302 not followed (CIMD 6)",
+        id="302 not followed (CIMD 5)",
     ),
     pytest.param(lambda r: httpx.Response(301, headers={"Location": CLIENT_ID + "?x"}), "301", id="301 not followed"),
-    pytest.param(lambda r: httpx.Response(404), "answered 404", id="404"),
-    pytest.param(lambda r: httpx.Response(500), "answered 500", id="500"),
+    pytest.param(lambda r: httpx.Response(404), "answered 404", id="404 (CIMD 5: only 200 counts)"),
+    pytest.param(lambda r: httpx.Response(500), "answered 500", id="500 (CIMD 5: only 200 counts)"),
     pytest.param(
         lambda r: httpx.Response(200, content=json.dumps(document()).encode(), headers={"Content-Type": "text/html"}),
         "not JSON",
@@ -295,7 +296,7 @@ REFUSED = [
 
 @pytest.mark.parametrize(("respond", "message"), REFUSED)
 async def test_refused_document_gives_an_error_page(client, runtime, hosts, respond, message):
-    """CIMD §4.1 / §6: each of these documents (or answers) is refused with an HTML error page
+    """CIMD §4, §4.1, §5, §5.1: each of these documents (or answers) is refused with an HTML error page
     at /authorize (400) naming the reason, never a redirect to a URI nobody vouched for; the
     client is not stored and the refusal is audited."""
     await signed_in(client, runtime)
@@ -333,7 +334,7 @@ async def test_slow_drip_body_is_cut_off(client, runtime, hosts, settings_overri
 
 
 async def test_redirect_uri_not_in_document_gives_an_error_page(client, runtime, hosts):
-    """CIMD §4.1 / OAuth 2.1 §4.1.2.1: a redirect_uri the document does not list is not trusted:
+    """CIMD §4.2 / OAuth 2.1 §4.1.2.1: a redirect_uri the document does not list is not trusted:
     error page, no redirect to it."""
     await signed_in(client, runtime)
     hosts.serve(document(redirect_uris=["https://client.example.com/callback"]))
@@ -375,11 +376,11 @@ async def test_client_id_url_rules(client, runtime, hosts, client_id):
     assert stored(runtime, client_id) is None
 
 
-# -- caching (CIMD §7) ------------------------------------------------------------------------
+# -- caching (CIMD §5.2) ----------------------------------------------------------------------
 
 
 async def test_cache_hit_within_max_age_does_not_fetch(client, runtime, hosts):
-    """CIMD §7: a document is cached per its HTTP cache headers; a second /authorize within
+    """CIMD §5.2: a document is cached per its HTTP cache headers; a second /authorize within
     max-age uses the stored copy."""
     await signed_in(client, runtime)
     hosts.serve(headers={"Cache-Control": "max-age=3600"})
@@ -392,7 +393,7 @@ async def test_cache_hit_within_max_age_does_not_fetch(client, runtime, hosts):
 
 
 async def test_expired_document_is_fetched_again_and_changes_apply(client, runtime, hosts):
-    """CIMD §7: once the cache lifetime is over the document is fetched again, and what it now
+    """CIMD §5.2: once the cache lifetime is over the document is fetched again, and what it now
     says (name, redirect URIs) is what counts."""
     await signed_in(client, runtime)
     hosts.serve(headers={"Cache-Control": "max-age=3600"})
@@ -424,7 +425,7 @@ async def test_consent_is_asked_again_when_the_document_changes_its_redirect_hos
 
 
 async def test_expired_document_that_now_fails_is_not_used(client, runtime, hosts):
-    """CIMD §7: a stale copy is not a fallback; a failed refresh is an error page."""
+    """CIMD §5.1, §5.2: a stale copy is not a fallback; a failed refresh is an error page."""
     await signed_in(client, runtime)
     hosts.serve()
     assert (await start(client)).status_code == 303
@@ -435,7 +436,7 @@ async def test_expired_document_that_now_fails_is_not_used(client, runtime, host
 
 
 async def test_errors_are_not_cached(client, runtime, hosts):
-    """CIMD §7, docs/decisions.md#metadata-documents-are-cached-between-a-floor-and-a-ceiling: a
+    """CIMD §5.2, docs/decisions.md#metadata-documents-are-cached-between-a-floor-and-a-ceiling: a
     failed fetch is not remembered; the next request fetches again and succeeds as soon as the
     document is good."""
     await signed_in(client, runtime)
@@ -478,7 +479,7 @@ def http_date(offset: int) -> str:
     ],
 )
 def test_cache_lifetime_honours_headers_within_floor_and_ceiling(headers, expected):
-    """CIMD §7 / RFC 9111 §4.2.1: Cache-Control max-age, else Expires, bounded by
+    """CIMD §5.2 / RFC 9111 §4.2.1: Cache-Control max-age, else Expires, bounded by
     OSTIARY_CIMD_CACHE_MIN and OSTIARY_CIMD_CACHE_MAX."""
     settings = Settings(cimd_cache_min=300, cimd_cache_max=7200)
     assert cache_lifetime(httpx.Headers(headers), settings, at=NOW) == expected
@@ -498,7 +499,7 @@ async def test_stored_expiry_follows_the_ceiling_setting(client, runtime, hosts,
 
 async def test_chatgpt_style_document_with_auth_methods_supported_is_accepted(client, runtime, hosts):
     """ChatGPT writes the server-metadata field `token_endpoint_auth_methods_supported` where
-    CIMD §4.1 / RFC 7591 §2 say `token_endpoint_auth_method`: read it, pick `none`."""
+    CIMD §4 / RFC 7591 §2 say `token_endpoint_auth_method`: read it, pick `none`."""
     client_id = "https://chatgpt.com/oauth/client-metadata.json"
     doc = document(
         client_id=client_id,
@@ -560,7 +561,7 @@ async def test_claude_code_style_localhost_callback(client, runtime, hosts):
     await full_flow(client, client_id, redirect_uri="http://localhost:45454/callback")
 
 
-# -- the token endpoint never fetches (CIMD §7) -------------------------------------------------
+# -- the token endpoint never fetches (docs/decisions.md#the-token-endpoint-never-fetches-metadata-documents)
 
 
 async def test_token_endpoint_uses_the_stored_document_and_never_fetches(client, runtime, hosts):
@@ -686,9 +687,9 @@ async def test_a_blocked_document_url_is_not_fetched_again(client, runtime, host
 
 
 async def test_a_document_with_keys_authenticates_with_private_key_jwt(client, runtime, hosts):
-    """MCP client registration (CIMD): a document may say private_key_jwt and publish its public
-    keys; the client then proves itself at /token with a signed assertion (RFC 7523 §2.2), and
-    a code without one is refused."""
+    """CIMD §8.2: a document may say private_key_jwt and publish its public keys; the client
+    then MUST prove itself at /token with a signed assertion (RFC 7523 §2.2), and a code without
+    one is refused."""
     import uuid
 
     from joserfc import jwt as jose_jwt

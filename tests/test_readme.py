@@ -59,3 +59,24 @@ def test_every_cli_form_in_the_readme_parses(line):
         if word and word != "...":
             concrete.append("read=Read" if word == "name=description" else PLACEHOLDERS.get(word, word))
     build_parser().parse_args(concrete)
+
+
+def _mcp_requirement_rows() -> list[list[str]]:
+    table = README.split("### MCP authorization, requirement by requirement\n", 1)[1].split("\n#", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| revision ")]
+    return [[cell.strip() for cell in row.strip().strip("|").split("|")] for row in rows]
+
+
+def test_the_mcp_requirement_table_names_real_tests():
+    """Every test the MCP requirement table cites exists (parametrized ids aside); a row that
+    cites none says why."""
+    rows = _mcp_requirement_rows()
+    assert rows and all(len(row) == 4 for row in rows), "four cells per row, no `|` inside one"
+    for revision, spec, requirement, test in rows:
+        assert revision in ("2025-11-25", "2026-07-28", "both"), (revision, spec)
+        cited = re.findall(r"`(tests/[\w/]+\.py)::(\w+)(?:\[[^\]`]*\])?`", test)
+        assert cited or re.search(r"untested|not supported|not Ostiary's", test), (spec, requirement)
+        for path, name in cited:
+            source = ROOT / path
+            assert source.is_file(), path
+            assert re.search(rf"^\s*(async )?def {name}\(", source.read_text(), re.M), f"{path}::{name}"

@@ -9,7 +9,6 @@ usable for the honest retry.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import time
 import uuid
@@ -28,6 +27,8 @@ from tests.support import (
     ISSUER,
     REDIRECT,
     RESOURCE,
+    TOKEN_URL,
+    DPoPClient,
     admin_client,
     create_resource,
     introspect,
@@ -38,45 +39,6 @@ from tests.support import (
 )
 
 pytestmark = pytest.mark.anyio
-
-TOKEN_URL = ISSUER + "/token"
-
-
-class DPoPClient:
-    """A DPoP key pair and the proofs it signs (RFC 9449 §4.2)."""
-
-    def __init__(self, key=None, alg: str = "ES256"):
-        self.key = key or ECKey.generate_key("P-256")
-        self.alg = alg
-
-    @property
-    def jkt(self) -> str:
-        return self.key.thumbprint()  # RFC 7638
-
-    def proof(
-        self,
-        htm: str = "POST",
-        htu: str = TOKEN_URL,
-        *,
-        access_token: str | None = None,
-        nonce: str | None = None,
-        header: dict | None = None,
-        **claims,
-    ) -> str:
-        body = {"jti": uuid.uuid4().hex, "htm": htm, "htu": htu, "iat": int(time.time())}
-        if access_token is not None:
-            digest = hashlib.sha256(access_token.encode()).digest()
-            body["ath"] = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
-        if nonce is not None:
-            body["nonce"] = nonce
-        body.update(claims)
-        head = {"typ": "dpop+jwt", "alg": self.alg, "jwk": self.key.as_dict(private=False), **(header or {})}
-        return jwt.encode(
-            {k: v for k, v in head.items() if v is not None},
-            {k: v for k, v in body.items() if v is not None},
-            self.key,
-            algorithms=[self.alg],
-        )
 
 
 async def code_exchange(client, client_id: str, *, proofs=(), auth=None, **extra) -> tuple[httpx.Response, str, str]:

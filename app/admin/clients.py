@@ -1,5 +1,6 @@
 """/admin/clients: every client with its kind, name, redirect hosts, creation and last use;
-a detail page with its metadata and grants; delete (revokes everything issued to it)."""
+a detail page with its metadata and grants; delete (revokes everything issued to it); the block
+list; the trust policy for the hosts of metadata-document client_ids."""
 
 from __future__ import annotations
 
@@ -8,13 +9,24 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Response
+from sqlalchemy.orm import Session
 
 from app.admin.pages import AdminDep, Pager, confirm, confirmed, done_notice, not_found, page_number, require_csrf
 from app.http.body import FormDep
 from app.http.deps import DbDep, RuntimeDep
 from app.models.client import KIND_ADMIN, KIND_DYNAMIC, KIND_METADATA_DOCUMENT
 from app.services import Refused
-from app.services.clients import block, create_machine_client, delete_client, set_trusted, unblock
+from app.services.clients import (
+    add_host_rule,
+    block,
+    create_machine_client,
+    delete_client,
+    remove_host_rule,
+    set_trusted,
+    unblock,
+)
+from app.settings import Settings, host_pattern
+from app.stores import cimd_hosts as hosts_store
 from app.stores import clients as store
 from app.stores import consents as consents_store
 from app.stores import resources as resources_store
@@ -26,7 +38,14 @@ KINDS = {KIND_DYNAMIC: "dynamic", KIND_METADATA_DOCUMENT: "metadata document", K
 
 @router.get("/admin/clients")
 def clients_page(
-    browser: AdminDep, db: DbDep, kind: str = "", unused: str = "", q: str = "", page: str | None = None, done: str = ""
+    browser: AdminDep,
+    db: DbDep,
+    runtime: RuntimeDep,
+    kind: str = "",
+    unused: str = "",
+    q: str = "",
+    page: str | None = None,
+    done: str = "",
 ) -> Response:
     kind = kind if kind in KINDS else ""
     # "dynamic, never used": what registration hygiene would prune next.
@@ -45,7 +64,10 @@ def clients_page(
         filters={"kind": kind, "unused": never_used, "q": q},
         blocked=store.blocked(db),
         resources=resources_store.all_resources(db),
-        done=done_notice(done, "deleted", "blocked", "unblocked"),
+        host_rules=hosts_store.all_rules(db),
+        settings_host_rules=[("allow", h) for h in runtime.settings.cimd_allowed_client_hosts]
+        + [("deny", h) for h in runtime.settings.cimd_denied_client_hosts],
+        done=done_notice(done, "deleted", "blocked", "unblocked", "host-added", "host-removed"),
     )
 
 
@@ -167,3 +189,66 @@ def add_machine_client(browser: AdminDep, db: DbDep, runtime: RuntimeDep, form: 
     db.commit()
     # Shown once: only its HMAC is stored.
     return browser.render("admin/machine_client.html", section="clients", client=client, secret=secret)
+
+
+# -- the trust policy for metadata-document client hosts (docs/decisions.md#cimd-client-host-trust-policy)
+
+
+def _allow_rules(db: Session, settings: Settings) -> list[str]:
+    return [*settings.cimd_allowed_client_hosts, *(r.host for r in hosts_store.all_rules(db) if r.rule == "allow")]
+
+
+@router.post("/admin/clients/hosts")
+def add_host(browser: AdminDep, db: DbDep, runtime: RuntimeDep, form: FormDep) -> Response:
+    """Allow or deny the hosts of metadata-document client_ids. The first allow rule turns the
+    policy into an allow list, so it asks for confirmation."""
+    require_csrf(browser, form)
+    rule, note = str(form.get("rule") or ""), str(form.get("note") or "")[:500]
+    try:
+        host = host_pattern(str(form.get("host") or "")[:300])
+    except ValueError as exc:
+        return browser.render("error.html", 400, title="The rule was not added", message=str(exc))
+    if rule == "allow" and not _allow_rules(db, runtime.settings) and not confirmed(form):
+        return confirm(
+            browser,
+            title=f"Accept only apps from {host}?",
+            message="This is the first allow rule: from now on, every app whose metadata document is published on a "
+            "host that no allow rule matches is refused, the apps already in use included.",
+            action="/admin/clients/hosts",
+            fields={"host": host, "rule": rule, "note": note},
+            button="Allow only these",
+            back="/admin/clients",
+        )
+    try:
+        add_host_rule(db, host, rule, note=note, actor_id=browser.me.id, via="console")
+    except Refused as exc:
+        db.rollback()
+        return browser.render("error.html", 400, title="The rule was not added", message=str(exc))
+    db.commit()
+    runtime.server.documents.host_rules_changed()
+    return browser.redirect("/admin/clients?done=host-added")
+
+
+@router.post("/admin/clients/hosts/remove")
+def remove_host(browser: AdminDep, db: DbDep, runtime: RuntimeDep, form: FormDep) -> Response:
+    """Remove a console rule. Removing the last allow rule accepts every host again (but denied
+    ones), so it asks for confirmation."""
+    require_csrf(browser, form)
+    existing = hosts_store.get(db, str(form.get("host") or "")[:300])
+    if existing is None:
+        return not_found(browser, "host rule")
+    if existing.rule == "allow" and _allow_rules(db, runtime.settings) == [existing.host] and not confirmed(form):
+        return confirm(
+            browser,
+            title=f"Remove the last allow rule ({existing.host})?",
+            message="With no allow rule left, apps whose metadata document is published on any host are accepted "
+            "again, except on denied hosts.",
+            action="/admin/clients/hosts/remove",
+            fields={"host": existing.host},
+            button="Remove",
+            back="/admin/clients",
+        )
+    remove_host_rule(db, existing.host, actor_id=browser.me.id, via="console")
+    db.commit()
+    runtime.server.documents.host_rules_changed()
+    return browser.redirect("/admin/clients?done=host-removed")

@@ -2,18 +2,20 @@
 author pastes into their configuration.
 
 Without JavaScript, scopes are rows of fields (`scope-N-name`, `-description`, `-default`,
-`-groups`); the form always offers a few empty rows to add scopes.
+`-groups`, `-implies`); the form always offers a few empty rows to add scopes.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from starlette.datastructures import FormData
 
+from app.http import endpoints
 from app.models import Resource
 from app.services import Refused
 from app.services.resources import MIN_TTL, ResourceSpec, ScopeSpec, check
@@ -21,7 +23,7 @@ from app.services.users import parse_groups
 from app.settings import MAX_ACCESS_TOKEN_TTL, Settings
 
 EMPTY_ROWS = 3
-MAX_ROWS = 20  # the form parser takes at most 100 fields
+MAX_ROWS = 19  # five fields a row and four more: the form parser takes at most 100 fields
 
 
 @dataclass
@@ -30,6 +32,7 @@ class ScopeRow:
     description: str = ""
     is_default: bool = False
     groups: str = ""  # "" means anyone
+    implies: str = ""  # other scopes of this server it includes, separated by commas or spaces
 
 
 @dataclass
@@ -48,7 +51,10 @@ class ResourceForm:
 def from_resource(resource: Resource | None) -> ResourceForm:
     if resource is None:
         return ResourceForm().with_empty_rows()
-    rows = [ScopeRow(s.name, s.description, s.is_default, ", ".join(s.allowed_groups or [])) for s in resource.scopes]
+    rows = [
+        ScopeRow(s.name, s.description, s.is_default, ", ".join(s.allowed_groups or []), ", ".join(s.implies or []))
+        for s in resource.scopes
+    ]
     return ResourceForm(resource.uri, resource.name, str(resource.token_ttl or ""), rows).with_empty_rows()
 
 
@@ -62,6 +68,7 @@ def from_form(form: FormData) -> ResourceForm:
             description=text(f"scope-{i}-description", 500),
             is_default=form.get(f"scope-{i}-default") == "on",
             groups=text(f"scope-{i}-groups", 2000),
+            implies=text(f"scope-{i}-implies", 2000),
         )
         for i in range(MAX_ROWS)
     ]
@@ -78,7 +85,13 @@ def to_spec(f: ResourceForm) -> ResourceSpec:
             )
         ttl = int(f.token_ttl)
     scopes = [
-        ScopeSpec(row.name, row.description, row.is_default, parse_groups(row.groups) or None)
+        ScopeSpec(
+            row.name,
+            row.description,
+            row.is_default,
+            parse_groups(row.groups) or None,
+            tuple(n for n in re.split(r"[\s,]+", row.implies) if n),
+        )
         for row in f.rows
         if row.name or row.description
     ]
@@ -105,6 +118,8 @@ def snippet(settings: Settings, resource: Resource) -> dict[str, Any]:
         "metadata_json": json.dumps(document, indent=2),
         "issuer": settings.issuer,
         "jwks_uri": settings.issuer + "/jwks",
+        # docs/decisions.md#scope-hierarchy: what each scope includes, for the server to honour.
+        "scopes_url": f"{settings.issuer}{endpoints.RESOURCE_SCOPES.path}?resource={quote(resource.uri, safe='')}",
         "audience": resource.uri,
         "token_ttl": resource.token_ttl or settings.access_token_ttl,
     }

@@ -35,6 +35,8 @@ REVOKE = Endpoint("/revoke", cors=True, protocol_body=True, metadata_field="revo
 # Introspection is for resource servers, never for browsers (RFC 7662 §4).
 INTROSPECT = Endpoint("/introspect", protocol_body=True, metadata_field="introspection_endpoint")
 USERINFO = Endpoint("/userinfo", cors=True, metadata_field="userinfo_endpoint")
+# What each scope of an MCP server includes, for resource servers (docs/decisions.md#scope-hierarchy).
+RESOURCE_SCOPES = Endpoint("/resources/scopes")
 HEALTHZ = Endpoint("/healthz", probe=True)
 READYZ = Endpoint("/readyz", probe=True)
 METRICS = Endpoint("/metrics", probe=True)
@@ -49,6 +51,7 @@ ENDPOINTS = (
     REVOKE,
     INTROSPECT,
     USERINFO,
+    RESOURCE_SCOPES,
     HEALTHZ,
     READYZ,
     METRICS,

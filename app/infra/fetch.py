@@ -1,6 +1,7 @@
-"""Outbound HTTP: the one place Ostiary fetches from the network (Client ID Metadata Documents).
+"""Outbound HTTP: the one place Ostiary fetches from the network (Client ID Metadata Documents,
+JWK Sets and identity providers' metadata).
 
-Rules (CIMD draft §6, RFC 9700 §4.4 on SSRF):
+Rules (CIMD draft -02 §5 and §8.6, RFC 9700 §4.4 on SSRF):
 - https only; no redirects followed; connect and read timeouts; a size cap on the body.
 - The host is resolved once; if ANY address it resolves to is private, loopback, link-local,
   multicast or otherwise not globally routable, the fetch is refused (unless the host is listed

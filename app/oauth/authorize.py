@@ -18,6 +18,8 @@ The decision table (docs/architecture.md has it with the pages around it):
 | the user chose Allow                                  | IssueCode(permitted, consent) |
 | new scopes to consent to, or prompt=consent           | prompt=none: PromptError(consent_required); else AskConsent |
 | the consent given before covers the request           | IssueCode(permitted)          |
+
+A consent covers the scopes it holds and every scope they include (docs/decisions.md#scope-hierarchy).
 """
 
 from __future__ import annotations
@@ -179,9 +181,14 @@ def decide(
     if decision == "deny":
         return Deny("user")
     allowed = scope_policy.permitted(scopes, resource, user.groups)
+    # A scope consented to covers the scopes it includes (`mcp:write` covers `mcp:read`): the
+    # user already allowed them, so they are not asked again; the code still carries only what
+    # was requested (MCP 2026-07-28 authorization, Step-Up Authorization Flow: scope
+    # hierarchies; docs/decisions.md#scope-hierarchy).
+    covered = resource.covered(consented)
     ask = AskConsent(
-        already=[s for s in allowed if s in consented],
-        new=[s for s in allowed if s not in consented],
+        already=[s for s in allowed if s in covered],
+        new=[s for s in allowed if s not in covered],
         refused=[s for s in scopes if s not in allowed],
     )
     if decision == "show":

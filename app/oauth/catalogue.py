@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,9 +23,26 @@ class ScopeInfo:
     description: str
     is_default: bool
     allowed_groups: tuple[str, ...] | None  # None: anyone
+    # Other scopes of the same resource this one includes, as declared (`mcp:write` implies
+    # `mcp:read`); the transitive closure is `ResourceInfo.includes`
+    # (docs/decisions.md#scope-hierarchy).
+    implies: tuple[str, ...] = ()
 
     def permits(self, groups: list[str] | None) -> bool:
         return self.allowed_groups is None or bool(set(groups or []) & set(self.allowed_groups))
+
+
+def closure(implies: Mapping[str, Iterable[str]], names: Iterable[str]) -> set[str]:
+    """`names` and every scope they imply, directly or through others. A cycle (two scopes that
+    imply each other) is harmless: each scope is visited once."""
+    found: set[str] = set()
+    pending = list(names)
+    while pending:
+        name = pending.pop()
+        if name not in found:
+            found.add(name)
+            pending.extend(implies.get(name, ()))
+    return found
 
 
 @dataclass(frozen=True)
@@ -37,6 +55,16 @@ class ResourceInfo:
 
     def catalogue(self) -> dict[str, bool]:
         return {name: s.is_default for name, s in self.scopes.items()}
+
+    def covered(self, names: Iterable[str]) -> set[str]:
+        """The scopes that holding `names` amounts to: them and every scope they imply
+        (MCP 2026-07-28 authorization, Step-Up Authorization Flow: scope hierarchies)."""
+        return closure({n: s.implies for n, s in self.scopes.items()}, names)
+
+    def includes(self, name: str) -> list[str]:
+        """The other scopes `name` implies, directly or not, in catalogue order."""
+        covered = self.covered([name])
+        return [n for n in self.scopes if n in covered and n != name]
 
 
 class Catalogue:
@@ -63,9 +91,15 @@ class Catalogue:
 
     def _info(self, row: Resource) -> ResourceInfo:
         ttl = min(row.token_ttl or self._settings.access_token_ttl, 3600)
+        names = {s.name for s in row.scopes}
         scopes = {
             s.name: ScopeInfo(
-                s.name, s.description, s.is_default, tuple(s.allowed_groups) if s.allowed_groups is not None else None
+                s.name,
+                s.description,
+                s.is_default,
+                tuple(s.allowed_groups) if s.allowed_groups is not None else None,
+                # Only scopes of this resource (app/services/resources.py checks it when saving).
+                tuple(n for n in s.implies or [] if n in names and n != s.name),
             )
             for s in row.scopes
         }

@@ -18,7 +18,8 @@ from app.models import Client, InitialAccessToken, Resource
 from app.models.client import KIND_ADMIN, KIND_DYNAMIC, KIND_METADATA_DOCUMENT
 from app.security.secrets import Keyring, new_token
 from app.services import Refused, audit
-from app.settings import Settings
+from app.settings import Settings, host_pattern
+from app.stores import cimd_hosts as hosts_store
 from app.stores import clients as store
 from app.stores import tokens as tokens_store
 
@@ -281,6 +282,45 @@ def unblock(db: Session, client_id: str, *, actor_id: str | None = None, via: st
         return False
     audit.record(db, "client.unblocked", client_id=client_id, actor_id=actor_id, via=via)
     return True
+
+
+# -- the trust policy for metadata-document client hosts (docs/decisions.md#cimd-client-host-trust-policy)
+
+HOST_RULES = ("allow", "deny")
+
+
+def add_host_rule(db: Session, pattern: str, rule: str, *, note: str = "", actor_id: str | None = None, via: str = "cli") -> str:
+    """An admin's rule for the hosts of metadata-document client_ids: `allow` or `deny` a host
+    (`example.com`) or its subdomains (`*.example.com`). Returns the pattern as stored; refuses
+    a bad pattern or a host that has a rule already."""
+    if rule not in HOST_RULES:
+        raise Refused("the rule must be allow or deny")
+    try:
+        host = host_pattern(pattern)
+    except ValueError as exc:
+        raise Refused(str(exc)) from None
+    note = note.strip()[:500]
+    existing = hosts_store.get(db, host)
+    if existing is not None or not hosts_store.add(db, host, rule, note, now()):
+        current = existing or hosts_store.get(db, host)
+        raise Refused(f"{host} has a rule already ({current.rule if current else 'just added'}): remove it first")
+    audit.record(db, "client.host_rule_added", actor_id=actor_id, via=via, host=host, rule=rule, note=note[:200] or None)
+    return host
+
+
+def remove_host_rule(db: Session, pattern: str, *, actor_id: str | None = None, via: str = "cli") -> str | None:
+    """Remove the console's rule for a host pattern; returns the rule it was, or None if there
+    was none."""
+    try:
+        host = host_pattern(pattern)
+    except ValueError:
+        return None
+    existing = hosts_store.get(db, host)
+    rule = existing.rule if existing is not None else None
+    if rule is None or not hosts_store.remove(db, host):
+        return None
+    audit.record(db, "client.host_rule_removed", actor_id=actor_id, via=via, host=host, rule=rule)
+    return rule
 
 
 def create_initial_token(db: Session, keyring: Keyring, *, expires_in: int, uses: int, note: str | None, via: str) -> str:

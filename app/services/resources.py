@@ -4,7 +4,8 @@ typed, creating and updating them. The console form and `ostiary resources add` 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -26,6 +27,8 @@ class ScopeSpec:
     description: str
     is_default: bool = False
     allowed_groups: list[str] | None = None  # None: anyone may be granted it
+    # Other scopes of the same MCP server this one includes (docs/decisions.md#scope-hierarchy).
+    implies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,31 @@ def check(uri: str, name: str, token_ttl: int | None, scopes: list[ScopeSpec]) -
         raise Refused("Declare at least one scope.")
     if len(set(names)) != len(names):
         raise Refused("Each scope name may appear once.")
-    return ResourceSpec(canonical, name, token_ttl, scopes)
+    return ResourceSpec(canonical, name, token_ttl, [_check_implies(s, scopes) for s in scopes])
+
+
+def _check_implies(scope: ScopeSpec, scopes: list[ScopeSpec]) -> ScopeSpec:
+    """The scope with its implied scopes listed once each, or Refused: a scope may imply only
+    other scopes of the same MCP server, and only ones at least as widely available, so that a
+    hierarchy never carries a scope past its group limit
+    (docs/decisions.md#scope-hierarchy). Cycles are allowed: two scopes that imply each other
+    are equivalent."""
+    by_name = {s.name: s for s in scopes}
+    implies = tuple(dict.fromkeys(scope.implies))
+    for name in implies:
+        if name == scope.name:
+            raise Refused(f"Scope {scope.name}: a scope cannot include itself.")
+        implied = by_name.get(name)
+        if implied is None:
+            raise Refused(f"Scope {scope.name} includes {name[:60]!r}, which is not a scope of this MCP server.")
+        if implied.allowed_groups is not None and not (
+            scope.allowed_groups is not None and set(scope.allowed_groups) <= set(implied.allowed_groups)
+        ):
+            raise Refused(
+                f"Scope {scope.name} includes {name}, which only some groups may be granted: "
+                f"limit {scope.name} to those groups too (or to some of them)."
+            )
+    return replace(scope, implies=implies)
 
 
 def find(db: Session, uri: str) -> Resource | None:
@@ -86,10 +113,21 @@ def _save(db: Session, resource: Resource | None, spec: ResourceSpec, *, actor_i
         raise Refused(f"Another MCP server already has the URI {spec.uri}.")
     previous_uri = resource.uri if resource is not None else None
     scopes = [
-        {"name": s.name, "description": s.description.strip(), "is_default": s.is_default, "allowed_groups": s.allowed_groups}
+        {
+            "name": s.name,
+            "description": s.description.strip(),
+            "is_default": s.is_default,
+            "allowed_groups": s.allowed_groups,
+            "implies": list(s.implies) or None,
+        }
         for s in spec.scopes
     ]
     saved = store.save(db, resource or Resource(), uri=spec.uri, name=spec.name, token_ttl=spec.token_ttl, scopes=scopes)
+    details: dict[str, Any] = {}
+    if implies := {s.name: list(s.implies) for s in spec.scopes if s.implies}:
+        details["implies"] = implies
+    if previous_uri not in (None, saved.uri):
+        details["previous_uri"] = previous_uri
     audit.record(
         db,
         "resource.created" if resource is None else "resource.updated",
@@ -99,6 +137,6 @@ def _save(db: Session, resource: Resource | None, spec: ResourceSpec, *, actor_i
         name=saved.name,
         scopes=[s.name for s in spec.scopes],
         token_ttl=saved.token_ttl,
-        **({"previous_uri": previous_uri} if previous_uri not in (None, saved.uri) else {}),
+        **details,
     )
     return saved

@@ -47,6 +47,7 @@ def save(
         row.description = spec["description"]
         row.is_default = spec["is_default"]
         row.allowed_groups = spec["allowed_groups"]
+        row.implies = spec.get("implies")
         row.position = position
         rows.append(row)
     resource.scopes = rows  # delete-orphan removes the scopes left out

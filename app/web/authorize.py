@@ -227,6 +227,11 @@ def _consent_page(
             return resource.scopes[name].description
         return PROTOCOL_SCOPE_TEXT.get(name, "")
 
+    def item(name: str) -> tuple[str, str, list[tuple[str, str]]]:
+        """A scope as the page lists it: name, description, and the scopes it includes
+        (docs/decisions.md#scope-hierarchy), so the user sees everything an Allow gives."""
+        return name, describe(name), [(n, describe(n)) for n in resource.includes(name)]
+
     redirect = urlsplit(v.redirect_uri)
     return browser.render(
         "consent.html",
@@ -238,8 +243,8 @@ def _consent_page(
         all_localhost=all(is_loopback_redirect(u) for u in client.redirect_uris or []),
         redirect_host=redirect.netloc or redirect.scheme + ":",
         resource=resource,
-        already=[(s, describe(s)) for s in ask.already],
-        new=[(s, describe(s)) for s in ask.new],
+        already=[item(s) for s in ask.already],
+        new=[item(s) for s in ask.new],
         refused=ask.refused,
         error=error,
     )

@@ -3,8 +3,9 @@
     python examples/mcp_server/server.py --issuer http://127.0.0.1:8000 --url http://127.0.0.1:8001/mcp
 
 Every setting also comes from the environment: OSTIARY_ISSUER, MCP_SERVER_URL, MCP_HOST,
-MCP_PORT, MCP_READ_SCOPE, MCP_WRITE_SCOPE. `list_notes` needs the read scope, `add_note` the
-write scope. Notes live in memory, one list per user (the token's `sub`).
+MCP_PORT, MCP_READ_SCOPE, MCP_WRITE_SCOPE, MCP_SCOPE_IMPLIES. `list_notes` needs the read scope,
+`add_note` the write scope; a scope that includes another (Ostiary publishes which) counts as
+both. Notes live in memory, one list per user (the token's `sub`).
 """
 
 from __future__ import annotations
@@ -24,13 +25,17 @@ from ostiary_auth import OstiaryTokenVerifier, protect
 from starlette.applications import Starlette
 
 
-def build_app(*, issuer: str, url: str, read_scope: str, write_scope: str) -> Starlette:
+def build_app(
+    *, issuer: str, url: str, read_scope: str, write_scope: str, implies: dict[str, list[str]] | None = None
+) -> Starlette:
     """`url` is this server's canonical URI: the RFC 8707 resource registered in Ostiary, the
-    `aud` of the tokens it accepts, and where clients connect."""
+    `aud` of the tokens it accepts, and where clients connect. `implies` ({scope: [scopes it
+    includes]}) applies only until Ostiary's published scope hierarchy has been read."""
+    verifier = OstiaryTokenVerifier(issuer, url)
     mcp = MCPServer(
         "Notes",
         instructions="Keeps short notes for the signed-in user.",
-        token_verifier=OstiaryTokenVerifier(issuer, url),
+        token_verifier=verifier,
         # Plain strings: an AnyHttpUrl gains a trailing slash and then no longer matches the issuer.
         auth=AuthSettings(
             issuer_url=issuer,
@@ -76,7 +81,20 @@ def build_app(*, issuer: str, url: str, read_scope: str, write_scope: str) -> St
         base_scope=read_scope,
         tool_scopes={"list_notes": read_scope, "add_note": write_scope},
         resource_name="Notes",
+        implies=implies,
+        verifier=verifier,  # DPoP-bound tokens too (RFC 9449 §7.1)
     )
+
+
+def parse_implies(text: str) -> dict[str, list[str]]:
+    """`mcp:write=mcp:read other=a,b`: each scope and the scopes it includes."""
+    implies: dict[str, list[str]] = {}
+    for pair in text.split():
+        name, sep, others = pair.partition("=")
+        if not sep or not name or not others:
+            raise ValueError(f"not SCOPE=SCOPE[,SCOPE...]: {pair!r}")
+        implies.setdefault(name, []).extend(n for n in others.split(",") if n)
+    return implies
 
 
 def main() -> None:
@@ -88,11 +106,21 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=env("MCP_PORT"), help="port to listen on (default: the URL's)")
     parser.add_argument("--read-scope", default=env("MCP_READ_SCOPE", "mcp:read"))
     parser.add_argument("--write-scope", default=env("MCP_WRITE_SCOPE", "mcp:write"))
+    parser.add_argument(
+        "--implies",
+        default=env("MCP_SCOPE_IMPLIES", ""),
+        metavar="SCOPE=SCOPE,...",
+        help="scope hierarchy to use until Ostiary's published one is read (space-separated pairs)",
+    )
     args = parser.parse_args()
     if not args.issuer:
         parser.error("give --issuer or set OSTIARY_ISSUER")
+    try:
+        implies = parse_implies(args.implies)
+    except ValueError as exc:
+        parser.error(f"--implies: {exc}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    app = build_app(issuer=args.issuer, url=args.url, read_scope=args.read_scope, write_scope=args.write_scope)
+    app = build_app(issuer=args.issuer, url=args.url, read_scope=args.read_scope, write_scope=args.write_scope, implies=implies)
     port = args.port or urlsplit(args.url).port or 8001
     uvicorn.run(app, host=args.host, port=port, log_level="warning")
 
