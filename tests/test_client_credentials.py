@@ -103,9 +103,11 @@ async def test_a_machine_client_gets_a_token_for_its_mcp_server(client, runtime)
     assert set(both["scope"].split()) == {"mcp:read", "mcp:write"}
     event = audit_events(runtime, "token.issued")[-1]
     assert event.details["grant_type"] == "client_credentials" and event.client_id == client_id
-    # The client authenticates the way it is registered (client_secret_basic), not otherwise.
+    # The MCP client-credentials extension sends the secret in the request content (OAuth 2.1
+    # §2.4.1): accepted too, but never a wrong one.
     posted = await cc(client, client_id=client_id, client_secret=secret)
-    assert posted.status_code == 401
+    assert posted.status_code == 200, posted.text
+    assert (await cc(client, client_id=client_id, client_secret=secret + "x")).status_code == 401
 
 
 @pytest.mark.parametrize(

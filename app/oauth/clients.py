@@ -43,7 +43,15 @@ class OAuthClient(ClientMixin):
         return self._keyring.verify(client_secret, self.row.secret_hash)
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
-        return method == self.row.token_endpoint_auth_method
+        if method == self.row.token_endpoint_auth_method:
+            return True
+        # A machine client's secret may also come in the request content: the MCP
+        # client-credentials extension sends it there (OAuth 2.1 §2.4.1 allows both).
+        return (
+            self.row.grant_resource_id is not None
+            and self.row.token_endpoint_auth_method == "client_secret_basic"
+            and method == "client_secret_post"
+        )
 
     def check_response_type(self, response_type: str) -> bool:
         return response_type in (self.row.response_types or ["code"])
