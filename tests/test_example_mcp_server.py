@@ -353,3 +353,21 @@ async def test_hostile_dpop_use_is_refused(stack, case):
     challenge = response.headers["www-authenticate"]
     assert challenge.startswith("DPoP ") and 'error="invalid_dpop_proof"' in challenge and "algs=" in challenge
     assert "resource_metadata=" in challenge
+
+
+async def test_dpop_requests_are_challenged_with_the_dpop_scheme(stack):
+    """RFC 9449 §7.1: a request made with the DPoP scheme is challenged with it: a token that is
+    not valid is `invalid_token` (a new proof would not help), and a tool whose scope the token
+    lacks is 403 `insufficient_scope` under `DPoP`, naming the proof algorithms."""
+    stack.notes({})
+    key = DPoPClient()
+    token = (await stack.dpop_tokens(key))["access_token"]
+    forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    bad = await dpop_send(stack.app, forged, key.proof("POST", URL, access_token=forged))
+    assert bad.status_code == 401
+    assert bad.headers["www-authenticate"].startswith('DPoP error="invalid_token"')
+    headers = {"Authorization": f"DPoP {token}", "DPoP": key.proof("POST", URL, access_token=token)}
+    response = await send(stack.app, tool_call("add_note"), {**routing("tools/call", "add_note"), **headers})
+    assert response.status_code == 403
+    challenge = response.headers["www-authenticate"]
+    assert challenge.startswith('DPoP error="insufficient_scope"') and "algs=" in challenge and "mcp:write" in challenge

@@ -63,6 +63,8 @@ DPOP_ALGORITHMS = ["ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256"
 DPOP_MAX_AGE = 300
 DPOP_CLOCK_SKEW = 60
 
+DPOP_REQUEST = "ostiary.dpop"  # ASGI scope key: the request came with the DPoP scheme
+
 # The DPoP-bound token whose proof `DPoPGate` has just checked for this request (the SDK's
 # verifier is handed the token alone, without the request it came with).
 _proven: ContextVar[AccessToken | None] = ContextVar("dpop_proven", default=None)
@@ -247,33 +249,36 @@ class DPoPGate:
         access = await self.verifier.decode(token)
         cnf = (access.claims or {}).get("cnf") if access is not None else None
         jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
+        # RFC 9449 §7.1: a bad token is invalid_token (the client refreshes or starts again), a
+        # bad proof invalid_dpop_proof (the client signs a new one); both with a DPoP challenge.
+        error = "invalid_token"
         if access is None:
             problem: str | None = "the access token is not valid"
         elif not isinstance(jkt, str):
             problem = "the access token is not DPoP-bound"
-        elif len(headers.getlist("dpop")) != 1:  # RFC 9449 §4.3 (1)
-            problem = "send exactly one DPoP proof"
         else:
-            problem = self.proofs.problem(
-                headers.get("dpop"), method=scope["method"], url=self.origin + scope["path"], token=token, jkt=jkt
-            )
+            error = "invalid_dpop_proof"
+            if len(headers.getlist("dpop")) != 1:  # RFC 9449 §4.3 (1)
+                problem = "send exactly one DPoP proof"
+            else:
+                problem = self.proofs.problem(
+                    headers.get("dpop"), method=scope["method"], url=self.origin + scope["path"], token=token, jkt=jkt
+                )
         if problem is not None:
             challenge = (
-                f'DPoP error="invalid_dpop_proof", error_description="{problem}", '
+                f'DPoP error="{error}", error_description="{problem}", '
                 f'algs="{" ".join(DPOP_ALGORITHMS)}", resource_metadata="{self.resource_metadata}"'
             )
             await _respond(
-                send,
-                401,
-                {"error": "invalid_dpop_proof", "error_description": problem},
-                ((b"www-authenticate", challenge.encode()),),
+                send, 401, {"error": error, "error_description": problem}, ((b"www-authenticate", challenge.encode()),)
             )
             return
         raw = [(k, v) for k, v in scope["headers"] if k != b"authorization"]
         raw.append((b"authorization", b"Bearer " + token.encode()))
         reset = _proven.set(access)
         try:
-            await self.app({**scope, "headers": raw}, receive, send)
+            # Marked, so that a later challenge (403 insufficient_scope) uses the DPoP scheme too.
+            await self.app({**scope, "headers": raw, DPOP_REQUEST: True}, receive, send)
         finally:
             _proven.reset(reset)
 
@@ -476,7 +481,8 @@ class ScopeChallenges:
         granted = set(user.scopes)
         held = granted if needed <= granted or self.hierarchy is None else await self.hierarchy.effective(granted)
         if not needed <= held:
-            await self._challenge(send, 403, "insufficient_scope", " ".join(sorted(needed | (granted & self.own_scopes))))
+            wanted = " ".join(sorted(needed | (granted & self.own_scopes)))
+            await self._challenge(send, 403, "insufficient_scope", wanted, dpop=bool(scope.get(DPOP_REQUEST)))
             return
         if held != granted:
             # What the request may do, for the SDK's own `required_scopes` check and for Starlette.
@@ -495,11 +501,14 @@ class ScopeChallenges:
             return {tool_scope} if tool_scope else set()
         return set()
 
-    async def _challenge(self, send: Send, status: int, error: str | None, scope: str) -> None:
+    async def _challenge(self, send: Send, status: int, error: str | None, scope: str, *, dpop: bool = False) -> None:
         params = [f'error="{error}"'] if error else []
         params += [f'resource_metadata="{self.resource_metadata}"', f'scope="{scope}"']
         body = {"error": error, "scope": scope} if error else {"scope": scope}
-        await _respond(send, status, body, ((b"www-authenticate", ("Bearer " + ", ".join(params)).encode()),))
+        # RFC 9449 §7.1: a request made with the DPoP scheme is challenged with it.
+        scheme = "DPoP " if dpop else "Bearer "
+        algs = [f'algs="{" ".join(DPOP_ALGORITHMS)}"'] if dpop else []
+        await _respond(send, status, body, ((b"www-authenticate", (scheme + ", ".join(params + algs)).encode()),))
 
 
 def header_mismatch(scope: Scope, body: bytes) -> tuple[int, bytes] | None:

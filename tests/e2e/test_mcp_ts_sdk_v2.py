@@ -19,10 +19,20 @@ for the union of the scopes it asked for before, the token's scope and the chall
 forces a new authorization request when that union is wider than the token's scope. It never
 looks at `expires_in`: a refresh happens only when the MCP server answers 401 (`onUnauthorized`
 -> `auth()` -> `refreshAuthorization`), which is why the script waits for the real expiry.
+
+DPoP (RFC 9449), when the provider implements `dpop()` (the script's --dpop): the SDK signs a
+proof of that session's key into every token request (`executeTokenRequest`, retrying once on
+`use_dpop_nonce`), and the transport wraps its fetch in `withDpopFromProvider`, which sends
+`Authorization: DPoP` with a fresh proof (`ath`) only when the saved tokens say `token_type`
+DPoP. It does not send `dpop_jkt` with the authorization request (RFC 9449 §10), nor register
+`dpop_bound_access_tokens` on its own, nor read `dpop_signing_alg_values_supported` (ES256 by
+default).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import re
 import shutil
@@ -33,9 +43,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from joserfc.jwk import JWKRegistry
 
 from tests.e2e.cimd_stack import CimdStack, cimd_stack
-from tests.support import PASSWORD, ROOT, USERNAME, clean_env, free_port, sql, unavailable
+from tests.support import PASSWORD, ROOT, USERNAME, DPoPClient, clean_env, free_port, sql, unavailable
 
 pytestmark = pytest.mark.slow
 
@@ -68,11 +79,15 @@ def stack(tmp_path_factory) -> Iterator[CimdStack]:
         yield stack
 
 
-def run_flow(node: str, stack: CimdStack, mode: str, callback_port: int, metadata_url: str | None = None) -> dict:
+def run_flow(
+    node: str, stack: CimdStack, mode: str, callback_port: int, metadata_url: str | None = None, *, dpop: bool = False
+) -> dict:
     """Run the node client once; its JSON summary, or a failed test with what it and the servers said."""
     argv = [node, str(FLOW), f"--server-url={stack.mcp_url}", f"--mode={mode}", f"--callback-port={callback_port}"]
     if metadata_url:
         argv.append(f"--client-metadata-url={metadata_url}")
+    if dpop:
+        argv.append("--dpop")
     try:
         done = subprocess.run(
             argv, cwd=NODE_DIR, env=clean_env(E2E_PASSWORD=PASSWORD), stdin=subprocess.DEVNULL,
@@ -107,9 +122,39 @@ def audit_count(stack: CimdStack, event: str) -> int:
     return sql(stack.database_url, "SELECT count(*) FROM audit_events WHERE event = :e", e=event)[0][0]
 
 
-def refresh_at(stack: CimdStack, client_id: str, refresh_token: str) -> httpx.Response:
+def refresh_at(stack: CimdStack, client_id: str, refresh_token: str, dpop: str | None = None) -> httpx.Response:
     data = {"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": client_id, "resource": stack.mcp_url}
-    return httpx.post(f"{stack.issuer}/token", data=data, timeout=10)
+    headers = {"DPoP": dpop} if dpop else {}
+    return httpx.post(f"{stack.issuer}/token", data=data, headers=headers, timeout=10)
+
+
+def refresh_rows(stack: CimdStack, client_id: str) -> list[tuple]:
+    """The client's refresh tokens in Ostiary's database, oldest first."""
+    statement = "SELECT id, parent_id, jkt, used_at, revoked_at FROM refresh_tokens WHERE client_id = :c ORDER BY id"
+    return [tuple(row) for row in sql(stack.database_url, statement, c=client_id)]
+
+
+def ath(access_token: str) -> str:
+    """RFC 9449 §4.2: base64url of the SHA-256 of the access token."""
+    return base64.urlsafe_b64encode(hashlib.sha256(access_token.encode()).digest()).rstrip(b"=").decode()
+
+
+def assert_proof(entry: dict, public_jwk: dict, url: str, access_token: str | None, since: float) -> None:
+    """RFC 9449 §4.2: the request's one `DPoP` header is a signed JWT with `typ` dpop+jwt, an
+    asymmetric `alg` and the client's public key as `jwk` (no private part), and claims naming
+    this request (`htm`, `htu` without query), a recent `iat`, a `jti`, and, with an access token,
+    its hash (`ath`); without one, no `ath`."""
+    proof = entry.get("dpop")
+    assert proof and proof["parts"] == 3, entry
+    assert proof["header"] == {"typ": "dpop+jwt", "alg": "ES256", "jwk": public_jwk}, proof
+    claims = proof["claims"]
+    assert (claims["htm"], claims["htu"]) == (entry["method"], url), claims
+    assert isinstance(claims["jti"], str) and len(claims["jti"]) >= 16, claims
+    assert since - 5 <= claims["iat"] <= time.time() + 5, claims
+    if access_token is None:
+        assert "ath" not in claims, claims
+    else:
+        assert claims["ath"] == ath(access_token), claims
 
 
 # -- what both ways of identifying the client share ---------------------------------------------
@@ -138,7 +183,7 @@ def assert_mcp_2026_07_28_and_discovery(summary: dict, stack: CimdStack) -> None
     assert summary["iss_parameter_supported"] is True
 
 
-def assert_first_authorization(summary: dict, stack: CimdStack, callback_port: int) -> None:
+def assert_first_authorization(summary: dict, stack: CimdStack, callback_port: int, token_type: str = "bearer") -> None:
     """The first authorization request (OAuth 2.1 §4.1.1 PKCE S256, RFC 8707 resource, RFC 8252
     §7.3 loopback redirect), its consent page (sign-in, then mcp:read), the RFC 9207 `iss` on the
     redirect, and a token for the MCP server (RFC 9068, aud = the resource) that reads notes."""
@@ -170,7 +215,7 @@ def assert_first_authorization(summary: dict, stack: CimdStack, callback_port: i
     assert claims["aud"] in (stack.mcp_url, [stack.mcp_url]), claims
     assert claims["iss"] == stack.issuer and claims["client_id"] == summary["client_id"] and claims["sub"]
     assert set(claims["scope"].split()) == FIRST_SCOPES
-    assert tokens["token_type"].lower() == "bearer" and tokens["refresh_token"]
+    assert tokens["token_type"].lower() == token_type and tokens["refresh_token"]
     assert tokens["expires_in"] == TOKEN_TTL
 
     assert summary["tools"] == ["add_note", "list_notes"]
@@ -215,24 +260,23 @@ def assert_step_up(summary: dict, stack: CimdStack) -> None:
     assert results["second_list"]["structured"] == {"result": [*notes_before, "buy milk"]}, results["second_list"]
 
 
-def assert_refreshed_and_rotated(summary: dict, stack: CimdStack, reuse_before: int) -> None:
+def assert_refreshed(summary: dict, stack: CimdStack, scheme: str = "Bearer") -> None:
     """OAuth 2.1 §4.3 / RFC 6749 §6: once the access token has expired (the MCP server answers
-    401 `invalid_token`, RFC 6750 §3.1), the SDK redeems its refresh token (with the resource,
-    RFC 8707 §2.2, and no scope: the granted scope is kept, OAuth 2.1 §4.3.1) without a new
-    authorization; Ostiary rotates the refresh token (OAuth 2.1 §4.3.1), the new access token
-    works, and the rotated-away token presented again after the grace window is refused as reuse,
-    which revokes the consent's refresh tokens (RFC 9700 §4.14.2)."""
+    401), the SDK redeems its refresh token (with the resource, RFC 8707 §2.2, and no scope: the
+    granted scope is kept, OAuth 2.1 §4.3.1) without a new authorization; Ostiary rotates the
+    refresh token (OAuth 2.1 §4.3.1) and the new access token reads and writes notes."""
     stepped_up, refreshed = summary["tokens"]["step_up"], summary["tokens"]["refreshed"]
     assert summary["expired_probe"]["status"] == 401, summary["expired_probe"]
-    assert 'error="invalid_token"' in summary["expired_probe"]["www_authenticate"]
 
     mcp_401, token_request, *retried = summary["refresh_trace"]
-    assert (mcp_401["url"], mcp_401["status"], mcp_401["bearer"]) == (stack.mcp_url, 401, True), mcp_401
+    assert (mcp_401["url"], mcp_401["status"], mcp_401["auth_scheme"]) == (stack.mcp_url, 401, scheme), mcp_401
+    assert mcp_401["token_jti"] == stepped_up["claims"]["jti"]  # the expired one
     assert token_request["url"] == f"{stack.issuer}/token" and token_request["status"] == 200, token_request
     assert token_request["grant_type"] == "refresh_token"
     assert token_request["form_keys"] == ["client_id", "grant_type", "refresh_token", "resource"]
     assert token_request["resource"] == stack.mcp_url
     assert retried and all(e["url"] == stack.mcp_url and e["status"] == 200 for e in retried), retried
+    assert all(e["token_jti"] == refreshed["claims"]["jti"] for e in retried), retried
     assert len(summary["authorizations"]) == 2 and len(summary["consents"]) == 2  # no browser
 
     assert refreshed["access_token"] != stepped_up["access_token"]
@@ -243,6 +287,16 @@ def assert_refreshed_and_rotated(summary: dict, stack: CimdStack, reuse_before: 
     results = summary["tool_results"]
     assert results["after_refresh_list"] == results["second_list"], results["after_refresh_list"]
     assert results["after_refresh_add"]["is_error"] is False, results["after_refresh_add"]  # write works too
+
+
+def assert_refreshed_and_rotated(summary: dict, stack: CimdStack, reuse_before: int) -> None:
+    """The refresh (assert_refreshed) of a bearer token, which the MCP server refused once it had
+    expired with 401 `invalid_token` (RFC 6750 §3.1); the rotated-away refresh token presented
+    again after the grace window is refused as reuse, which revokes the consent's refresh tokens
+    (RFC 9700 §4.14.2)."""
+    assert_refreshed(summary, stack)
+    assert 'error="invalid_token"' in summary["expired_probe"]["www_authenticate"]
+    stepped_up, refreshed = summary["tokens"]["step_up"], summary["tokens"]["refreshed"]
 
     # The rotated-away refresh token, after the grace window (0 s; the server counts whole
     # seconds): reuse. Every refresh token of the consent is revoked, the current one included.
@@ -328,3 +382,99 @@ def test_ts_sdk_v2_rfc7591_dynamic_registration_step_up_and_refresh(node, chromi
         assert "unverified" in consent["text"]
     assert_step_up(summary, stack)
     assert_refreshed_and_rotated(summary, stack, reuse_before)
+
+
+def test_ts_sdk_v2_dpop_bound_tokens_issued_refreshed_and_verified(node, chromium, stack: CimdStack):
+    """RFC 9449 (DPoP) end to end with the SDK's own DPoP support: the script's provider returns
+    one `DpopSession` from `dpop()` (an ES256 key pair the SDK generated, kept for the whole flow),
+    and registers dynamically (RFC 7591); the flow is the one above, step-up included.
+
+    - Metadata: Ostiary lists `dpop_signing_alg_values_supported` (RFC 9449 §5.1), and so does the
+      example server's protected-resource metadata (RFC 9728 §2).
+    - Token endpoint (§5): both code exchanges and the refresh carried one proof of that key
+      (§4.2, `htm` POST, `htu` the token endpoint, no `ath`); every answer was `token_type` DPoP
+      (§5.1), and every access token's `cnf.jkt` is the RFC 7638 thumbprint of the public key,
+      computed here from the JWK (§6.1).
+    - MCP server (§7.1): every request after the first, unauthenticated one used the `DPoP`
+      scheme with a fresh proof (unique `jti`, `ath` = hash of the token it came with) and the
+      tool calls succeeded, so the example server verified them; the same unexpired token as a
+      bearer token, without a proof, with a proof of another key, or with a proof the SDK already
+      used (§11.1) is refused.
+    - Refresh (§5): once the token expired the SDK refreshed with a proof of the same key, and
+      the new token, bound to the same key, works. Ostiary's refresh-token rows for the client are
+      bound to the thumbprint (`refresh_tokens.jkt`); the current refresh token presented without
+      a proof is refused with `invalid_dpop_proof`, with a proof of a thief's key with
+      `invalid_grant`, and neither refusal spends or revokes it.
+    """
+    callback_port = free_port()
+    reuse_before = audit_count(stack, "token.reuse_detected")
+    started = time.time()
+    summary = run_flow(node, stack, "dcr", callback_port, dpop=True)
+
+    assert_mcp_2026_07_28_and_discovery(summary, stack)
+    [registration] = requests_to(summary, "POST", f"{stack.issuer}/register")
+    assert registration["status"] == 201 and registration["json"]["token_endpoint_auth_method"] == "none"
+    assert_first_authorization(summary, stack, callback_port, token_type="dpop")
+    assert_step_up(summary, stack)
+    assert_refreshed(summary, stack, scheme="DPoP")
+
+    # The SDK's key: a public EC JWK whose RFC 7638 thumbprint is what the SDK says it is.
+    key = summary["dpop"]
+    public_jwk = key["public_jwk"]
+    assert key["alg"] == "ES256" and public_jwk["kty"] == "EC" and "d" not in public_jwk, key
+    jkt = JWKRegistry.import_key(public_jwk).thumbprint()
+    assert jkt == key["thumbprint"]
+    assert "ES256" in summary["as_dpop_algs"] and "ES256" in summary["resource_dpop_algs"], summary
+
+    # §5, §5.1, §6.1: every token request carried a proof; every token is DPoP, bound to the key.
+    tokens = summary["tokens"]
+    assert [t["token_type"] for t in tokens.values()] == ["DPoP"] * 3, tokens
+    assert [t["claims"]["cnf"] for t in tokens.values()] == [{"jkt": jkt}] * 3, tokens
+    token_requests = requests_to(summary, "POST", f"{stack.issuer}/token")
+    assert [(e["grant_type"], e["status"], e["token_type"]) for e in token_requests] == [
+        ("authorization_code", 200, "DPoP"), ("authorization_code", 200, "DPoP"), ("refresh_token", 200, "DPoP"),
+    ], token_requests  # fmt: skip
+    for entry in token_requests:
+        assert_proof(entry, public_jwk, f"{stack.issuer}/token", None, started)
+
+    # §7.1: after the first (unauthenticated) request, DPoP scheme and a proof every time.
+    by_jti = {t["claims"]["jti"]: t["access_token"] for t in tokens.values()}
+    unauthenticated, *mcp = [e for e in summary["trace"] if e.get("url") == stack.mcp_url]
+    assert unauthenticated["auth_scheme"] is None and "dpop" not in unauthenticated, unauthenticated
+    assert mcp and all(e["auth_scheme"] == "DPoP" and not e["bearer"] for e in mcp), mcp
+    for entry in mcp:
+        assert_proof(entry, public_jwk, stack.mcp_url, by_jti[entry["token_jti"]], started)
+    # The 403 is the step-up (assert_step_up), the 401 the expired token (assert_refreshed).
+    assert sorted(e["status"] for e in mcp if e["status"] != 200) == [401, 403], mcp
+    assert {e["token_jti"] for e in mcp} == set(by_jti), "not every token was used at the MCP server"
+    proofs = [e["dpop"]["claims"]["jti"] for e in summary["trace"] if "dpop" in e]
+    assert len(proofs) == len(set(proofs)) == len(token_requests) + len(mcp)  # §11.1: never reused
+
+    # §7.1, §11.1: the example server checks the proof, not only the token.
+    probes = summary["dpop_probes"]
+    assert probes["good_proof"]["status"] == 200, probes["good_proof"]  # the probes themselves are sound
+    assert (probes["as_bearer"]["status"], probes["as_bearer"]["error"]) == (401, "invalid_token"), probes
+    for name in ("no_proof", "other_key", "replayed_proof"):
+        refused = probes[name]
+        assert (refused["status"], refused["error"]) == (401, "invalid_dpop_proof"), (name, refused)
+        assert refused["www_authenticate"].startswith("DPoP ") and 'algs="' in refused["www_authenticate"], refused
+    assert probes["other_key_thumbprint"] != jkt
+    assert probes["replayed_jti"] in [e["dpop"]["claims"]["jti"] for e in mcp if e["status"] == 200]
+    # The expired token, with the DPoP scheme and a good proof, is refused with a DPoP challenge.
+    assert summary["expired_probe"]["www_authenticate"].startswith("DPoP "), summary["expired_probe"]
+
+    # §5: the refresh tokens are bound to the key in Ostiary's database.
+    rows = refresh_rows(stack, summary["client_id"])  # two code exchanges and the refresh
+    assert len(rows) == 3 and all(row[2] == jkt for row in rows), rows
+    [current] = [row for row in rows if row[1] is not None]  # the refresh's successor
+    assert current[3] is None and current[4] is None, current  # unused, not revoked
+
+    # A stolen refresh token without the key: no proof, or the thief's own key.
+    refreshed = tokens["refreshed"]["refresh_token"]
+    missing = refresh_at(stack, summary["client_id"], refreshed)
+    assert missing.status_code == 400 and missing.json()["error"] == "invalid_dpop_proof", missing.text
+    thief = DPoPClient()
+    other = refresh_at(stack, summary["client_id"], refreshed, dpop=thief.proof(htu=f"{stack.issuer}/token"))
+    assert other.status_code == 400 and other.json()["error"] == "invalid_grant", other.text
+    assert refresh_rows(stack, summary["client_id"]) == rows  # neither spent nor revoked anything
+    assert audit_count(stack, "token.reuse_detected") == reuse_before

@@ -13,9 +13,16 @@
 //   4. wait until the access token has expired (the MCP server then answers 401 invalid_token)
 //      and call a tool again: the SDK refreshes (refresh_token grant) without a browser.
 //
+// With --dpop the provider's dpop() returns one DpopSession (a fresh ES256 key, kept for the whole
+// flow, as the SDK wants one per client registration): the SDK signs a DPoP proof into every token
+// request and presents the DPoP-bound tokens with `Authorization: DPoP` and a fresh proof per
+// request (RFC 9449). Before the token expires the script also sends the MCP server a few requests
+// of its own with the SDK's token (`dpop_probes`: a good proof, then the token as a bearer token,
+// without a proof, with another key's proof, and with a proof the SDK already used).
+//
 //   node v2_client_flow.mjs --server-url http://127.0.0.1:8001/mcp --mode dcr|cimd \
 //        --callback-port 8123 [--client-metadata-url https://localhost:8443/client.json] \
-//        [--username alice]          (password in the E2E_PASSWORD environment variable)
+//        [--username alice] [--dpop]  (password in the E2E_PASSWORD environment variable)
 //
 // Prints one JSON line (the summary) on stdout and exits 0; on any failure prints
 // "v2_client_flow: FAILED: ..." on stderr and exits non-zero. Everything is bounded in time.
@@ -25,7 +32,7 @@ import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 
-import { Client, StreamableHTTPClientTransport, UnauthorizedError } from '@modelcontextprotocol/client';
+import { Client, DpopSession, StreamableHTTPClientTransport, UnauthorizedError } from '@modelcontextprotocol/client';
 import { chromium } from 'playwright-core';
 
 const CHROMIUM = '/usr/bin/chromium';
@@ -69,6 +76,13 @@ function decodeJwtPayload(jwt) {
   return JSON.parse(Buffer.from(parts[1], 'base64url').toString('utf8'));
 }
 
+// A DPoP proof as sent (RFC 9449 §4.2): its header and claims, for the summary.
+function decodeProof(proof) {
+  const parts = proof.split('.');
+  const [header, claims] = parts.slice(0, 2).map((part) => JSON.parse(Buffer.from(part, 'base64url').toString('utf8')));
+  return { header, claims, parts: parts.length };
+}
+
 // -- arguments ---------------------------------------------------------------------------------
 
 const { values: args } = parseArgs({
@@ -78,6 +92,7 @@ const { values: args } = parseArgs({
     'callback-port': { type: 'string' },
     'client-metadata-url': { type: 'string' },
     username: { type: 'string', default: 'alice' },
+    dpop: { type: 'boolean', default: false },
   },
 });
 const serverUrl = args['server-url'];
@@ -96,17 +111,27 @@ const callbackUrl = `http://127.0.0.1:${callbackPort}/callback`;
 const trace = []; // every HTTP exchange the SDK made: discovery, registration, token, MCP
 const consents = []; // what each consent page showed
 const authorizations = []; // every authorization URL the SDK sent the browser to
+let lastMcpProof; // the last DPoP proof the SDK sent the MCP server, and its token (for a replay)
 
 // The SDK's fetch for the MCP server and for auth() (the transport hands it to both).
 async function tracingFetch(url, init) {
   const method = (init?.method ?? 'GET').toUpperCase();
   const entry = { method, url: String(url) };
   const headers = new Headers(init?.headers);
+  const proof = headers.get('dpop'); // RFC 9449 §4.1: the DPoP header, at the AS and the server
+  if (proof) entry.dpop = decodeProof(proof);
   if (entry.url === serverUrl) {
     // MCP 2026-07-28 (SEP-2243): the standard headers on every request POST.
     entry.mcp_method = headers.get('mcp-method');
     entry.mcp_protocol_version = headers.get('mcp-protocol-version');
-    entry.bearer = (headers.get('authorization') ?? '').startsWith('Bearer ');
+    const authorization = headers.get('authorization') ?? '';
+    entry.bearer = authorization.startsWith('Bearer ');
+    entry.auth_scheme = authorization ? authorization.split(' ')[0] : null;
+    if (authorization) {
+      const token = authorization.slice(authorization.indexOf(' ') + 1);
+      entry.token_jti = decodeJwtPayload(token).jti; // which access token it was
+      if (proof) lastMcpProof = { proof, token };
+    }
   } else if (method === 'POST' && init?.body instanceof URLSearchParams) {
     const form = init.body;
     entry.grant_type = form.get('grant_type');
@@ -124,6 +149,17 @@ async function tracingFetch(url, init) {
   entry.status = response.status;
   const challenge = response.headers.get('www-authenticate');
   if (challenge) entry.www_authenticate = challenge;
+  const nonce = response.headers.get('dpop-nonce');
+  if (nonce) entry.dpop_nonce = nonce;
+  if (entry.grant_type) {
+    // A token response (a copy: the SDK reads the original): the token type or the error.
+    const body = await response
+      .clone()
+      .json()
+      .catch(() => null);
+    entry.token_type = body?.token_type ?? null;
+    entry.error = body?.error ?? null;
+  }
   trace.push(entry);
   return response;
 }
@@ -154,8 +190,11 @@ function startCallbackServer() {
 // -- the OAuthClientProvider -------------------------------------------------------------------
 
 class MemoryProvider {
-  constructor({ clientMetadataUrl, onRedirect }) {
+  constructor({ clientMetadataUrl, onRedirect, dpopSession }) {
     if (clientMetadataUrl) this.clientMetadataUrl = clientMetadataUrl;
+    // OAuthClientProvider.dpop(): the transports check for the method itself, so it exists only
+    // in DPoP mode. The same session (key) for the whole flow: token requests and MCP requests.
+    if (dpopSession) this.dpop = () => dpopSession;
     this._onRedirect = onRedirect;
     this._state = undefined;
     this.savedClientInformation = [];
@@ -298,7 +337,61 @@ function tokenSummary(tokens) {
     token_type: tokens.token_type,
     scope: tokens.scope ?? null,
     expires_in: tokens.expires_in ?? null,
-    claims: { iss: claims.iss, aud: claims.aud, sub: claims.sub, client_id: claims.client_id, scope: claims.scope, exp: claims.exp },
+    claims: {
+      iss: claims.iss, aud: claims.aud, sub: claims.sub, client_id: claims.client_id, scope: claims.scope,
+      exp: claims.exp, jti: claims.jti, cnf: claims.cnf ?? null,
+    },
+  };
+}
+
+// One request to the MCP server outside the SDK (tools/list), with these headers; what it answered.
+async function probe(headers) {
+  const response = await withTimeout(
+    fetch(serverUrl, {
+      method: 'POST',
+      headers: {
+        'Content-Type': 'application/json',
+        Accept: 'application/json, text/event-stream',
+        'MCP-Protocol-Version': PROTOCOL_VERSION,
+        'Mcp-Method': 'tools/list',
+        ...headers,
+      },
+      // MCP 2026-07-28: every request carries the protocol version and capabilities in _meta.
+      body: JSON.stringify({
+        jsonrpc: '2.0',
+        id: 1,
+        method: 'tools/list',
+        params: { _meta: { 'io.modelcontextprotocol/protocolVersion': PROTOCOL_VERSION, 'io.modelcontextprotocol/clientCapabilities': {} } },
+      }),
+    }),
+    'a probe of the MCP server',
+  );
+  const text = await response.text();
+  let error = null;
+  try {
+    error = JSON.parse(text).error ?? null;
+  } catch {
+    // not JSON
+  }
+  return { status: response.status, www_authenticate: response.headers.get('www-authenticate'), error };
+}
+
+// RFC 9449 §7.1 at the MCP server, with the SDK's (unexpired) DPoP-bound token: a fresh proof of
+// the session's key is accepted; the token as a bearer token, without a proof, with a proof of
+// another key, or with a proof the SDK already used (§11.1) is not.
+async function dpopProbes(session, token) {
+  const proofFor = (s, accessToken) => s.buildProof({ htm: 'POST', htu: serverUrl, accessToken });
+  if (!lastMcpProof) throw new Error('the SDK sent the MCP server no DPoP proof');
+  const replayed = lastMcpProof;
+  const other = await DpopSession.create();
+  return {
+    good_proof: await probe({ Authorization: `DPoP ${token}`, DPoP: await proofFor(session, token) }),
+    as_bearer: await probe({ Authorization: `Bearer ${token}` }),
+    no_proof: await probe({ Authorization: `DPoP ${token}` }),
+    other_key: await probe({ Authorization: `DPoP ${token}`, DPoP: await proofFor(other, token) }),
+    other_key_thumbprint: other.thumbprint,
+    replayed_proof: await probe({ Authorization: `DPoP ${replayed.token}`, DPoP: replayed.proof }),
+    replayed_jti: decodeProof(replayed.proof).claims.jti,
   };
 }
 
@@ -312,7 +405,10 @@ async function main() {
   );
   const context = await browser.newContext(); // one profile: it keeps the Ostiary session
   let browserStep;
+  step = 'create the DPoP session';
+  const dpopSession = args.dpop ? await DpopSession.create() : undefined;
   const provider = new MemoryProvider({
+    dpopSession,
     clientMetadataUrl: mode === 'cimd' ? args['client-metadata-url'] : undefined,
     onRedirect(url) {
       // The SDK calls this inside auth(); the user acts in the browser meanwhile.
@@ -386,6 +482,11 @@ async function main() {
     step = 'call the write tool again';
     const added = await withTimeout(client.callTool({ name: 'add_note', arguments: { text: 'buy milk' } }), 'tools/call add_note (retry)');
     const secondList = await withTimeout(client.callTool({ name: 'list_notes', arguments: {} }), 'tools/call list_notes');
+    let probes = null;
+    if (dpopSession) {
+      step = 'probe the MCP server with the DPoP-bound token';
+      probes = await dpopProbes(dpopSession, stepUpTokens.access_token);
+    }
 
     step = 'wait for the access token to expire';
     const expiresAt = stepUpTokens.claims.exp * 1000;
@@ -394,10 +495,14 @@ async function main() {
     // The MCP server itself now refuses the stored token (a request outside the SDK).
     let expiredProbe;
     for (let attempt = 0; attempt < 10; attempt++) {
+      // A DPoP-bound token with its scheme and a good proof: only the expiry can be refused.
+      const authorization = dpopSession
+        ? { Authorization: `DPoP ${stepUpTokens.access_token}`, DPoP: await dpopSession.buildProof({ htm: 'POST', htu: serverUrl, accessToken: stepUpTokens.access_token }) }
+        : { Authorization: `Bearer ${stepUpTokens.access_token}` };
       const response = await fetch(serverUrl, {
         method: 'POST',
         headers: {
-          Authorization: `Bearer ${stepUpTokens.access_token}`,
+          ...authorization,
           'Content-Type': 'application/json',
           Accept: 'application/json, text/event-stream',
         },
@@ -437,6 +542,10 @@ async function main() {
       issuer: asMetadata?.issuer ?? null,
       client_id_metadata_document_supported: asMetadata?.client_id_metadata_document_supported ?? null,
       iss_parameter_supported: asMetadata?.authorization_response_iss_parameter_supported ?? null,
+      as_dpop_algs: asMetadata?.dpop_signing_alg_values_supported ?? null,
+      resource_dpop_algs: discovery?.resourceMetadata?.dpop_signing_alg_values_supported ?? null,
+      dpop: dpopSession ? { thumbprint: dpopSession.thumbprint, alg: dpopSession.alg, public_jwk: dpopSession.publicJwk } : null,
+      dpop_probes: probes,
       authorizations,
       callbacks,
       consents,
