@@ -1,24 +1,29 @@
 """The `ostiary` command. Its forms are a contract: README, tests and operators rely on them.
 
 Every command is a thin caller of app/services/ (the same operations the console runs).
-Exit status: 0 success; 2 bad arguments or values, or an operation the service refuses (with a
-usage message, nothing written); 78 (EX_CONFIG) an invalid setting; 1 any other failure.
+Exit status: 0 success; 2 bad arguments or values, or an operation the service refuses (one
+line saying why and where to find the usage, nothing written); 78 (EX_CONFIG) an invalid setting
+or a server that cannot start as configured (a keyring that does not decrypt the stored keys, a
+port in use); 1 any other failure. Every list command takes --json.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import getpass
 import json
 import logging
 import os
+import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import uvicorn
@@ -26,13 +31,13 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.infra.db import make_engine, make_sessionmaker, transaction
-from app.models import User
+from app.models import Client, User
+from app.models.client import KIND_ADMIN
 from app.models.key import ACTIVE
 from app.oauth.redirect_uris import InvalidRedirectUri, validate_registered
 from app.oauth.scopes import is_scope_token
-from app.security.secrets import Keyring
-from app.security.text import invisible_character
-from app.services import Refused, keys
+from app.security.secrets import DecryptError, Keyring
+from app.services import Refused, keys, mfa
 from app.services import clients as client_service
 from app.services import identities as identity_service
 from app.services import resources as resource_service
@@ -51,7 +56,15 @@ EX_CONFIG = 78
 
 
 class UsageError(Exception):
-    """A bad value on the command line: print the subcommand's usage and exit 2."""
+    """A bad value on the command line: say so in one line, point to --help, exit 2."""
+
+
+class StartupError(Exception):
+    """The server cannot start as configured (a port in use): one line, exit 78."""
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2))
 
 
 def _fmt_time(ts: int | None) -> str:
@@ -111,9 +124,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if ":" in host:
             host = f"[{host}]"
         os.environ["OSTIARY_ISSUER"] = f"http://{host}:{args.port}"
-    settings = ensure_development_keyring(load_settings())  # the one place a keyring is made
+    settings = load_settings()
+    _check_port(args.host, args.port)
+    settings = ensure_development_keyring(settings)  # the one place a keyring is made
     engine, factory = _open(settings, migrate=args.migrate)
-    keys.ensure_keys(factory, settings, Keyring(settings.keyring()))
+    keyring = Keyring(settings.keyring())
+    keys.ensure_keys(factory, settings, keyring)
+    keys.check_keyring(factory, keyring)  # before "serving": a wrong keyring is a setting to fix
     with factory() as db:
         no_admin = not users_store.any_admin(db)
     engine.dispose()
@@ -140,6 +157,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=20,
     )
     return 0
+
+
+def _check_port(host: str, port: int) -> None:
+    """Say that the port is taken before saying "serving" (uvicorn would log a traceback-like
+    error after it). Bound with SO_REUSEADDR as uvicorn binds, so a port in TIME_WAIT passes."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise StartupError(
+                    f"port {port} on {host} is already in use: stop what listens there, or give another --port"
+                ) from None
+            raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -182,6 +215,25 @@ def cmd_users_create(args: argparse.Namespace) -> int:
 def cmd_users_list(args: argparse.Namespace) -> int:
     _, factory = _open(load_settings())
     with factory() as db:
+        users = users_store.all_users(db)
+        if args.json:
+            _print_json(
+                [
+                    {
+                        "username": u.username,
+                        "id": u.id,
+                        "admin": u.is_admin,
+                        "disabled": u.disabled,
+                        "locked": u.locked_at is not None,
+                        "totp": u.mfa_enabled,
+                        "groups": list(u.groups or []),
+                        "created_at": u.created_at,
+                        "last_login_at": u.last_login_at,
+                    }
+                    for u in users
+                ]
+            )
+            return 0
         rows = [
             [
                 u.username,
@@ -192,7 +244,7 @@ def cmd_users_list(args: argparse.Namespace) -> int:
                 _fmt_time(u.last_login_at),
                 u.id,
             ]
-            for u in users_store.all_users(db)
+            for u in users
         ]
     print(_table(rows, ["USERNAME", "ADMIN", "STATUS", "TOTP", "CREATED", "LAST SIGN-IN", "ID"]))
     return 0
@@ -223,6 +275,51 @@ def cmd_users_disable(args: argparse.Namespace) -> int:
             raise _refused(exc) from None
         db.commit()
     print(f"disabled user {user.username}; ended {ended} browser session(s)")
+    return 0
+
+
+def cmd_users_enable(args: argparse.Namespace) -> int:
+    with _named_user(args.username) as (db, user):
+        if not user.disabled:
+            print(f"user {user.username} is not disabled")
+            return 0
+        user_service.set_disabled(db, user, False, via="cli")
+        db.commit()
+    print(f"enabled user {user.username}; their apps ask them to sign in again")
+    return 0
+
+
+def cmd_users_set_password(args: argparse.Namespace) -> int:
+    """An operator's password reset (docs/decisions.md#credentials-change-tokens-end)."""
+    try:
+        password = user_service.check_password(_read_password(args))
+    except Refused as exc:
+        raise _refused(exc) from None
+    with _named_user(args.username) as (db, user):
+        ended = user_service.set_password(db, user, password, via="cli")
+        db.commit()
+    print(f"set the password of {user.username}; ended {ended} browser session(s) and revoked their apps' tokens")
+    return 0
+
+
+def cmd_users_reset_mfa(args: argparse.Namespace) -> int:
+    with _named_user(args.username) as (db, user):
+        if not mfa.reset(db, user, via="cli"):
+            print(f"user {user.username} has no two-step verification: nothing to reset")
+            return 0
+        db.commit()
+    print(f"reset two-step verification of {user.username}; they sign in with their password and may set it up again")
+    return 0
+
+
+def cmd_users_delete(args: argparse.Namespace) -> int:
+    with _named_user(args.username) as (db, user):
+        try:
+            user_service.delete_user(db, user, via="cli")
+        except Refused as exc:
+            raise _refused(exc) from None
+        db.commit()
+    print(f"deleted user {user.username} with their sessions, consents and tokens")
     return 0
 
 
@@ -269,7 +366,13 @@ def cmd_resources_add(args: argparse.Namespace) -> int:
     implies = _implies_args(args.implies or [], [s.name for s in scopes])
     scopes = [replace(s, implies=implies.get(s.name, ())) for s in scopes]
     try:
-        spec = resource_service.check(args.uri, args.name, args.token_ttl, scopes)
+        spec = resource_service.check(args.uri, args.name, args.token_ttl, scopes, as_typed=not args.canonical)
+    except resource_service.NotCanonical as exc:
+        # docs/decisions.md#the-command-line-does-not-rewrite-a-resource-uri-silently
+        raise UsageError(
+            f"{exc.typed} would be stored as {exc.canonical} ({', '.join(exc.changes)}), the audience of its tokens: "
+            "give --canonical to accept that, or type that URI"
+        ) from None
     except Refused as exc:
         raise _refused(exc) from None
     _, factory = _open(load_settings())
@@ -287,6 +390,29 @@ def cmd_resources_list(args: argparse.Namespace) -> int:
     settings = load_settings()
     _, factory = _open(settings)
     with factory() as db:
+        resources = resources_store.all_resources(db)
+        if args.json:
+            _print_json(
+                [
+                    {
+                        "uri": r.uri,
+                        "name": r.name,
+                        "token_ttl": r.token_ttl or settings.access_token_ttl,
+                        "scopes": [
+                            {
+                                "name": s.name,
+                                "description": s.description,
+                                "default": s.is_default,
+                                "groups": s.allowed_groups,
+                                "implies": list(s.implies or []),
+                            }
+                            for s in r.scopes
+                        ],
+                    }
+                    for r in resources
+                ]
+            )
+            return 0
         rows = [
             [
                 r.uri,
@@ -296,18 +422,39 @@ def cmd_resources_list(args: argparse.Namespace) -> int:
                 ),
                 str(r.token_ttl or settings.access_token_ttl),
             ]
-            for r in resources_store.all_resources(db)
+            for r in resources
         ]
     print(_table(rows, ["URI", "NAME", "SCOPES (* = default, >X,Y = includes X and Y)", "TOKEN TTL"]))
     return 0
 
 
+def cmd_resources_remove(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    if _nothing_there(settings):
+        raise UsageError(f"no MCP server {args.uri!r} (see 'ostiary resources list')")
+    _, factory = _open(settings)
+    with factory() as db:
+        resource = resource_service.find(db, args.uri)
+        if resource is None:
+            raise UsageError(f"no MCP server {args.uri!r} (see 'ostiary resources list')")
+        uri = resource.uri
+        try:
+            revoked = resource_service.remove(db, resource, force=args.force, via="cli")
+        except resource_service.InUse as exc:
+            raise UsageError(
+                f"{exc.consents} consent(s) to {uri} exist: give --force to revoke them, with every token issued for it"
+            ) from None
+        db.commit()
+    print(f"removed MCP server {uri}" + (f"; revoked {revoked} consent(s) and their tokens" if revoked else ""))
+    print("Running servers stop accepting it within a few seconds.", file=sys.stderr)
+    return 0
+
+
 def cmd_clients_add(args: argparse.Namespace) -> int:
-    name = args.name.strip()
-    if not name or len(name) > client_service.MAX_NAME:
-        raise UsageError(f"--name must be 1 to {client_service.MAX_NAME} characters")
-    if invisible_character(name):
-        raise UsageError("--name must not contain control, format or separator characters")
+    try:
+        name = client_service.check_name(args.name)
+    except Refused as exc:
+        raise UsageError(f"--name: {str(exc).rstrip('.')}") from None
     if args.client_credentials:
         return _add_machine_client(args, name)
     if args.resource or args.scope or args.jwks_uri or args.jwks_file:
@@ -383,19 +530,41 @@ def _add_machine_client(args: argparse.Namespace, name: str) -> int:
 def cmd_clients_list(args: argparse.Namespace) -> int:
     _, factory = _open(load_settings())
     with factory() as db:
-        rows = [
+        clients = clients_store.all_clients(db)
+    if args.json:
+        _print_json(
             [
-                c.id,
-                c.name,
-                c.kind,
-                "public" if c.is_public else "confidential",
-                ", ".join(sorted({urlsplit(u).netloc or urlsplit(u).scheme + ":" for u in c.redirect_uris})),
-                _fmt_time(c.created_at),
-                _fmt_time(c.last_used_at),
+                {
+                    "client_id": c.id,
+                    "name": c.name,
+                    "kind": c.kind,
+                    "public": c.is_public,
+                    "auth_method": c.token_endpoint_auth_method,
+                    "grant_types": list(c.grant_types or []),
+                    "redirect_uris": list(c.redirect_uris or []),
+                    "trusted": c.trusted,
+                    "disabled": c.disabled,
+                    "created_at": c.created_at,
+                    "last_used_at": c.last_used_at,
+                }
+                for c in clients
             ]
-            for c in clients_store.all_clients(db)
+        )
+        return 0
+    rows = [
+        [
+            c.id,
+            c.name,
+            c.kind,
+            "public" if c.is_public else "confidential",
+            ", ".join(sorted({urlsplit(u).netloc or urlsplit(u).scheme + ":" for u in c.redirect_uris})),
+            _fmt_time(c.created_at),
+            _fmt_time(c.last_used_at),
+            "disabled" if c.disabled else "active",
         ]
-    print(_table(rows, ["CLIENT_ID", "NAME", "KIND", "TYPE", "REDIRECT HOSTS", "CREATED", "LAST USED"]))
+        for c in clients
+    ]
+    print(_table(rows, ["CLIENT_ID", "NAME", "KIND", "TYPE", "REDIRECT HOSTS", "CREATED", "LAST USED", "STATUS"]))
     return 0
 
 
@@ -421,6 +590,40 @@ def cmd_clients_trust(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextmanager
+def _client(client_id: str) -> Iterator[tuple[Session, Client]]:
+    """A database session and the client `client_id`, or a usage error."""
+    settings = load_settings()
+    if _nothing_there(settings):
+        raise UsageError(f"no client {client_id!r}")
+    _, factory = _open(settings)
+    with factory() as db:
+        client = clients_store.get(db, client_id)
+        if client is None:
+            raise UsageError(f"no client {client_id!r} (see 'ostiary clients list')")
+        yield db, client
+
+
+def cmd_clients_remove(args: argparse.Namespace) -> int:
+    with _client(args.client_id) as (db, client):
+        client_service.delete_client(db, client, reason="operator", via="cli")
+        db.commit()
+    print(f"removed client {client.id} ({client.name}); everything issued to it is revoked")
+    if client.kind != KIND_ADMIN:
+        print("It can register or be fetched again; 'ostiary clients block' keeps it out.", file=sys.stderr)
+    return 0
+
+
+def cmd_clients_disable(args: argparse.Namespace) -> int:
+    """docs/decisions.md#a-disabled-client-is-refused-until-enabled"""
+    disable = args.action == "disable"
+    with _client(args.client_id) as (db, client):
+        changed = client_service.set_disabled(db, client, disable, via="cli")
+        db.commit()
+    print(f"{client.id}: {'disabled' if disable else 'enabled'}" + ("" if changed else " (already)"))
+    return 0
+
+
 def cmd_clients_block(args: argparse.Namespace) -> int:
     _, factory = _open(load_settings())
     with factory() as db:
@@ -437,8 +640,11 @@ def cmd_clients_block(args: argparse.Namespace) -> int:
 def cmd_clients_blocked(args: argparse.Namespace) -> int:
     _, factory = _open(load_settings())
     with factory() as db:
-        rows = [[b.id, b.reason or "", _fmt_time(b.created_at)] for b in clients_store.blocked(db)]
-    print(_table(rows, ["CLIENT_ID", "REASON", "SINCE"]))
+        blocked = [(b.id, b.reason or "", b.created_at) for b in clients_store.blocked(db)]
+    if args.json:
+        _print_json([{"client_id": cid, "reason": reason, "since": at} for cid, reason, at in blocked])
+        return 0
+    print(_table([[cid, reason, _fmt_time(at)] for cid, reason, at in blocked], ["CLIENT_ID", "REASON", "SINCE"]))
     return 0
 
 
@@ -446,13 +652,34 @@ def cmd_clients_hosts_list(args: argparse.Namespace) -> int:
     """The trust policy for metadata-document client hosts: the settings' rules and the console's
     (docs/decisions.md#cimd-client-host-trust-policy)."""
     settings = load_settings()
-    rows = [[h, "allow", "OSTIARY_CIMD_ALLOWED_CLIENT_HOSTS", "-"] for h in settings.cimd_allowed_client_hosts]
-    rows += [[h, "deny", "OSTIARY_CIMD_DENIED_CLIENT_HOSTS", "-"] for h in settings.cimd_denied_client_hosts]
+    rules: list[dict[str, Any]] = [
+        {"host": h, "rule": "allow", "source": "OSTIARY_CIMD_ALLOWED_CLIENT_HOSTS", "note": None, "since": None}
+        for h in settings.cimd_allowed_client_hosts
+    ]
+    rules += [
+        {"host": h, "rule": "deny", "source": "OSTIARY_CIMD_DENIED_CLIENT_HOSTS", "note": None, "since": None}
+        for h in settings.cimd_denied_client_hosts
+    ]
     _, factory = _open(settings)
     with factory() as db:
-        rows += [[r.host, r.rule, "console: " + (r.note or "-"), _fmt_time(r.created_at)] for r in hosts_store.all_rules(db)]
+        rules += [
+            {"host": r.host, "rule": r.rule, "source": "console", "note": r.note or None, "since": r.created_at}
+            for r in hosts_store.all_rules(db)
+        ]
+    allow_list = any(r["rule"] == "allow" for r in rules)
+    if args.json:
+        _print_json(rules)
+        return 0
+    rows = [
+        [
+            r["host"],
+            r["rule"],
+            r["source"] + (": " + (r["note"] or "-") if r["source"] == "console" else ""),
+            _fmt_time(r["since"]),
+        ]
+        for r in rules
+    ]
     print(_table(rows, ["HOST", "RULE", "SOURCE", "SINCE"]))
-    allow_list = any(row[1] == "allow" for row in rows)
     print("only hosts an allow rule matches are accepted" if allow_list else "every host is accepted but denied ones")
     return 0
 
@@ -582,11 +809,26 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     settings = load_settings()
     _, factory = _open(settings)
     with factory() as db:
-        rows = [
-            [k.kid, k.alg, k.state, _fmt_time(k.created_at), _fmt_time(k.activated_at), _fmt_time(k.retired_at)]
-            for k in keys_store.all_keys(db)
-        ]
+        found = keys_store.all_keys(db)
         active = keys_store.by_state(db, ACTIVE)
+        if args.json:
+            _print_json(
+                [
+                    {
+                        "kid": k.kid,
+                        "alg": k.alg,
+                        "state": k.state,
+                        "created_at": k.created_at,
+                        "activated_at": k.activated_at,
+                        "retired_at": k.retired_at,
+                    }
+                    for k in found
+                ]
+            )
+            return 0
+        rows = [
+            [k.kid, k.alg, k.state, _fmt_time(k.created_at), _fmt_time(k.activated_at), _fmt_time(k.retired_at)] for k in found
+        ]
     print(_table(rows, ["KID", "ALG", "STATE", "CREATED", "ACTIVATED", "RETIRED"]))
     if active and active[0].activated_at:
         print(f"next scheduled rotation: {_fmt_time(active[0].activated_at + settings.key_rotation_period)}")
@@ -620,16 +862,51 @@ def _version() -> str:
 # -- argument parsing --------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ostiary", description="Ostiary, an OAuth 2.1 authorization server for MCP.")
-    parser.add_argument("--version", action="version", version=f"ostiary {_version()}")
+class BadArguments(Exception):
+    """argparse refused the command line (raised instead of printing the whole usage block)."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str):
+        super().__init__(message)
+        self.parser, self.message = parser, message
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help says its default, when it has one worth saying."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if "%(default)" not in text and action.option_strings and default not in (None, False, [], argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `error()` raises, and main() prints the message and where
+    to find the usage, not the whole usage block."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        raise BadArguments(self, message)
+
+
+def _json_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print a JSON array instead of a table (times in epoch seconds)")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="ostiary", description="Ostiary, an OAuth 2.1 authorization server for MCP.")
+    parser.add_argument("--version", action="version", version=f"ostiary {_version()}", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("serve", help="run the server")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--migrate", action="store_true", help="apply pending migrations first (PostgreSQL)")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    p.add_argument("--port", type=int, default=8000, help="the port to listen on")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes")
+    p.add_argument("--migrate", action="store_true", help="apply pending migrations first (PostgreSQL; SQLite always does)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("migrate", help="apply database migrations")
@@ -637,123 +914,189 @@ def build_parser() -> argparse.ArgumentParser:
 
     users = sub.add_parser("users", help="manage users").add_subparsers(dest="action", required=True, metavar="ACTION")
     p = users.add_parser("create", help="create a user")
-    p.add_argument("username", metavar="USERNAME")
-    p.add_argument("--admin", action="store_true")
-    p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    p.add_argument("username", metavar="USERNAME", help="compared case-insensitively")
+    p.add_argument("--admin", action="store_true", help="may use the admin console")
+    p.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input (else asked at the terminal)"
+    )
     p.set_defaults(func=cmd_users_create)
-    users.add_parser("list", help="list users").set_defaults(func=cmd_users_list)
-    p = users.add_parser("disable", help="disable a user and end their sessions")
-    p.add_argument("username", metavar="USERNAME")
+    p = users.add_parser("list", help="list users")
+    _json_flag(p)
+    p.set_defaults(func=cmd_users_list)
+    p = users.add_parser("disable", help="disable a user, end their sessions and revoke their tokens for good")
+    p.add_argument("username", metavar="USERNAME", help="the user")
     p.set_defaults(func=cmd_users_disable)
-
+    p = users.add_parser("enable", help="enable a disabled user (their apps ask them to sign in again)")
+    p.add_argument("username", metavar="USERNAME", help="the user")
+    p.set_defaults(func=cmd_users_enable)
+    p = users.add_parser("set-password", help="set a user's password; ends their sessions and revokes their tokens")
+    p.add_argument("username", metavar="USERNAME", help="the user")
+    p.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input (else asked at the terminal)"
+    )
+    p.set_defaults(func=cmd_users_set_password)
+    p = users.add_parser("reset-mfa", help="turn off a user's two-step verification (a lost device)")
+    p.add_argument("username", metavar="USERNAME", help="the user")
+    p.set_defaults(func=cmd_users_reset_mfa)
+    p = users.add_parser("delete", help="delete a user with their sessions, consents and tokens (never the last admin)")
+    p.add_argument("username", metavar="USERNAME", help="the user")
+    p.set_defaults(func=cmd_users_delete)
     p = users.add_parser("unlock", help="lift the lock after too many wrong two-step verification codes")
-    p.add_argument("username", metavar="USERNAME")
+    p.add_argument("username", metavar="USERNAME", help="the user")
     p.set_defaults(func=cmd_users_unlock)
 
     resources = sub.add_parser("resources", help="manage MCP servers (resources)").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )
     p = resources.add_parser("add", help="register an MCP server")
-    p.add_argument("uri", metavar="URI")
-    p.add_argument("--name", required=True)
-    p.add_argument("--scope", action="append", metavar="NAME=DESCRIPTION", help="repeat for each scope")
-    p.add_argument("--default-scope", action="append", metavar="NAME", help="granted when a client asks for none")
+    p.add_argument("uri", metavar="URI", help="its canonical URI, the audience (aud) of its tokens (RFC 8707)")
+    p.add_argument("--name", required=True, help="shown on the consent page")
+    p.add_argument("--scope", action="append", metavar="NAME=DESCRIPTION", help="a scope and its description; repeatable")
+    p.add_argument("--default-scope", action="append", metavar="NAME", help="granted when a client asks for none; repeatable")
     p.add_argument(
         "--implies",
         action="append",
         metavar="NAME=OTHER,...",
         help="the scope includes these other scopes (a consent to it covers them); repeatable",
     )
-    p.add_argument("--token-ttl", type=int, metavar="SECONDS")
+    p.add_argument(
+        "--token-ttl", type=int, metavar="SECONDS", help="access-token lifetime, 30 to 3600 (default: OSTIARY_ACCESS_TOKEN_TTL)"
+    )
+    p.add_argument(
+        "--canonical",
+        action="store_true",
+        help="store the URI in canonical form (lower-case host, no default port, no trailing slash) "
+        "even if that changes what you typed",
+    )
     p.set_defaults(func=cmd_resources_add)
-    resources.add_parser("list", help="list MCP servers").set_defaults(func=cmd_resources_list)
+    p = resources.add_parser("list", help="list MCP servers")
+    _json_flag(p)
+    p.set_defaults(func=cmd_resources_list)
+    p = resources.add_parser("remove", help="remove an MCP server")
+    p.add_argument("uri", metavar="URI", help="its URI (compared in canonical form)")
+    p.add_argument("--force", action="store_true", help="also when users consented to it: revoke their consents and tokens")
+    p.set_defaults(func=cmd_resources_remove)
 
     clients = sub.add_parser("clients", help="manage clients").add_subparsers(dest="action", required=True, metavar="ACTION")
     p = clients.add_parser("add", help="register a client")
-    p.add_argument("--name", required=True)
+    p.add_argument("--name", required=True, help="shown on the consent page")
     p.add_argument(
         "--redirect-uri",
         action="append",
         default=[],
         metavar="URI",
-        help="repeatable; not needed for an MCP server's credentials",
+        help="where its authorization responses go; repeatable; not needed for an MCP server's credentials",
     )
-    p.add_argument("--confidential", action="store_true", help="issue a client secret")
+    p.add_argument("--confidential", action="store_true", help="issue a client secret (else a public client)")
     p.add_argument(
         "--resource-server", metavar="URI", help="the MCP server whose credentials these are: it may introspect its tokens"
     )
     p.add_argument("--introspect-any", action="store_true", help="may introspect every token (RFC 7662 §4)")
     p.add_argument("--client-credentials", action="store_true", help="a machine client (client_credentials grant)")
     p.add_argument("--resource", metavar="URI", help="with --client-credentials: the MCP server it gets tokens for")
-    p.add_argument("--scope", action="append", default=[], metavar="SCOPE", help="with --client-credentials: an allowed scope")
+    p.add_argument(
+        "--scope", action="append", default=[], metavar="SCOPE", help="with --client-credentials: an allowed scope; repeatable"
+    )
     p.add_argument("--jwks-uri", metavar="URL", help="private_key_jwt: where its public keys are published")
     p.add_argument("--jwks-file", metavar="PATH", help="private_key_jwt: a JWK Set file of its public keys")
     p.set_defaults(func=cmd_clients_add)
-    clients.add_parser("list", help="list clients").set_defaults(func=cmd_clients_list)
+    p = clients.add_parser("list", help="list clients")
+    _json_flag(p)
+    p.set_defaults(func=cmd_clients_list)
+    p = clients.add_parser("remove", help="delete a client and revoke everything issued to it")
+    p.add_argument("client_id", metavar="CLIENT_ID", help="the client")
+    p.set_defaults(func=cmd_clients_remove)
+    for action, text in (
+        ("disable", "refuse a client at /authorize and /token until enabled (nothing is revoked)"),
+        ("enable", "accept a disabled client again"),
+    ):
+        p = clients.add_parser(action, help=text)
+        p.add_argument("client_id", metavar="CLIENT_ID", help="the client")
+        p.set_defaults(func=cmd_clients_disable)
     clients.add_parser("prune", help="delete unused dynamically registered clients now").set_defaults(func=cmd_clients_prune)
     for action, text in (("trust", "let a self-registered client's errors redirect before sign-in"), ("untrust", "undo trust")):
         p = clients.add_parser(action, help=text)
-        p.add_argument("client_id")
+        p.add_argument("client_id", metavar="CLIENT_ID", help="the client")
         p.set_defaults(func=cmd_clients_trust)
     p = clients.add_parser("block", help="refuse a client id or metadata-document URL (deletes the client)")
-    p.add_argument("client_id")
-    p.add_argument("--reason", metavar="TEXT")
+    p.add_argument("client_id", metavar="CLIENT_ID", help="a client id or a metadata-document URL")
+    p.add_argument("--reason", metavar="TEXT", help="why, shown to operators")
     p.set_defaults(func=cmd_clients_block)
     p = clients.add_parser("unblock", help="lift a block")
-    p.add_argument("client_id")
+    p.add_argument("client_id", metavar="CLIENT_ID", help="a blocked client id or URL")
     p.set_defaults(func=cmd_clients_block)
-    clients.add_parser("blocked", help="list blocked client ids").set_defaults(func=cmd_clients_blocked)
+    p = clients.add_parser("blocked", help="list blocked client ids")
+    _json_flag(p)
+    p.set_defaults(func=cmd_clients_blocked)
     hosts = clients.add_parser("hosts", help="which hosts may publish metadata documents (allow and deny rules)").add_subparsers(
         dest="hosts_action", required=True, metavar="ACTION"
     )
-    hosts.add_parser("list", help="list the rules from the settings and the console").set_defaults(func=cmd_clients_hosts_list)
+    p = hosts.add_parser("list", help="list the rules from the settings and the console")
+    _json_flag(p)
+    p.set_defaults(func=cmd_clients_hosts_list)
     for rule, text in (
         ("allow", "accept apps from this host (once any allow rule exists, only those)"),
         ("deny", "refuse apps from this host"),
     ):
         p = hosts.add_parser(rule, help=text)
         p.add_argument("host", metavar="HOST", help="example.com, or *.example.com for its subdomains")
-        p.add_argument("--note", metavar="TEXT")
+        p.add_argument("--note", metavar="TEXT", help="why, shown to operators")
         p.set_defaults(func=cmd_clients_hosts_add, rule=rule)
     p = hosts.add_parser("remove", help="remove a console rule")
-    p.add_argument("host", metavar="HOST")
+    p.add_argument("host", metavar="HOST", help="the rule's host pattern")
     p.set_defaults(func=cmd_clients_hosts_remove)
     p = clients.add_parser("initial-token", help="create an initial access token for registration (RFC 7591)")
-    p.add_argument("--expires-in", type=int, default=7 * 24 * 3600, metavar="SECONDS")
-    p.add_argument("--uses", type=int, default=1, help="how many registrations it allows")
-    p.add_argument("--note", help="what it is for (shown to operators)")
+    p.add_argument(
+        "--expires-in",
+        type=int,
+        default=7 * 24 * 3600,
+        metavar="SECONDS",
+        help="how long it is valid (default: %(default)s, 7 days)",
+    )
+    p.add_argument("--uses", type=int, default=1, metavar="N", help="how many registrations it allows")
+    p.add_argument("--note", metavar="TEXT", help="what it is for (shown to operators)")
     p.set_defaults(func=cmd_clients_initial_token)
 
     idps = sub.add_parser("idps", help="manage organisations' identity providers").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )
     p = idps.add_parser("add", help="add an OpenID Connect provider (sign-in and/or trusted ID-JAG issuer)")
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("--issuer", required=True, metavar="URL")
+    p.add_argument("name", metavar="NAME", help="a short name, used in its callback URL")
+    p.add_argument("--issuer", required=True, metavar="URL", help="its issuer (OpenID Connect Discovery)")
     p.add_argument("--client-id", metavar="ID", help="Ostiary's client id at the provider (sign-in)")
     p.add_argument("--client-secret-file", metavar="PATH", help="a file holding Ostiary's client secret there")
-    p.add_argument("--scope", action="append", default=[], metavar="S", help="scopes to ask the provider for")
+    p.add_argument(
+        "--scope",
+        action="append",
+        default=[],
+        metavar="S",
+        help="scopes to ask the provider for; repeatable (default: openid profile email)",
+    )
     p.add_argument("--groups-claim", metavar="CLAIM", help="the claim whose values become the user's groups")
-    p.add_argument("--allowed-domain", action="append", default=[], metavar="DOMAIN", help="email domains it may vouch for")
+    p.add_argument(
+        "--allowed-domain", action="append", default=[], metavar="DOMAIN", help="email domains it may vouch for; repeatable"
+    )
     p.add_argument("--id-jag", action="store_true", help="trust the ID-JAGs it issues (enterprise-managed authorization)")
     p.set_defaults(func=cmd_idps_add)
     p = idps.add_parser("list", help="list identity providers")
-    p.add_argument("--json", action="store_true")
+    _json_flag(p)
     p.set_defaults(func=cmd_idps_list)
     p = idps.add_parser("remove", help="remove an identity provider (trust ends at once)")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", help="the provider")
     p.set_defaults(func=cmd_idps_remove)
 
     keys = sub.add_parser("keys", help="manage signing keys").add_subparsers(dest="action", required=True, metavar="ACTION")
-    keys.add_parser("list", help="list signing keys").set_defaults(func=cmd_keys_list)
+    p = keys.add_parser("list", help="list signing keys")
+    _json_flag(p)
+    p.set_defaults(func=cmd_keys_list)
     p = keys.add_parser("rotate", help="promote the next key, retire the active one")
     p.add_argument("--force", action="store_true", help="rotate even if the next key was published too recently")
     p.set_defaults(func=cmd_keys_rotate)
     return parser
 
 
-def _subparser_for(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
-    """The most specific parser for argv, so a usage error shows the right usage line."""
+def _subparser_for(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.ArgumentParser:
+    """The most specific parser for argv, so that an error names the command it is about."""
     current = parser
     for word in argv:
         actions = [a for a in current._actions if isinstance(a, argparse._SubParsersAction)]
@@ -763,20 +1106,34 @@ def _subparser_for(parser: argparse.ArgumentParser, argv: list[str]) -> argparse
     return current
 
 
+def _usage_error(parser: argparse.ArgumentParser, message: str) -> int:
+    """One line saying what is wrong, one saying where the usage is (not the whole usage block)."""
+    print(f"{parser.prog}: error: {message}", file=sys.stderr)
+    print(f"Run '{parser.prog} --help' for its usage.", file=sys.stderr)
+    return EX_USAGE
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except BadArguments as exc:
+        # Unrecognised arguments are reported by the top parser: name the command they follow.
+        return _usage_error(_subparser_for(parser, argv) if exc.parser is parser else exc.parser, exc.message)
     try:
         return args.func(args) or 0
     except UsageError as exc:
-        sub = _subparser_for(parser, argv)
-        sub.print_usage(sys.stderr)
-        print(f"{sub.prog}: error: {exc}", file=sys.stderr)
-        return EX_USAGE
+        return _usage_error(_subparser_for(parser, argv), str(exc))
     except SettingsError as exc:
         print(f"ostiary: invalid setting {exc.name}: {exc.message}", file=sys.stderr)
+        return EX_CONFIG
+    except DecryptError:
+        print(f"ostiary: invalid setting OSTIARY_SECRET_KEYS: {keys.keyring_mismatch()}", file=sys.stderr)
+        return EX_CONFIG
+    except StartupError as exc:
+        print(f"ostiary: {exc}", file=sys.stderr)
         return EX_CONFIG
     except KeyboardInterrupt:
         return 130

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import AsyncIterator
 
 import httpx
@@ -21,8 +22,10 @@ from app.infra.paths import TEMPLATES
 from app.oauth import resource_scopes
 from app.oauth import routes as oauth_routes
 from app.runtime import Runtime, build_runtime
+from app.security.secrets import DecryptError
 from app.services import jobs
-from app.settings import Settings, load_settings
+from app.services.keys import keyring_mismatch
+from app.settings import Settings, SettingsError, load_settings
 from app.web import account, authorize, login, mfa, setup_password, upstream
 
 
@@ -70,11 +73,23 @@ def create_app(settings: Settings, *, run_jobs: bool = True, fetch_transport: ht
     return app
 
 
+EX_CONFIG = 78
+
+
 def create_app_from_env() -> FastAPI:
-    """The uvicorn factory (`ostiary serve` runs this in every worker)."""
-    settings = load_settings()
-    logs.configure(settings.log_level)
-    return create_app(settings)
+    """The uvicorn factory (`ostiary serve` runs this in every worker). A setting that stops the
+    app from starting is one line naming it and exit status 78 (EX_CONFIG), not a traceback:
+    `ostiary serve` checks the same before it says "serving", this is for other launchers."""
+    try:
+        settings = load_settings()
+        logs.configure(settings.log_level)
+        return create_app(settings)
+    except SettingsError as exc:
+        problem = f"invalid setting {exc.name}: {exc.message}"
+    except DecryptError:
+        problem = f"invalid setting OSTIARY_SECRET_KEYS: {keyring_mismatch()}"
+    print(f"ostiary: {problem}", file=sys.stderr)
+    raise SystemExit(EX_CONFIG)
 
 
 def _page_renderer(runtime: Runtime) -> errors.PageRenderer:

@@ -615,7 +615,7 @@ async def test_create_a_resource_canonical_uri_and_snippet(world, runtime):
     page = (await world.admin.get(created.headers["location"].split("?")[0])).text
     assert 'value="https://tools.example.com/mcp"' in page  # RFC 8707 canonical form
     assert "https://tools.example.com/.well-known/oauth-protected-resource/mcp" in page  # RFC 9728 §3.1
-    metadata = re.search(r'data-snippet="metadata">(.*?)</pre>', page, re.S).group(1)
+    metadata = re.search(r'data-snippet="metadata"[^>]*>(.*?)</pre>', page, re.S).group(1)
     assert "&#34;resource&#34;: &#34;https://tools.example.com/mcp&#34;" in metadata
     assert f"&#34;authorization_servers&#34;: [\n    &#34;{ISSUER}&#34;" in metadata
     assert f'data-snippet="issuer">{ISSUER}<' in page and f'data-snippet="jwks_uri">{ISSUER}/jwks<' in page

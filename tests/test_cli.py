@@ -1,8 +1,9 @@
 """The operator CLI, each command through a real `ostiary` process, against the
 test database (a throwaway SQLite file, or PostgreSQL with OSTIARY_TEST_DATABASE_URL).
 
-The forms are a contract. Bad arguments or values: a usage message on stderr, exit 2, and
-nothing written (checked by comparing every row of every table before and after).
+The forms are a contract. Bad arguments or values: one line saying what is wrong and one pointing
+to --help on stderr (not the whole usage block), exit 2, and nothing written (checked by comparing
+every row of every table before and after).
 """
 
 from __future__ import annotations
@@ -87,9 +88,12 @@ def ostiary_no_keys(fresh_keys, tmp_path) -> Ostiary:
 
 
 def assert_usage_error(result: subprocess.CompletedProcess, usage: str) -> None:
+    """Exit 2, and on stderr exactly: `<command>: error: <why>` and the hint to its --help."""
     assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
-    assert f"usage: {usage}" in result.stderr
-    assert "Traceback" not in result.stderr
+    error, hint = result.stderr.splitlines()
+    assert error.startswith(f"{usage}: error: "), result.stderr
+    assert hint == f"Run '{usage} --help' for its usage."
+    assert "usage:" not in result.stderr and "Traceback" not in result.stderr
     assert result.stdout == ""
 
 
@@ -179,8 +183,10 @@ def test_users_bad_values_exit_2_write_nothing(bad_runs, args, stdin):
 
 
 def test_resources_add_prints_canonical_uri_rfc8707(ostiary):
+    """With --canonical the operator accepts the canonical form; without it, see
+    tests/test_cli_complete.py (docs/decisions.md#the-command-line-does-not-rewrite-a-resource-uri-silently)."""
     out = ostiary.ok(
-        "resources", "add", "HTTPS://MCP.Example.COM:443/mcp/",
+        "resources", "add", "HTTPS://MCP.Example.COM:443/mcp/", "--canonical",
         "--name", "Notes",
         "--scope", "notes:read=Read your notes",
         "--scope", "notes:write=Change your notes",
@@ -221,7 +227,7 @@ RESOURCES_BAD = [
     pytest.param(["https://mcp.example.com", *GOOD, "--token-ttl", "3601"], id="token ttl over one hour"),
     pytest.param(["https://mcp.example.com", *GOOD, "--token-ttl", "ten"], id="token ttl not a number"),
     pytest.param(["https://mcp.example.com", "--name", " ", "--scope", "a=b"], id="blank name"),
-    pytest.param(["HTTPS://Existing.example.com/", *GOOD], id="already registered (another spelling)"),
+    pytest.param(["HTTPS://Existing.example.com/", *GOOD, "--canonical"], id="already registered (another spelling)"),
 ]
 
 
@@ -398,7 +404,7 @@ ARGUMENTS_BAD = [
     pytest.param([], "ostiary", id="no command"),
     pytest.param(["frobnicate"], "ostiary", id="unknown command"),
     pytest.param(["users"], "ostiary users", id="users without action"),
-    pytest.param(["users", "delete", "alice"], "ostiary users", id="unknown users action"),
+    pytest.param(["users", "shred", "alice"], "ostiary users", id="unknown users action"),
     pytest.param(["users", "create", "--password-stdin"], "ostiary users create", id="users create without USERNAME"),
     pytest.param(["users", "disable"], "ostiary users disable", id="users disable without USERNAME"),
     pytest.param(
@@ -408,7 +414,7 @@ ARGUMENTS_BAD = [
     ),
     pytest.param(["resources", "add", "--name", "X", "--scope", "a=b"], "ostiary resources add", id="resources add without URI"),
     pytest.param(["clients"], "ostiary clients", id="clients without action"),
-    pytest.param(["keys", "rotate", "--now"], "ostiary", id="unknown option"),
+    pytest.param(["keys", "rotate", "--now"], "ostiary keys rotate", id="unknown option"),
     pytest.param(["keys", "shred"], "ostiary keys", id="unknown keys action"),
     pytest.param(["serve", "--port", "70000"], "ostiary serve", id="serve port out of range"),
     pytest.param(["serve", "--port", "http"], "ostiary serve", id="serve port not a number"),

@@ -1,6 +1,7 @@
 """/admin/clients: every client with its kind, name, redirect hosts, creation and last use;
-a detail page with its metadata and grants; delete (revokes everything issued to it); the block
-list; the trust policy for the hosts of metadata-document client_ids."""
+a detail page with its metadata and grants; edit (name, an admin-created client's redirect URIs),
+disable and enable, trust, delete (revokes everything issued to it); the block list; the trust
+policy for the hosts of metadata-document client_ids."""
 
 from __future__ import annotations
 
@@ -14,14 +15,18 @@ from sqlalchemy.orm import Session
 from app.admin.pages import AdminDep, Pager, confirm, confirmed, done_notice, not_found, page_number, require_csrf
 from app.http.body import FormDep
 from app.http.deps import DbDep, RuntimeDep
+from app.models import Client
 from app.models.client import KIND_ADMIN, KIND_DYNAMIC, KIND_METADATA_DOCUMENT
+from app.oauth.redirect_uris import InvalidRedirectUri, validate_registered
 from app.services import Refused
 from app.services.clients import (
     add_host_rule,
     block,
     create_machine_client,
     delete_client,
+    edit,
     remove_host_rule,
+    set_disabled,
     set_trusted,
     unblock,
 )
@@ -30,6 +35,7 @@ from app.stores import cimd_hosts as hosts_store
 from app.stores import clients as store
 from app.stores import consents as consents_store
 from app.stores import resources as resources_store
+from app.web.browser import Browser
 
 router = APIRouter()
 
@@ -71,22 +77,92 @@ def clients_page(
     )
 
 
-@router.get("/admin/clients/detail")
-def client_page(browser: AdminDep, db: DbDep, id: str = "", done: str = "") -> Response:
-    client = store.get(db, id[:2048]) if id else None
-    if client is None:
-        return not_found(browser, "client")
+CLIENT_NOTICES = ("trusted", "untrusted", "saved", "unchanged", "disabled", "enabled")
+
+
+def _client_page(
+    browser: Browser,
+    db: Session,
+    client: Client,
+    *,
+    done: str = "",
+    status: int = 200,
+    error: str | None = None,
+    form: dict[str, str] | None = None,
+) -> Response:
     return browser.render(
         "admin/client.html",
+        status,
         section="clients",
         client=client,
+        error=error,
+        form=form or {"name": client.name, "redirect_uris": "\n".join(client.redirect_uris or [])},
+        uris_editable=_uris_editable(client),
         kind_label=KINDS.get(client.kind, client.kind),
         metadata_json=json.dumps(client.client_metadata or {}, indent=2, sort_keys=True),
         mcp_server=resources_store.get(db, client.resource_id) if client.resource_id else None,
         machine_server=resources_store.get(db, client.grant_resource_id) if client.grant_resource_id else None,
         rows=consents_store.search(db, client_id=client.id, limit=500),
-        done=done_notice(done, "trusted", "untrusted"),
+        done=done,
     )
+
+
+@router.get("/admin/clients/detail")
+def client_page(browser: AdminDep, db: DbDep, id: str = "", done: str = "") -> Response:
+    client = store.get(db, id[:2048]) if id else None
+    if client is None:
+        return not_found(browser, "client")
+    return _client_page(browser, db, client, done=done_notice(done, *CLIENT_NOTICES))
+
+
+def _uris_editable(client: Client) -> bool:
+    """An admin-created client that signs users in: its redirect URIs are the operator's."""
+    return client.kind == KIND_ADMIN and "authorization_code" in (client.grant_types or [])
+
+
+def _detail(client_id: str, done: str) -> str:
+    return "/admin/clients/detail?id=" + quote(client_id, safe="") + "&done=" + done
+
+
+@router.post("/admin/clients/edit")
+def edit_client(browser: AdminDep, db: DbDep, runtime: RuntimeDep, form: FormDep) -> Response:
+    """Rename a client; replace an admin-created client's redirect URIs (one per line). Users'
+    consents name the client and its redirect hosts: they are asked again
+    (docs/decisions.md#consent-is-bound-to-what-the-user-saw)."""
+    require_csrf(browser, form)
+    client = store.get(db, str(form.get("client_id") or "")[:2048])
+    if client is None:
+        return not_found(browser, "client")
+    name = str(form.get("name") or "")[:300]
+    typed = str(form.get("redirect_uris") or "")[:20000]
+    try:
+        uris = None
+        if _uris_editable(client) and "redirect_uris" in form:
+            try:
+                uris = [validate_registered(u.strip(), runtime.settings.native_app_schemes) for u in typed.split() if u.strip()]
+            except InvalidRedirectUri as exc:
+                raise Refused(f"Redirect URI: {exc}.") from None
+        changed = edit(db, client, name=name, redirect_uris=uris, actor_id=browser.me.id, via="console")
+    except Refused as exc:
+        db.rollback()
+        db.refresh(client)
+        return _client_page(browser, db, client, status=400, error=str(exc), form={"name": name, "redirect_uris": typed})
+    db.commit()
+    return browser.redirect(_detail(client.id, "saved" if changed else "unchanged"))
+
+
+@router.post("/admin/clients/disable")
+def disable_client(browser: AdminDep, db: DbDep, form: FormDep) -> Response:
+    """Refuse a client at /authorize and /token until it is enabled again; nothing is revoked
+    (docs/decisions.md#a-disabled-client-is-refused-until-enabled)."""
+    require_csrf(browser, form)
+    client = store.get(db, str(form.get("client_id") or "")[:2048])
+    if client is None:
+        return not_found(browser, "client")
+    disabled = form.get("disabled") == "1"
+    set_disabled(db, client, disabled, actor_id=browser.me.id, via="console")
+    db.commit()
+    return browser.redirect(_detail(client.id, "disabled" if disabled else "enabled"))
 
 
 @router.post("/admin/clients/delete")
@@ -110,7 +186,7 @@ def delete(browser: AdminDep, db: DbDep, form: FormDep) -> Response:
             fields={"client_id": client.id},
             back="/admin/clients/detail?id=" + quote(client.id, safe=""),
         )
-    delete_client(db, client, reason="admin", actor_id=browser.me.id)
+    delete_client(db, client, reason="admin", actor_id=browser.me.id, via="console")
     db.commit()
     return browser.redirect("/admin/clients?done=deleted")
 

@@ -1,16 +1,17 @@
-"""/admin/resources: the MCP servers (RFC 8707 resources): list, create, edit, and the snippet
-for each server's author."""
+"""/admin/resources: the MCP servers (RFC 8707 resources): list, create, edit, delete, and the
+snippet for each server's author."""
 
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 from fastapi import APIRouter, Response
 from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
 from app.admin import resource_form
-from app.admin.pages import AdminDep, done_notice, not_found, require_csrf
+from app.admin.pages import AdminDep, confirm, confirmed, done_notice, not_found, require_csrf
 from app.admin.resource_form import ResourceForm
 from app.http.body import FormDep
 from app.http.deps import DbDep, RuntimeDep
@@ -26,9 +27,15 @@ router = APIRouter()
 
 
 @router.get("/admin/resources")
-def resources_page(browser: AdminDep, db: DbDep) -> Response:
+def resources_page(browser: AdminDep, db: DbDep, done: str = "") -> Response:
     grants = Counter(resource_id for resource_id, *_ in consents_store.scope_rows(db))
-    return browser.render("admin/resources.html", section="resources", resources=store.all_resources(db), grants=grants)
+    return browser.render(
+        "admin/resources.html",
+        section="resources",
+        resources=store.all_resources(db),
+        grants=grants,
+        done=done_notice(done, "deleted"),
+    )
 
 
 def _form_page(
@@ -92,3 +99,40 @@ def _save(browser: Browser, db: Session, runtime: Runtime, resource: Resource | 
     db.commit()
     runtime.invalidate_catalogue()  # every replica re-reads the catalogue within seconds; this one at once
     return browser.redirect(f"/admin/resources/{saved.id}?done={'created' if resource is None else 'saved'}")
+
+
+@router.post("/admin/resources/{resource_id}/delete")
+def delete(resource_id: int, browser: AdminDep, db: DbDep, runtime: RuntimeDep, form: FormDep) -> Response:
+    """Delete an MCP server after a confirmation page. While users have consented to it, the
+    page asks to revoke their consents too (the command line's --force), and refuses without
+    (docs/decisions.md#removing-an-mcp-server-that-users-consented-to-needs-confirmation)."""
+    require_csrf(browser, form)
+    resource = store.get(db, resource_id)
+    if resource is None:
+        return not_found(browser, "MCP server")
+    usage = resource_service.usage(db, resource)
+    consents = f"{usage.consents} consent{'s' if usage.consents != 1 else ''}"
+    message = f"Clients can no longer get tokens for {resource.uri}, and its tokens are refused at introspection."
+    if usage.consents:
+        message += f" Users gave it {consents}: they are revoked with every token issued under them."
+    if usage.clients:
+        message += f" {usage.clients} client(s) bound to it (its credentials, machine clients) are kept, unbound."
+    ask: dict[str, Any] = {
+        "title": f"Delete MCP server {resource.name}?",
+        "message": message,
+        "action": f"/admin/resources/{resource.id}/delete",
+        "fields": {},
+        "button": "Delete",
+        "back": f"/admin/resources/{resource.id}",
+        "option": ("force", f"Revoke its {consents} too") if usage.consents else None,
+    }
+    if not confirmed(form):
+        return confirm(browser, **ask)
+    try:
+        resource_service.remove(db, resource, force=form.get("force") == "on", actor_id=browser.me.id, via="admin")
+    except resource_service.InUse as exc:
+        db.rollback()
+        return confirm(browser, **ask, status=409, error=f"{exc} Tick the box to revoke them, or cancel.")
+    db.commit()
+    runtime.invalidate_catalogue()  # every replica re-reads the catalogue within seconds; this one at once
+    return browser.redirect("/admin/resources?done=deleted")

@@ -1,4 +1,7 @@
-"""The numbers on the overview: counts, scope usage per MCP server, and the daily chart."""
+"""The numbers on the overview: counts, scope usage per MCP server, and the daily chart.
+
+The tiles and the chart say the same thing: "issued" and "failures" have one definition each
+(ISSUED, FAILURES), days are UTC days, and today's tiles are the chart's last bar."""
 
 from __future__ import annotations
 
@@ -19,19 +22,25 @@ from app.stores import users as users_store
 
 DAY = 86400
 ISSUED = ("token.issued", "token.refreshed")
-SIGNIN_FAILURES = ("login.failed", "login.mfa_failed")
-FAILURES = (*SIGNIN_FAILURES, "token.reuse_detected", "code.replayed")
+# A failure is one of these, wherever the console counts failures.
+FAILURE_KINDS = {
+    "signin": ("login.failed", "login.mfa_failed"),  # a wrong password or second factor
+    "reuse": ("token.reuse_detected",),  # a used refresh token presented again
+    "replay": ("code.replayed",),  # an authorization code redeemed twice
+}
+SIGNIN_FAILURES = FAILURE_KINDS["signin"]
+FAILURES = tuple(event for events in FAILURE_KINDS.values() for event in events)
 CHART_DAYS = 14
 
 
-def counts(db: Session) -> dict[str, int | dict[str, int]]:
-    t = now()
+def counts(db: Session, today: int) -> dict[str, Any]:
+    """The tiles. `today`: the epoch day number the chart ends on."""
+    since = today * DAY
     return {
         **users_store.counts(db),
         "clients": clients_store.counts_by_kind(db),
         "grants": consents_store.count(db),
-        "issued_24h": audit_store.count_since(db, ISSUED, t - DAY),
-        "signin_failures_24h": audit_store.count_since(db, SIGNIN_FAILURES, t - DAY),
+        "failures_by_kind": {kind: audit_store.count_since(db, events, since) for kind, events in FAILURE_KINDS.items()},
     }
 
 
@@ -81,6 +90,7 @@ class ChartDay:
     label: str
     issued: Bar
     failed: Bar
+    labelled: bool  # shown on the axis: every other day, counting back from today (always shown)
 
 
 @dataclass
@@ -111,6 +121,7 @@ def daily_chart(issued: dict[int, int], failed: dict[int, int], today: int, days
             label=time.strftime("%m-%d", time.gmtime(d * DAY)),
             issued=make(i * slot + 5, issued.get(d, 0)),
             failed=make(i * slot + 5 + bar + 2, failed.get(d, 0)),
+            labelled=(today - d) % 2 == 0,
         )
         for i, d in enumerate(numbers)
     ]
@@ -126,17 +137,22 @@ def daily_chart(issued: dict[int, int], failed: dict[int, int], today: int, days
     )
 
 
-def chart(db: Session) -> Chart:
-    today = now() // DAY
+def chart(db: Session, today: int) -> Chart:
     since = (today - CHART_DAYS + 1) * DAY
     return daily_chart(audit_store.daily_counts(db, ISSUED, since), audit_store.daily_counts(db, FAILURES, since), today)
 
 
 def overview(db: Session) -> dict[str, Any]:
+    today = now() // DAY
     resources = resources_store.all_resources(db)
+    daily = chart(db, today)
+    tiles = counts(db, today)
+    # Today's tiles are the chart's last bars: one query, one definition.
+    tiles["issued_today"] = daily.days[-1].issued.value
+    tiles["failures_today"] = daily.days[-1].failed.value
     return {
-        "counts": counts(db),
+        "counts": tiles,
         "resources": resources,
         "usage": scope_usage(resources, consents_store.scope_rows(db)),
-        "chart": chart(db),
+        "chart": daily,
     }

@@ -8,7 +8,9 @@ reaches the application, so hostile input never gets as far as a 500.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterable
+from urllib.parse import urlsplit
 
 import anyio
 from starlette.exceptions import HTTPException
@@ -18,6 +20,8 @@ from app.http.endpoints import endpoint_for
 from app.security.hosts import HostPolicy, ProxyPolicy
 from app.services.audit import RequestContext, request_context
 from app.settings import Settings
+
+log = logging.getLogger("ostiary.edge")
 
 MAX_HEADER_BYTES = 16 * 1024  # all header names and values together
 MAX_HEADERS = 100
@@ -33,6 +37,8 @@ class EdgeMiddleware:
     def __init__(self, app: ASGIApp, settings: Settings, render_page: Callable[[int, str, str], bytes]):
         self.app = app
         self.hosts = HostPolicy(settings)
+        # For the 421 log line: the host names an operator configured.
+        self.answers_for = ", ".join([urlsplit(settings.issuer).netloc, *settings.extra_hosts])
         self.proxies = ProxyPolicy(settings.trusted_proxies)
         self.require_tls = not settings.issuer_is_loopback
         self.prefix = settings.issuer_path
@@ -60,8 +66,16 @@ class EdgeMiddleware:
         headers = scope["headers"]  # the Host a trusted proxy forwarded (X-Forwarded-Host) counts
         endpoint = endpoint_for(path)
         if not endpoint.probe:
-            if not self.hosts.allows(_header(headers, b"host")):
-                # RFC 9110 §15.5.20: this server is not configured to answer for that host.
+            host = _header(headers, b"host")
+            if not self.hosts.allows(host):
+                # RFC 9110 §15.5.20: this server is not configured to answer for that host. The
+                # operator learns which setting to change (docs/decisions.md#unknown-host-names-get-421).
+                log.warning(
+                    "421 Misdirected Request for host %s: this server answers for %s; if that host is "
+                    "this server's, set OSTIARY_ISSUER to its URL or add it to OSTIARY_EXTRA_HOSTS",
+                    _printable(host),
+                    self.answers_for,
+                )
                 return await self._refuse(
                     scope, send, 421, "invalid_request", "This server does not answer for that host name.", receive
                 )
@@ -187,6 +201,13 @@ def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str | None:
         if key == name:
             return value.decode("latin-1")
     return None
+
+
+def _printable(value: str | None, limit: int = 100) -> str:
+    """A client-sent value for a log line: quoted, escaped and cut short (no forged lines)."""
+    if value is None:
+        return "(none)"
+    return repr(value[:limit] + ("..." if len(value) > limit else ""))
 
 
 def _request_id(scope: Scope) -> str | None:

@@ -48,6 +48,13 @@ class Client(Base):
     # private_key_jwt (RFC 7523 §2.2): the client's public keys, inline or by URL (RFC 7591 §2).
     jwks: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     jwks_uri: Mapped[str | None] = mapped_column(String(2048))
+    # An admin disabled the client: refused at /authorize and /token until enabled again, nothing
+    # revoked (docs/decisions.md#a-disabled-client-is-refused-until-enabled).
+    disabled_at: Mapped[int | None] = mapped_column(BigInteger)
+
+    @property
+    def disabled(self) -> bool:
+        return self.disabled_at is not None
 
     @property
     def is_trusted(self) -> bool:

@@ -45,6 +45,7 @@ SHARED_SECRET_METHODS = {"client_secret_basic", "client_secret_post", "client_se
 PUBLIC_GRANT_TYPES = ("authorization_code", "refresh_token")
 BUSY = "Too many apps are being looked up right now. Please try again in a few seconds."
 BLOCKED = "This app has been blocked by the administrator of this server."
+DISABLED = "This app has been disabled by the administrator of this server."
 FETCH_FAILED = "The app's metadata document could not be fetched. If you publish it, check that it is served over https from a public address."
 HOST_DENIED = "The administrator of this server does not accept apps published at {host}."
 HOST_NOT_ALLOWED = "Apps published at {host} are not among those the administrator of this server accepts."
@@ -280,6 +281,10 @@ class MetadataDocuments:
 
     def resolve(self, db: Session, client_id: str, *, refresh: bool) -> Client | None:
         row = store.get(db, client_id)
+        if row is not None and row.disabled:
+            # An admin disabled it: refused wherever it is looked up, before any fetch
+            # (docs/decisions.md#a-disabled-client-is-refused-until-enabled).
+            raise InvalidClientError(description=DISABLED)
         if not self._settings.cimd_enabled or not is_metadata_url(client_id):
             return row if row is not None and row.kind != KIND_METADATA_DOCUMENT else None
         if row is not None and row.kind != KIND_METADATA_DOCUMENT:

@@ -17,6 +17,7 @@ from app.infra.db import now
 from app.models import Client, InitialAccessToken, Resource
 from app.models.client import KIND_ADMIN, KIND_DYNAMIC, KIND_METADATA_DOCUMENT
 from app.security.secrets import Keyring, new_token
+from app.security.text import invisible_character
 from app.services import Refused, audit
 from app.settings import Settings, host_pattern
 from app.stores import cimd_hosts as hosts_store
@@ -232,12 +233,89 @@ def set_trusted(db: Session, row: Client, trusted: bool, *, actor_id: str | None
     audit.record(db, "client.trusted" if trusted else "client.untrusted", client_id=row.id, actor_id=actor_id, via=via)
 
 
-def delete_client(db: Session, row: Client, *, reason: str, actor_id: str | None = None) -> None:
+def set_disabled(db: Session, row: Client, disabled: bool, *, actor_id: str | None = None, via: str = "cli") -> bool:
+    """Disable a client (refused at /authorize and /token while disabled) or enable it again.
+    Nothing is revoked or deleted: its refresh tokens work again once it is enabled
+    (docs/decisions.md#a-disabled-client-is-refused-until-enabled). False if it already was."""
+    if not store.set_disabled(db, row.id, now() if disabled else None):
+        return False
+    db.refresh(row)
+    event = "client.disabled" if disabled else "client.enabled"
+    audit.record(db, event, client_id=row.id, actor_id=actor_id, via=via, kind=row.kind, client_name=row.name)
+    return True
+
+
+def check_name(name: str) -> str:
+    """A client name an operator typed: 1 to MAX_NAME characters, nothing invisible."""
+    name = name.strip()
+    if not name or len(name) > MAX_NAME:
+        raise Refused(f"The name must be 1 to {MAX_NAME} characters.")
+    if invisible_character(name):
+        raise Refused("The name must not contain control, format or separator characters.")
+    return name
+
+
+def edit(
+    db: Session,
+    row: Client,
+    *,
+    name: str,
+    redirect_uris: list[str] | None = None,
+    actor_id: str | None = None,
+    via: str = "admin",
+) -> bool:
+    """An admin renames a client or, for a client an operator created, replaces its redirect
+    URIs (already validated, app/oauth/redirect_uris.py). A metadata-document client is named by
+    its document, which would overwrite the name at the next fetch, so it is refused; a
+    self-registered client's redirect URIs are its own (RFC 7592). Users' consents name the
+    client and its redirect hosts, so a change asks them again
+    (docs/decisions.md#consent-is-bound-to-what-the-user-saw). False if nothing changed."""
+    name = check_name(name)
+    if row.kind == KIND_METADATA_DOCUMENT and name != row.name:
+        raise Refused("This app's metadata document names it; the name would come back at the next fetch.")
+    uris = list(row.redirect_uris or [])
+    if redirect_uris is not None and redirect_uris != uris:
+        if row.kind != KIND_ADMIN:
+            raise Refused("Only the redirect URIs of a client an admin created can be changed here.")
+        if "authorization_code" not in (row.grant_types or []):
+            raise Refused("A machine client has no redirect URIs.")
+        if not redirect_uris and row.resource_id is None and not row.introspect_any:
+            raise Refused("Give at least one redirect URI.")
+        uris = list(dict.fromkeys(redirect_uris))
+    if (name, uris) == (row.name, list(row.redirect_uris or [])):
+        return False
+    before = {"name": row.name, "redirect_hosts": redirect_hosts(row.redirect_uris or [])}
+    row.name, row.redirect_uris = name, uris
+    row.client_metadata = {**(row.client_metadata or {}), "client_name": name, "redirect_uris": uris}
+    db.flush()
+    audit.record(
+        db,
+        "client.updated",
+        client_id=row.id,
+        actor_id=actor_id,
+        via=via,
+        client_name=row.name,
+        redirect_hosts=redirect_hosts(uris),
+        before=before,
+    )
+    return True
+
+
+def delete_client(db: Session, row: Client, *, reason: str, actor_id: str | None = None, via: str | None = None) -> None:
     """Delete a client and revoke everything issued to it (its access tokens become inactive at
     introspection until they expire; its refresh tokens, codes and grants go with the row)."""
     tokens_store.revoke(db, at=now(), reason="client_deleted", client_id=row.id)
     store.remove(db, row.id)
-    audit.record(db, "client.deleted", client_id=row.id, actor_id=actor_id, kind=row.kind, client_name=row.name, reason=reason)
+    audit.record(
+        db,
+        "client.deleted",
+        client_id=row.id,
+        actor_id=actor_id,
+        kind=row.kind,
+        client_name=row.name,
+        reason=reason,
+        **({"via": via} if via else {}),
+    )
 
 
 def prune(db: Session, settings: Settings) -> list[str]:

@@ -70,8 +70,9 @@ def give(db: Session, user: User, client: Client, resource: ResourceInfo, scopes
     return row
 
 
-def revoke(db: Session, grant: Consent, *, actor_id: str, via: str) -> None:
-    """`via`: "admin" (an admin revoked it) or "account" (the user disconnected the app)."""
+def revoke(db: Session, grant: Consent, *, actor_id: str | None, via: str) -> None:
+    """`via`: "admin" (an admin revoked it), "account" (the user disconnected the app) or "cli"
+    (an operator removed the MCP server with --force)."""
     # The grant goes first: deleting its row waits for any refresh under it that is inserting a
     # successor right now, so the revocation below (a later statement) sees that successor too.
     store.remove(db, grant.id)
@@ -96,7 +97,7 @@ def revoke(db: Session, grant: Consent, *, actor_id: str, via: str) -> None:
     )
 
 
-def revoke_many(db: Session, grant_ids: list[int], *, actor_id: str, via: str) -> int:
+def revoke_many(db: Session, grant_ids: list[int], *, actor_id: str | None, via: str) -> int:
     """Bulk revocation (every grant of a user, or of a client). Returns how many were revoked."""
     done = 0
     for grant_id in grant_ids:

@@ -28,9 +28,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.infra.db import now, transaction
 from app.models.key import ACTIVE, NEXT, RETIRED, SigningKey
-from app.security.secrets import Keyring
+from app.security.secrets import DecryptError, Keyring
 from app.services import audit
-from app.settings import Settings
+from app.settings import Settings, SettingsError
 from app.stores import jobs
 from app.stores import keys as store
 
@@ -89,6 +89,30 @@ def private_key(row: SigningKey, keyring: Keyring) -> RSAKey | ECKey:
     pem = keyring.decrypt(row.private_key_enc, _context(row.kid))
     cls = RSAKey if row.alg == "RS256" else ECKey
     return cls.import_key(pem, parameters={"kid": row.kid, "alg": row.alg, "use": "sig"})
+
+
+def check_keyring(factory: sessionmaker[Session], keyring: Keyring) -> None:
+    """At startup: every published signing key decrypts under the keyring, or a SettingsError
+    naming OSTIARY_SECRET_KEYS and what to do
+    (docs/decisions.md#the-keyrings-first-secret-writes-every-secret-reads)."""
+    with factory() as db:
+        rows = store.published(db)
+    lost = []
+    for row in rows:
+        try:
+            keyring.decrypt(row.private_key_enc, _context(row.kid))
+        except DecryptError:
+            lost.append(row.kid)
+    if lost:
+        raise SettingsError("OSTIARY_SECRET_KEYS", keyring_mismatch(len(lost)))
+
+
+def keyring_mismatch(count: int | None = None) -> str:
+    what = f"{count} signing key{'s' if count != 1 else ''}" if count else "the signing keys"
+    return (
+        f"no secret in it decrypts {what} stored in the database; put back the secret they were "
+        "encrypted with (new secrets go first, old ones after them)"
+    )
 
 
 def _reencrypt(rows: list[SigningKey], keyring: Keyring) -> None:

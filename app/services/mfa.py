@@ -142,11 +142,15 @@ def recovery_codes_left(db: Session, user: User) -> int:
     return store.recovery_codes_left(db, user.id)
 
 
-def reset(db: Session, user: User, *, actor_id: str) -> None:
-    """Turn TOTP off (an admin helping a user who lost their device); they may enrol again."""
+def reset(db: Session, user: User, *, actor_id: str | None = None, via: str = "admin") -> bool:
+    """Turn TOTP off (an admin helping a user who lost their device); they may enrol again.
+    False, and nothing done, if the user has no second factor, not even one being set up."""
+    if not user.mfa_enabled and not user.totp_secret_enc:
+        return False
     store.reset(db, user.id)
     # Sessions signed in with the old factor end, and the tokens issued through them
     # (docs/decisions.md#credentials-change-tokens-end): the next sign-in is with the new setup.
     sessions_store.remove_for_user(db, user.id)
     tokens_store.revoke(db, at=now(), reason="mfa_reset", user_id=user.id)
-    audit.record(db, "mfa.reset", user_id=user.id, username=user.username, actor_id=actor_id)
+    audit.record(db, "mfa.reset", user_id=user.id, username=user.username, actor_id=actor_id, via=via)
+    return True

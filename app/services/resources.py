@@ -1,20 +1,26 @@
 """MCP servers (RFC 8707 resources, RFC 9728 protected resources): validating what an operator
-typed, creating and updating them. The console form and `ostiary resources add` both come here.
+typed, creating, updating and removing them. The console and the `ostiary resources` commands
+both come here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy.orm import Session
 
+from app.infra.db import now
 from app.models import Resource
 from app.oauth.resource_indicators import InvalidResource, canonical_resource
 from app.oauth.scopes import PROTOCOL_SCOPES, is_scope_token
-from app.services import Refused, audit
+from app.services import Refused, audit, consents
 from app.settings import MAX_ACCESS_TOKEN_TTL
+from app.stores import clients as clients_store
+from app.stores import consents as consents_store
 from app.stores import resources as store
+from app.stores import tokens as tokens_store
 
 MIN_TTL = 30
 MAX_NAME = 200
@@ -39,12 +45,43 @@ class ResourceSpec:
     scopes: list[ScopeSpec] = field(default_factory=list)
 
 
-def check(uri: str, name: str, token_ttl: int | None, scopes: list[ScopeSpec]) -> ResourceSpec:
-    """What to store, or Refused naming the first problem."""
+class NotCanonical(Refused):
+    """The URI as typed is not the form it would be stored in, which is the `aud` of its tokens
+    (docs/decisions.md#the-command-line-does-not-rewrite-a-resource-uri-silently)."""
+
+    def __init__(self, typed: str, canonical: str):
+        self.typed, self.canonical = typed, canonical
+        self.changes = rewrites(typed, canonical)
+        super().__init__(
+            f"The URI would be stored as {canonical} ({', '.join(self.changes)}); that is the audience of its tokens, "
+            "which the MCP server must accept."
+        )
+
+
+def rewrites(typed: str, canonical: str) -> list[str]:
+    """What canonicalisation (RFC 8707 §2, app/oauth/resource_indicators.py) changed, in words."""
+    before, after = urlsplit(typed), urlsplit(canonical)
+    changes = []
+    authority = before.netloc.rsplit("@", 1)[-1]
+    host = authority[1 : authority.find("]")] if authority.startswith("[") else authority.split(":")[0]
+    if before.scheme != after.scheme or host != before.hostname:
+        changes.append("scheme and host in lower case")
+    if before.port is not None and after.port is None:
+        changes.append("the default port dropped")
+    if before.path != after.path:
+        changes.append("the trailing slash dropped")
+    return changes or ["rewritten"]
+
+
+def check(uri: str, name: str, token_ttl: int | None, scopes: list[ScopeSpec], *, as_typed: bool = False) -> ResourceSpec:
+    """What to store, or Refused naming the first problem. `as_typed`: refuse a URI that
+    canonicalisation would change (NotCanonical), instead of storing its canonical form."""
     try:
         canonical = canonical_resource(uri)  # RFC 8707 §2: absolute URI, no fragment
     except InvalidResource as exc:
         raise Refused(f"URI: {exc}.") from None
+    if as_typed and canonical != uri:
+        raise NotCanonical(uri, canonical)
     name = name.strip()
     if not name or len(name) > MAX_NAME:
         raise Refused(f"Give the MCP server a name of 1 to {MAX_NAME} characters (shown on the consent page).")
@@ -140,3 +177,55 @@ def _save(db: Session, resource: Resource | None, spec: ResourceSpec, *, actor_i
         **details,
     )
     return saved
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What removing an MCP server would end: consents (and the tokens issued under them) and
+    the clients bound to it (its introspection credentials, machine clients for it)."""
+
+    consents: int
+    clients: int
+
+
+def usage(db: Session, resource: Resource) -> Usage:
+    return Usage(len(consents_store.ids_for(db, resource_id=resource.id)), clients_store.count_for_resource(db, resource.id))
+
+
+class InUse(Refused):
+    """Users have consented to the MCP server: removing it needs `force`."""
+
+    def __init__(self, resource_uri: str, consents: int):
+        self.consents = consents
+        super().__init__(
+            f"{consents} consent{'s' if consents != 1 else ''} to {resource_uri} exist; removing it revokes them "
+            "with every token issued for it."
+        )
+
+
+def remove(db: Session, resource: Resource, *, force: bool = False, actor_id: str | None = None, via: str) -> int:
+    """Remove an MCP server. While users have consented to it, refused unless `force`: then
+    every consent is revoked first, with its refresh and access tokens, by the one revocation
+    (app/services/consents.py, app/stores/tokens.py), and anything else issued for the server is
+    revoked too. Clients bound to it stay, unbound (an introspection credential then sees only its
+    own tokens; a machine client can no longer get tokens). Returns the consents revoked."""
+    grant_ids = consents_store.ids_for(db, resource_id=resource.id)
+    if grant_ids and not force:
+        raise InUse(resource.uri, len(grant_ids))
+    revoked = consents.revoke_many(db, grant_ids, actor_id=actor_id, via=via)
+    # Tokens no consent holds any more (a consent deleted under a rotation) end too.
+    access = tokens_store.revoke(db, at=now(), reason="resource_removed", resource_id=resource.id)
+    uri, name, scopes = resource.uri, resource.name, [s.name for s in resource.scopes]
+    store.remove(db, resource)
+    audit.record(
+        db,
+        "resource.removed",
+        actor_id=actor_id,
+        resource=uri,
+        via=via,
+        name=name,
+        scopes=scopes,
+        consents_revoked=revoked,
+        access_tokens_revoked=access,
+    )
+    return revoked

@@ -1,8 +1,8 @@
-"""Users: the username rule, creating, disabling and enabling, the admin flag, groups, and
-one-time links to set a password.
+"""Users: the username rule, creating, disabling and enabling, deleting, the admin flag, groups,
+an operator's password reset, and one-time links to set a password.
 
-The server is never left without an active admin: a change that would disable or demote the
-last one is refused, whoever asks (console or CLI). Such changes are serialised under one row
+The server is never left without an active admin: a change that would disable, demote or delete
+the last one is refused, whoever asks (console or CLI). Such changes are serialised under one row
 lock, so two admins demoting each other at once cannot both succeed.
 """
 
@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.infra.db import now
-from app.models import PasswordSetupToken, User
+from app.models import BrowserSession, PasswordSetupToken, User
 from app.security.passwords import hash_password, password_problem, verify_password
 from app.security.secrets import Keyring, new_token
 from app.services import Refused, audit
@@ -149,6 +149,66 @@ def set_disabled(db: Session, user: User, disabled: bool, *, actor_id: str | Non
         sessions_ended=ended,
         access_tokens_revoked=revoked,
     )
+    return ended
+
+
+def delete_user(db: Session, user: User, *, actor_id: str | None = None, via: str = "admin") -> int:
+    """Delete a user and everything that is theirs: browser sessions, consents, codes, refresh
+    tokens, password links, linked identities (ON DELETE CASCADE). Their live access tokens are
+    recorded as revoked first, so that introspection reports them inactive until they expire.
+    Refused for the last active admin. Returns how many access tokens that was."""
+    _keeps_an_admin(db, user)
+    revoked = tokens_store.revoke(db, at=now(), reason="user_deleted", user_id=user.id)
+    store.remove(db, user.id)
+    audit.record(
+        db,
+        "user.deleted",
+        user_id=user.id,
+        username=user.username,
+        actor_id=actor_id,
+        via=via,
+        admin=user.is_admin,
+        access_tokens_revoked=revoked,
+    )
+    return revoked
+
+
+def set_password(db: Session, user: User, password: str, *, actor_id: str | None = None, via: str = "cli") -> int:
+    """An operator sets a user's password (they forgot it, or it leaked). As with a password
+    link, every browser session of the user ends and their refresh tokens are revoked
+    (docs/decisions.md#credentials-change-tokens-end), and a second-factor lock is lifted
+    (docs/decisions.md#wrong-totp-codes-lock-the-account-after-twenty-in-a-row). Returns the
+    sessions ended."""
+    check_password(password)
+    store.set_password_hash(db, user.id, hash_password(password))
+    ended = sessions_store.remove_for_user(db, user.id)
+    revoked = tokens_store.revoke(db, at=now(), reason="password_reset", user_id=user.id)
+    audit.record(
+        db,
+        "user.password_set",
+        user_id=user.id,
+        username=user.username,
+        actor_id=actor_id,
+        via=via,
+        sessions_ended=ended,
+        access_tokens_revoked=revoked,
+    )
+    unlock(db, user, actor_id=actor_id, via=via)
+    return ended
+
+
+def browser_sessions(db: Session, user: User, *, idle_timeout: int) -> list[BrowserSession]:
+    """The browsers the user is signed in on (for their account page)."""
+    t = now()
+    return sessions_store.for_user(db, user.id, seen_after=t - idle_timeout, now_=t)
+
+
+def sign_out_others(db: Session, user: User, *, keep_session_hash: str) -> int:
+    """The user signs out every browser but this one (a lost laptop, a shared computer). Their
+    apps' tokens are not touched: disconnecting an app is its own choice on the same page.
+    Returns how many sessions ended."""
+    ended = sessions_store.remove_others(db, user.id, keep_session_hash)
+    audit.record(db, "user.signed_out_elsewhere", user_id=user.id, username=user.username, sessions_ended=ended)
     return ended
 
 

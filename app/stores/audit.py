@@ -29,6 +29,7 @@ def recent(db: Session, limit: int = 50) -> list[AuditEvent]:
 @dataclass(frozen=True)
 class Filter:
     event: str | None = None
+    events: tuple[str, ...] | None = None  # any of these (the security events)
     user_id: str | None = None  # the subject or the acting admin
     username: str | None = None
     client_id: str | None = None
@@ -39,6 +40,8 @@ class Filter:
     def apply(self, query: _Query) -> _Query:
         if self.event:
             query = query.where(AuditEvent.event == self.event)
+        if self.events:
+            query = query.where(AuditEvent.event.in_(self.events))
         if self.grant_type:
             query = query.where(AuditEvent.details["grant_type"].as_string() == self.grant_type)
         if self.user_id or self.username:

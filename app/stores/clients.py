@@ -29,6 +29,26 @@ def remove(db: Session, client_id: str) -> int:
     return cast(CursorResult[Any], db.execute(delete(Client).where(Client.id == client_id))).rowcount
 
 
+def set_disabled(db: Session, client_id: str, disabled_at: int | None) -> bool:
+    """Disable (a time) or enable (None) a client; False if it already was."""
+    changed = Client.disabled_at.is_(None) if disabled_at is not None else Client.disabled_at.is_not(None)
+    result = db.execute(update(Client).where(Client.id == client_id, changed).values(disabled_at=disabled_at))
+    return cast(CursorResult[Any], result).rowcount == 1
+
+
+def names(db: Session, client_ids: list[str]) -> dict[str, str]:
+    """{client_id: name} of the clients that exist among these ids."""
+    if not client_ids:
+        return {}
+    return {cid: name for cid, name in db.execute(select(Client.id, Client.name).where(Client.id.in_(client_ids)))}
+
+
+def count_for_resource(db: Session, resource_id: int) -> int:
+    """Clients bound to an MCP server: its credentials, or machine clients for it."""
+    query = select(func.count()).select_from(Client)
+    return db.scalar(query.where(or_(Client.resource_id == resource_id, Client.grant_resource_id == resource_id))) or 0
+
+
 def mark_used(db: Session, client_id: str, at: int) -> None:
     db.execute(update(Client).where(Client.id == client_id).values(last_used_at=at))
 

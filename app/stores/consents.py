@@ -144,12 +144,16 @@ def count(
     return db.scalar(query) or 0
 
 
-def ids_for(db: Session, *, user_id: str | None = None, client_id: str | None = None) -> list[int]:
+def ids_for(
+    db: Session, *, user_id: str | None = None, client_id: str | None = None, resource_id: int | None = None
+) -> list[int]:
     query = select(Consent.id)
     if user_id is not None:
         query = query.where(Consent.user_id == user_id)
     if client_id is not None:
         query = query.where(Consent.client_id == client_id)
+    if resource_id is not None:
+        query = query.where(Consent.resource_id == resource_id)
     return list(db.scalars(query.order_by(Consent.id)))
 
 

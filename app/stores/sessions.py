@@ -36,3 +36,15 @@ def remove_others(db: Session, user_id: str, keep_id_hash: str) -> int:
     """End every session of a user but this one (after a password change)."""
     result = db.execute(delete(BrowserSession).where(BrowserSession.user_id == user_id, BrowserSession.id_hash != keep_id_hash))
     return cast(CursorResult[Any], result).rowcount
+
+
+def for_user(db: Session, user_id: str, *, seen_after: int, now_: int) -> list[BrowserSession]:
+    """A user's signed-in browsers still alive (seen after `seen_after`, the idle limit, and not
+    past their absolute expiry), most recently seen first."""
+    query = select(BrowserSession).where(
+        BrowserSession.user_id == user_id,
+        BrowserSession.status == "active",
+        BrowserSession.last_seen_at > seen_after,
+        BrowserSession.expires_at > now_,
+    )
+    return list(db.scalars(query.order_by(BrowserSession.last_seen_at.desc()).limit(100)))

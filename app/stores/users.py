@@ -3,7 +3,7 @@ from __future__ import annotations
 import unicodedata
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import CursorResult, Select, func, select, update
+from sqlalchemy import CursorResult, Select, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from app.infra.db import now
@@ -59,6 +59,19 @@ def counts(db: Session) -> dict[str, int]:
         ).select_from(User)
     ).one()
     return {"users": row[0], "admins": row[1], "disabled": row[2], "locked": row[3]}
+
+
+def remove(db: Session, user_id: str) -> int:
+    """Delete a user; their sessions, consents, tokens, codes, links and identities go with the
+    row (ON DELETE CASCADE)."""
+    return cast(CursorResult[Any], db.execute(delete(User).where(User.id == user_id))).rowcount
+
+
+def names(db: Session, user_ids: list[str]) -> dict[str, str]:
+    """{user_id: username} of the users that exist among these ids."""
+    if not user_ids:
+        return {}
+    return {uid: name for uid, name in db.execute(select(User.id, User.username).where(User.id.in_(user_ids)))}
 
 
 def set_disabled(db: Session, user_id: str, disabled_at: int | None) -> None:

@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 
 from app.http.body import FormDep
 from app.http.deps import DbDep
+from app.models.client import KIND_DYNAMIC
 from app.services import Refused, consents, mfa
 from app.services import users as user_service
 from app.stores import clients as clients_store
@@ -28,11 +29,16 @@ def home(browser: BrowserDep) -> Response:
 def _page(browser: Browser, db: Session, status: int = 200, *, password_error: str | None = None, done: str = "") -> Response:
     user = browser.user
     assert user is not None  # the callers required sign-in
+    rows = consents_store.search(db, user_id=user.id, limit=500)
     return browser.render(
         "account.html",
         status,
-        rows=consents_store.search(db, user_id=user.id, limit=500),
+        rows=rows,
+        any_unverified=any(client.kind == KIND_DYNAMIC for _, _, client, _ in rows),
         recovery_left=mfa.recovery_codes_left(db, user) if user.mfa_enabled else 0,
+        # templates/_sessions.html
+        sessions=user_service.browser_sessions(db, user, idle_timeout=browser.runtime.settings.session_idle_timeout),
+        this_session=browser.session_hash,
         password_error=password_error,
         done=done,
     )
@@ -97,3 +103,16 @@ def change_password(browser: BrowserDep, db: DbDep, form: FormDep) -> Response:
         return _page(browser, db, 400, password_error=str(exc))
     db.commit()
     return browser.redirect("/account?done=password")
+
+
+@router.post("/account/sessions/sign-out-others")
+def sign_out_others(browser: BrowserDep, db: DbDep, form: FormDep) -> Response:
+    """Sign out every other browser of this user (templates/_sessions.html); this one stays."""
+    if not browser.signed_in:
+        return browser.login_redirect("/account")
+    if not browser.csrf_ok(form):
+        return browser.render("error.html", 400, title="Form expired", message=EXPIRED_FORM)
+    assert browser.session is not None  # signed in
+    user_service.sign_out_others(db, browser.me, keep_session_hash=browser.session.id_hash)
+    db.commit()
+    return browser.redirect("/account?done=signed-out-elsewhere#sessions")

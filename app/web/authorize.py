@@ -7,6 +7,8 @@ stored under an opaque handle while the user signs in and decides (/consent/{han
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
 from fastapi import APIRouter, Request
@@ -16,8 +18,9 @@ from sqlalchemy.orm import Session
 from app.http import endpoints
 from app.http.body import FormDep, form_params
 from app.http.deps import DbDep, RuntimeDep
+from app.http.middleware import CSP
 from app.infra.db import now
-from app.models import AuthorizationRequest
+from app.models import AuthorizationRequest, Client
 from app.models.client import KIND_DYNAMIC, KIND_METADATA_DOCUMENT
 from app.oauth import authorize as flow
 from app.oauth.redirect_uris import is_loopback_redirect
@@ -25,8 +28,10 @@ from app.oauth.server import oauth_request
 from app.runtime import Runtime
 from app.security.hosts import client_ip
 from app.services import consents
+from app.stores import clients as clients_store
 from app.stores import requests as requests_store
 from app.web.browser import Browser, BrowserDep
+from app.web.display import allow_image, client_links, client_logo
 
 router = APIRouter()
 
@@ -36,6 +41,49 @@ PROTOCOL_SCOPE_TEXT = {
     "openid": "Know who you are (your user id and username)",
     "offline_access": "Stay connected when you are not using the app",
 }
+CONSENT_PATH = re.compile(rf"/consent/([A-Za-z0-9_-]{{1,{MAX_HANDLE}}})")
+
+
+@dataclass(frozen=True)
+class Pending:
+    """The app's request a sign-in page is part of, as the page names it: which app (its
+    metadata-document host, or where it sends the user back) wants which MCP server."""
+
+    client_name: str
+    client_host: str | None  # a metadata-document client's address (CIMD §8.5: shown prominently)
+    unverified: bool  # registered itself (RFC 7591): its name is its own claim
+    redirect_host: str
+    resource_name: str
+    resource_host: str
+
+
+def pending_request(db: Session, runtime: Runtime, next_url: str) -> Pending | None:
+    """The stored authorization request that `next_url` (/consent/{handle}) goes back to, or
+    None. Read only: the consent page validates the request again."""
+    match = CONSENT_PATH.fullmatch(next_url)
+    row = requests_store.find(db, runtime.keyring.hashes(match.group(1)), now()) if match else None
+    client = clients_store.get(db, row.client_id) if row is not None else None
+    resource = runtime.catalogue.by_id(row.resource_id) if row is not None else None
+    if row is None or client is None or resource is None:
+        return None
+    return Pending(
+        client_name=client.name,
+        client_host=_client_host(client),
+        unverified=client.kind == KIND_DYNAMIC,
+        redirect_host=_host(row.redirect_uri),
+        resource_name=resource.name,
+        resource_host=_host(resource.uri),
+    )
+
+
+def _host(uri: str) -> str:
+    """The host[:port] of a URI, or "scheme:" for a private-use redirect (cursor:, vscode:)."""
+    parts = urlsplit(uri)
+    return parts.netloc or parts.scheme + ":"
+
+
+def _client_host(client: Client) -> str | None:
+    return urlsplit(client.id).netloc if client.kind == KIND_METADATA_DOCUMENT else None
 
 
 @router.get(endpoints.AUTHORIZE.path, name="authorize")
@@ -232,19 +280,28 @@ def _consent_page(
         (docs/decisions.md#scope-hierarchy), so the user sees everything an Allow gives."""
         return name, describe(name), [(n, describe(n)) for n in resource.includes(name)]
 
-    redirect = urlsplit(v.redirect_uri)
-    return browser.render(
+    logo = client_logo(client.client_metadata)
+    response = browser.render(
         "consent.html",
         status,
         handle=handle,
         client=client,
-        client_host=urlsplit(client.id).netloc if client.kind == KIND_METADATA_DOCUMENT else None,
+        client_host=_client_host(client),
         unverified=client.kind == KIND_DYNAMIC,
+        links=client_links(client.client_metadata),
+        logo=logo[0] if logo else None,
+        # MCP (Client ID Metadata Documents, security): a warning when every address the app
+        # may send the user back to is on this computer; whichever way the client registered,
+        # since anyone can register a "Claude Code" with a localhost redirect.
         all_localhost=all(is_loopback_redirect(u) for u in client.redirect_uris or []),
-        redirect_host=redirect.netloc or redirect.scheme + ":",
+        redirect_host=_host(v.redirect_uri),
         resource=resource,
         already=[item(s) for s in ask.already],
         new=[item(s) for s in ask.new],
         refused=ask.refused,
         error=error,
     )
+    if logo is not None:
+        # The page's policy lets images come from Ostiary only; this one logo may come too.
+        response.headers["content-security-policy"] = allow_image(CSP, logo[1])
+    return response

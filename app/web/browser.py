@@ -23,8 +23,18 @@ from app.security import csrf
 from app.security.secrets import new_token
 from app.stores import sessions as store
 from app.stores import users as users_store
+from app.web.display import breakable
 
 TOUCH_EVERY = 60  # seconds: how stale last_seen_at may get before a request writes it
+# What the next page says after something happened that leaves the user on another page (a
+# sign-out, a password set from a link, two-step verification turned on). The cookie carries
+# only the key: the page shows this fixed text, never anything from the request.
+FLASHES = {
+    "signed-out": "You have signed out.",
+    "password-set": "Your password is set. Sign in with it.",
+    "mfa-on": "Two-step verification is on: signing in now asks for a code from your authenticator app.",
+}
+FLASH_TTL = 60  # seconds: long enough for a redirect or two, short enough not to greet a later visit
 _Response = TypeVar("_Response", bound=Response)
 
 if TYPE_CHECKING:
@@ -36,6 +46,10 @@ def cookie_names(runtime: Runtime) -> tuple[str, str]:
     return prefix + "ostiary-session", prefix + "ostiary-csrf"
 
 
+def flash_cookie(runtime: Runtime) -> str:
+    return ("__Host-" if runtime.settings.is_https else "") + "ostiary-flash"
+
+
 @dataclass
 class Browser:
     runtime: Runtime
@@ -44,6 +58,7 @@ class Browser:
     csrf_cookie: str
     new_csrf_cookie: bool
     cookies_to_set: list[tuple[str, str, int | None]] = field(default_factory=list)
+    flash: str | None = None  # a key of FLASHES this request brought, shown by the next page rendered
 
     @property
     def session_hash(self) -> str | None:
@@ -105,6 +120,13 @@ class Browser:
         self.session, self.user = None, None
         self.cookies_to_set.append((cookie_names(self.runtime)[0], "", 0))
 
+    def say_next(self, key: str) -> None:
+        """Have the next page this browser is shown say FLASHES[key]."""
+        if key not in FLASHES:
+            raise ValueError(f"no flash message {key!r}")
+        self.flash = None  # this response sets the cookie: it must not clear it as well
+        self.cookies_to_set.append((flash_cookie(self.runtime), key, FLASH_TTL))
+
     # -- responses --------------------------------------------------------------------------
 
     def apply_cookies(self, response: _Response) -> _Response:
@@ -122,11 +144,17 @@ class Browser:
 
     def render(self, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         env = self.runtime.templates
+        flash = FLASHES.get(self.flash) if self.flash else None
+        if self.flash is not None:
+            self.flash = None  # shown once
+            self.cookies_to_set.append((flash_cookie(self.runtime), "", 0))
         html = env.get_template(template).render(
             csrf_field=csrf.FIELD,
             csrf_token=self.csrf_token,
             user=self.user if self.signed_in else None,
             settings=self.runtime.settings,
+            flash=flash,
+            breakable=breakable,
             **context,
         )
         return self.apply_cookies(HTMLResponse(html, status_code=status_code))
@@ -162,6 +190,7 @@ def _load(request: Request, db: DbDep, runtime: RuntimeDep) -> Browser:
         user=None,
         csrf_cookie=raw_csrf or csrf.new_cookie_value(),
         new_csrf_cookie=not raw_csrf,
+        flash=request.cookies.get(flash_cookie(runtime)) or None,
     )
     raw_session = request.cookies.get(session_cookie)
     if not raw_session or len(raw_session) > 100:

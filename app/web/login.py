@@ -14,6 +14,7 @@ from app.security.passwords import verify_password
 from app.services import audit
 from app.stores import identities as identity_store
 from app.stores import users as users_store
+from app.web.authorize import pending_request
 from app.web.browser import Browser, BrowserDep, safe_next
 
 router = APIRouter()
@@ -27,9 +28,17 @@ ACCOUNT_LOCKED = (
 )
 
 
-def _page(browser: Browser, db: Session, status: int, **context: str | None) -> Response:
-    """The sign-in page: the password form and a button per identity provider."""
-    return browser.render("login.html", status, providers=identity_store.sign_in_providers(db), **context)
+def _page(browser: Browser, db: Session, status: int, *, next: str, **context: str | None) -> Response:
+    """The sign-in page: the password form and a button per identity provider, and, during an
+    app's request, which app wants which MCP server."""
+    return browser.render(
+        "login.html",
+        status,
+        providers=identity_store.sign_in_providers(db),
+        next=next,
+        pending=pending_request(db, browser.runtime, next),
+        **context,
+    )
 
 
 @router.get("/login")
@@ -105,19 +114,29 @@ def login(request: Request, browser: BrowserDep, db: DbDep, form: FormDep) -> Re
     return browser.redirect(next_url)
 
 
+def _signed_out_to(next_url: str) -> str:
+    """Where a browser goes once signed out: the sign-in page, and from there back to `next_url`
+    (an app's request, when the user switches account on its consent page)."""
+    return "/login?next=" + quote(next_url, safe="") if next_url else "/login"
+
+
 @router.get("/logout")
-def logout_page(browser: BrowserDep) -> Response:
+def logout_page(browser: BrowserDep, db: DbDep, next: str | None = None) -> Response:
+    next_url = safe_next(next, "")
     if browser.session is None:
-        return browser.redirect("/login")
-    return browser.render("logout.html")
+        return browser.redirect(_signed_out_to(next_url))
+    return browser.render("logout.html", next=next_url, pending=pending_request(db, browser.runtime, next_url))
 
 
 @router.post("/logout")
 def logout(browser: BrowserDep, db: DbDep, form: FormDep) -> Response:
+    next_url = safe_next(str(form.get("next") or ""), "")
     if not browser.csrf_ok(form):
-        return browser.render("logout.html", 400, error=EXPIRED_FORM)
+        pending = pending_request(db, browser.runtime, next_url)
+        return browser.render("logout.html", 400, error=EXPIRED_FORM, next=next_url, pending=pending)
     if browser.user is not None:
         audit.record(db, "logout", user_id=browser.user.id, username=browser.user.username)
     browser.end_session(db)
     db.commit()
-    return browser.redirect("/login")
+    browser.say_next("signed-out")
+    return browser.redirect(_signed_out_to(next_url))

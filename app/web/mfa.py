@@ -14,6 +14,7 @@ from app.infra.db import now
 from app.runtime import Runtime
 from app.services import audit, mfa
 from app.stores import sessions as sessions_store
+from app.web.authorize import pending_request
 from app.web.browser import Browser, BrowserDep, safe_next
 from app.web.login import ACCOUNT_LOCKED
 
@@ -77,6 +78,7 @@ def enrol(browser: BrowserDep, db: DbDep, runtime: RuntimeDep, form: FormDep) ->
     sessions_store.promote(db, session.id_hash, sorted(set(session.amr or []) | {"otp"}), session.auth_time)
     sessions_store.remove_others(db, browser.user.id, session.id_hash)
     db.commit()
+    browser.say_next("mfa-on")  # on the page "Continue" leads to
     # Shown once: only their HMACs are stored.
     return browser.render("mfa_codes.html", codes=codes, next=next_url or "/account")
 
@@ -88,13 +90,19 @@ def _owes_code(browser: Browser) -> bool:
     return browser.session is not None and browser.user is not None and browser.session.status == "mfa"
 
 
+def _code_page(browser: Browser, db: Session, status: int, next_url: str, error: str | None) -> Response:
+    """The second step, and, during an app's request, which app wants which MCP server."""
+    pending = pending_request(db, browser.runtime, next_url)
+    return browser.render("login_otp.html", status, next=next_url, pending=pending, error=error)
+
+
 @router.get("/login/otp")
-def code_page(browser: BrowserDep, next: str | None = None) -> Response:
+def code_page(browser: BrowserDep, db: DbDep, next: str | None = None) -> Response:
     if browser.signed_in:
         return browser.redirect(safe_next(next))
     if not _owes_code(browser):
         return browser.redirect("/login?next=" + quote(safe_next(next), safe=""))
-    return browser.render("login_otp.html", next=safe_next(next, ""), error=None)
+    return _code_page(browser, db, 200, safe_next(next, ""), None)
 
 
 @router.post("/login/otp")
@@ -105,7 +113,7 @@ def check_code(browser: BrowserDep, db: DbDep, runtime: RuntimeDep, form: FormDe
     if not _owes_code(browser):
         return browser.redirect("/login?next=" + quote(next_url, safe=""))
     if not browser.csrf_ok(form):
-        return browser.render("login_otp.html", 400, next=next_url, error=EXPIRED_FORM)
+        return _code_page(browser, db, 400, next_url, EXPIRED_FORM)
     user = browser.user
     assert user is not None and browser.session is not None  # _owes_code checked both
     verdict = mfa.verify(db, runtime.keyring, user, str(form.get("code") or ""))
@@ -118,7 +126,7 @@ def check_code(browser: BrowserDep, db: DbDep, runtime: RuntimeDep, form: FormDe
         db.commit()
         if verdict.why == "wait":
             return browser.too_many_requests(verdict.retry_after, TOO_MANY)
-        return browser.render("login_otp.html", 401, next=next_url, error=WRONG.get(verdict.why, WRONG_CODE))
+        return _code_page(browser, db, 401, next_url, WRONG.get(verdict.why, WRONG_CODE))
     # RFC 8176 amr: a password, then a one-time password (TOTP or a recovery code).
     sessions_store.promote(db, browser.session.id_hash, ["pwd", "otp"], now())
     audit.record(db, "login.mfa_ok", user_id=user.id, username=user.username, method=verdict.method)

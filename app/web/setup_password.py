@@ -54,4 +54,5 @@ def set_password(token: str, browser: BrowserDep, db: DbDep, runtime: RuntimeDep
     except Refused as exc:
         return browser.render("setup_password.html", 400, username=user.username, token=token, error=str(exc))
     db.commit()
+    browser.say_next("password-set")
     return browser.redirect("/login")
