@@ -15,6 +15,7 @@ from app.admin import audit_log, clients, consents, idps, keys, overview, resour
 from app.admin.pages import Denied, denied_handler
 from app.http import errors, health
 from app.http.cors import PublicCORSMiddleware
+from app.http.documents import PublicDocuments
 from app.http.edge import EdgeMiddleware
 from app.http.middleware import RequestMiddleware
 from app.infra import logs
@@ -66,7 +67,14 @@ def create_app(settings: Settings, *, run_jobs: bool = True, fetch_transport: ht
     app.add_exception_handler(Denied, denied_handler)  # type: ignore[arg-type]  # starlette passes only a Denied here
     errors.install(app, _page_renderer(runtime))
     # Outermost last: every response gets a request id, then the edge policy (proxies, Host,
-    # TLS, sizes) runs before CORS and any route.
+    # TLS, sizes) runs before CORS, the public documents and any route.
+    app.add_middleware(
+        PublicDocuments,
+        prefix=prefix,
+        metadata=runtime.metadata.body,
+        jwks=lambda: runtime.keys.snapshot().jwks_json,
+        jwks_max_age=settings.jwks_max_age,
+    )
     app.add_middleware(PublicCORSMiddleware, prefix=prefix)
     app.add_middleware(EdgeMiddleware, settings=settings, render_page=_page_renderer(runtime))
     app.add_middleware(RequestMiddleware)

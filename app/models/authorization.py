@@ -48,7 +48,7 @@ class AuthorizationCode(Base):
     auth_time: Mapped[int] = mapped_column(BigInteger)
     # Every refresh token and access token issued from this code shares this family id, so a
     # replayed code can revoke them all (RFC 6749 §4.1.2, OAuth 2.1 §4.1.3).
-    family_id: Mapped[str] = mapped_column(String(36))
+    family_id: Mapped[str] = mapped_column(String(36), index=True)  # revoking a family (RFC 7009 §2.1)
     access_jti: Mapped[str | None] = mapped_column(String(64))
     access_expires_at: Mapped[int | None] = mapped_column(BigInteger)  # an upper bound
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)

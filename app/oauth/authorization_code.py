@@ -239,7 +239,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             )
             tokens_store.add_refresh(db, row)
             body["refresh_token"] = raw
-        tokens.touch_usage(db, client.row, code.grant_id)
+        tokens.touch_usage(self.server, db, client.row, code.grant_id)
         audit.record(
             db,
             "token.issued",

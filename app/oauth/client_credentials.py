@@ -71,7 +71,7 @@ class ClientCredentialsGrant(grants.ClientCredentialsGrant):
             jkt=proof.jkt if proof else None,
         )
         db = current_db()
-        tokens.touch_usage(db, client.row, None)
+        tokens.touch_usage(self.server, db, client.row, None)
         audit.record(
             db,
             "token.issued",

@@ -156,7 +156,7 @@ class JwtBearerGrant(grants.BaseGrant, grants.TokenEndpointMixin):
             jkt=req.dpop.jkt if req.dpop else None,
         )
         db = current_db()
-        tokens.touch_usage(db, req.client.row, None)
+        tokens.touch_usage(self.server, db, req.client.row, None)
         audit.record(
             db,
             "token.issued",

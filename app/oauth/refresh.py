@@ -114,7 +114,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
             body["refresh_token"] = raw
             if store.claim_refresh(db, row.id, t, tokens.seal_response(self.server.keyring, body, exp, row.id)):
                 store.add_refresh(db, successor)
-                tokens.touch_usage(db, client.row, row.grant_id)
+                tokens.touch_usage(self.server, db, client.row, row.grant_id)
                 audit.record(db, "token.refreshed", user_id=user.id, client_id=client.client_id, resource=resource.uri, jti=jti)
                 return 200, body, self.TOKEN_RESPONSE_HEADER
             row = store.get_refresh(db, row.id)  # another request won the race: read what it did

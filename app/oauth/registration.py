@@ -20,7 +20,7 @@ from authlib.oauth2.rfc7591.errors import InvalidRedirectURIError
 from authlib.oauth2.rfc7592 import ClientConfigurationEndpoint as _ClientConfigurationEndpoint
 
 from app.infra.db import now
-from app.models.client import KIND_DYNAMIC, Client
+from app.models.client import KIND_DYNAMIC
 from app.oauth.clients import OAuthClient
 from app.oauth.errors import safe_description
 from app.oauth.redirect_uris import InvalidRedirectUri, is_loopback_redirect, validate_registered
@@ -157,29 +157,25 @@ class RegistrationEndpoint(ClientRegistrationEndpoint):
         if meta["token_endpoint_auth_method"] != "none":
             info["client_secret"] = clients.new_secret()
             info["client_secret_expires_at"] = 0  # RFC 7591 §3.2.1: 0 means it does not expire
-        client = self.save_client(info, meta, request)
-        body = {**meta, **info, **self.generate_client_registration_info(client, request)}
-        # RFC 7591 §3.2.1: 201 with every registered field; secrets make it no-store.
-        return 201, body, [("Cache-Control", "no-store"), ("Pragma", "no-cache")]
-
-    def generate_client_registration_info(self, client: Client, request: JsonRequest) -> dict[str, str]:
-        # RFC 7592 §3: where and with what the client manages its registration.
+        # RFC 7592 §3: where and with what the client manages its registration; the token's hash
+        # goes into the same INSERT as the client.
         token = new_token(REGISTRATION_TOKEN_PREFIX)
-        client.registration_token_hash = self.server.keyring.hash(token)
-        return {
+        client = clients.register(
+            current_db(),
+            self.server.keyring,
+            meta,
+            client_id=info["client_id"],
+            issued_at=info["client_id_issued_at"],
+            secret=info.get("client_secret"),
+            registration_token_hash=self.server.keyring.hash(token),
+        )
+        management = {
             "registration_client_uri": f"{self.server.issuer}/register/{quote(client.id, safe='')}",
             "registration_access_token": token,
         }
-
-    def save_client(self, client_info: dict[str, Any], client_metadata: dict[str, Any], request: JsonRequest) -> Client:
-        return clients.register(
-            current_db(),
-            self.server.keyring,
-            client_metadata,
-            client_id=client_info["client_id"],
-            issued_at=client_info["client_id_issued_at"],
-            secret=client_info.get("client_secret"),
-        )
+        body = {**meta, **info, **management}
+        # RFC 7591 §3.2.1: 201 with every registered field; secrets make it no-store.
+        return 201, body, [("Cache-Control", "no-store"), ("Pragma", "no-cache")]
 
 
 def _path_client_id(request: JsonRequest) -> str:

@@ -8,10 +8,11 @@ from urllib.parse import unquote
 
 from fastapi import APIRouter, Request, Response
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
 from app.http import endpoints
-from app.http.body import FormDep, JsonDep
+from app.http.body import JsonDep, read_form
 from app.http.deps import DbDep, RuntimeDep
 from app.infra.db import now
 from app.oauth import dpop, jwt_access
@@ -90,8 +91,20 @@ def _endpoint_url(runtime: RuntimeDep, request: Request) -> str:
     return runtime.settings.issuer + request.url.path.removeprefix(runtime.settings.issuer_path)
 
 
+# The token, revocation and introspection routes take no FastAPI dependencies: they are the hot
+# path, and solving dependencies cost more than their SQL. The form is read on the event loop;
+# everything else runs in one thread-pool call with a session of its own
+# (docs/decisions.md#the-token-endpoint-is-one-thread-pool-call).
+
+
 @router.post(endpoints.TOKEN.path, name="token")
-def token(request: Request, runtime: RuntimeDep, db: DbDep, form: FormDep) -> Response:
+async def token(request: Request) -> Response:
+    runtime: RuntimeDep = request.app.state.runtime
+    form = await read_form(request)
+    return await run_in_threadpool(_token, runtime, request, form)
+
+
+def _token(runtime: RuntimeDep, request: Request, form: FormData) -> Response:
     settings = runtime.settings
     limited = rate_limited(runtime, request, settings.token_rate_per_ip, "token-ip") or rate_limited(
         # Per client_id *and* address: a metadata-document client_id (VS Code's) is shared by
@@ -107,9 +120,9 @@ def token(request: Request, runtime: RuntimeDep, db: DbDep, form: FormDep) -> Re
     req = _protocol_request(runtime, request, form)
     if isinstance(req, Response):
         return req
-    with using(db):
+    with runtime.sessions() as db, using(db):
         response: Response = runtime.server.create_token_response(req)
-    db.commit()  # also on errors: a consumed code or a revoked family must stay so
+        db.commit()  # also on errors: a consumed code or a revoked family must stay so
     response.headers.update(NO_STORE)  # RFC 6749 §5.1
     if settings.dpop_nonce and "dpop-nonce" not in response.headers:
         # RFC 9449 §8.2: the nonce for the client's next proof.
@@ -118,24 +131,27 @@ def token(request: Request, runtime: RuntimeDep, db: DbDep, form: FormDep) -> Re
 
 
 @router.post(endpoints.REVOKE.path, name="revoke")
-def revoke(request: Request, runtime: RuntimeDep, db: DbDep, form: FormDep) -> Response:
-    return _form_endpoint("revocation", request, runtime, db, form)  # RFC 7009
+async def revoke(request: Request) -> Response:
+    form = await read_form(request)
+    return await run_in_threadpool(_form_endpoint, "revocation", request, form)  # RFC 7009
 
 
 @router.post(endpoints.INTROSPECT.path, name="introspect")
-def introspect(request: Request, runtime: RuntimeDep, db: DbDep, form: FormDep) -> Response:
-    return _form_endpoint("introspection", request, runtime, db, form)  # RFC 7662
+async def introspect(request: Request) -> Response:
+    form = await read_form(request)
+    return await run_in_threadpool(_form_endpoint, "introspection", request, form)  # RFC 7662
 
 
-def _form_endpoint(name: str, request: Request, runtime: RuntimeDep, db: DbDep, form: FormDep) -> Response:
+def _form_endpoint(name: str, request: Request, form: FormData) -> Response:
     """An authlib endpoint called with a form. Its answers are never cached (RFC 7009 §2.2 and
     RFC 7662 §2.2 responses concern bearer secrets)."""
+    runtime: RuntimeDep = request.app.state.runtime
     req = _protocol_request(runtime, request, form)
     if isinstance(req, Response):
         return req
-    with using(db):
+    with runtime.sessions() as db, using(db):
         response: Response = runtime.server.create_endpoint_response(name, req)
-    db.commit()
+        db.commit()
     response.headers.update(NO_STORE)
     return response
 

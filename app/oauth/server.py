@@ -148,6 +148,8 @@ class OstiaryServer(AuthorizationServer):
         self.keys = keys
         self.catalogue = catalogue
         self.documents = documents
+        # consent id -> when this process last recorded its use (app/oauth/tokens.touch_usage)
+        self.consents_touched: dict[int, int] = {}
         from app.oauth.upstream import Upstreams
 
         self.upstreams = Upstreams(documents.fetcher)  # identity providers' metadata and keys

@@ -22,6 +22,7 @@ from app.stores import consents as consents_store
 
 REFRESH_PREFIX = "ostrt_"
 TOUCH_EVERY = 3600  # how stale a client's last_used_at may get before a token request writes it
+CONSENT_TOUCH_EVERY = 300  # the same for a consent's
 
 if TYPE_CHECKING:
     from app.oauth.server import OstiaryServer
@@ -228,11 +229,15 @@ def bound_resource(catalogue: Catalogue, resource_id: int, sent: list[str], what
     return resource
 
 
-def touch_usage(db: Session, client: Client, consent_id: int | None) -> None:
+def touch_usage(server: OstiaryServer, db: Session, client: Client, consent_id: int | None) -> None:
     """last_used_at of the client (the console, pruning) and of the consent, written at most every
-    TOUCH_EVERY seconds (docs/decisions.md#usage-timestamps-are-written-lazily)."""
+    TOUCH_EVERY / CONSENT_TOUCH_EVERY seconds (docs/decisions.md#usage-timestamps-are-written-lazily).
+    A consent this process touched less than that ago is not even asked about: no statement."""
     t = now()
     if (client.last_used_at or 0) < t - TOUCH_EVERY:
         clients_store.mark_used(db, client.id, t)
-    if consent_id is not None:
-        consents_store.touch(db, consent_id, t)
+    if consent_id is not None and server.consents_touched.get(consent_id, 0) < t - CONSENT_TOUCH_EVERY:
+        consents_store.touch(db, consent_id, t, every=CONSENT_TOUCH_EVERY)
+        if len(server.consents_touched) >= 100_000:  # bounded: forget them all, they are written again
+            server.consents_touched.clear()
+        server.consents_touched[consent_id] = t

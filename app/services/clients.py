@@ -182,10 +182,19 @@ def check_jwks(jwks: Any) -> None:
 
 
 def register(
-    db: Session, keyring: Keyring, meta: dict[str, Any], *, client_id: str, issued_at: int, secret: str | None
+    db: Session,
+    keyring: Keyring,
+    meta: dict[str, Any],
+    *,
+    client_id: str,
+    issued_at: int,
+    secret: str | None,
+    registration_token_hash: str | None = None,
 ) -> Client:
-    """A dynamically registered client (RFC 7591 §3.2.1)."""
+    """A dynamically registered client (RFC 7591 §3.2.1), with the hash of its RFC 7592
+    registration access token."""
     row = Client(id=client_id, kind=KIND_DYNAMIC, secret_hash=keyring.hash(secret) if secret else None, created_at=issued_at)
+    row.registration_token_hash = registration_token_hash
     client = store.add(db, apply_metadata(row, meta))
     audit.record(
         db,

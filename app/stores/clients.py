@@ -2,17 +2,20 @@ from __future__ import annotations
 
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import CursorResult, Select, and_, delete, exists, func, or_, select, update
+from sqlalchemy import CursorResult, Select, and_, bindparam, delete, exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.models import BlockedClient, Client, InitialAccessToken, RefreshToken, UsedAssertion
 
 _Query = TypeVar("_Query", bound=Select[*tuple[Any, ...]])
+# Built once: the token endpoint's statements skip construction and cache-key work per call
+# (docs/decisions.md#hot-statements-are-built-once).
+_BY_ID = select(Client).where(Client.id == bindparam("id"))
 
 
 def get(db: Session, client_id: str) -> Client | None:
-    return db.get(Client, client_id)
+    return db.scalar(_BY_ID, {"id": client_id})
 
 
 def all_clients(db: Session) -> list[Client]:

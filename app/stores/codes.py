@@ -2,12 +2,21 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, select, update
+from sqlalchemy import CursorResult, Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from app.models import AuthorizationCode
 
 _CODES = cast(Table, AuthorizationCode.__table__)  # declarative types __table__ as any FromClause
+
+# Built once: the token endpoint's statements skip construction and cache-key work per call
+# (docs/decisions.md#hot-statements-are-built-once).
+_REDEEM = (
+    update(_CODES)
+    .where(_CODES.c.code_hash == bindparam("b_code_hash"), _CODES.c.consumed_at.is_(None), _CODES.c.expires_at > bindparam("at"))
+    .values(consumed_at=bindparam("at"), access_jti=bindparam("b_access_jti"), access_expires_at=bindparam("b_access_expires_at"))
+)
+_FIND = select(AuthorizationCode).where(AuthorizationCode.code_hash.in_(bindparam("hashes", expanding=True)))
 
 
 def add(db: Session, code: AuthorizationCode) -> None:
@@ -17,20 +26,13 @@ def add(db: Session, code: AuthorizationCode) -> None:
 def redeem(db: Session, code_hash: str, *, at: int, access_jti: str, access_expires_at: int) -> bool:
     """Mark the code used (and the access token it issues), in one conditional UPDATE: of two
     concurrent redemptions exactly one wins (RFC 6749 §4.1.2: "MUST NOT be used more than once")."""
-    c = _CODES.c
-    result = db.execute(
-        update(_CODES)
-        .where(c.code_hash == code_hash, c.consumed_at.is_(None), c.expires_at > at)
-        .values(consumed_at=at, access_jti=access_jti, access_expires_at=access_expires_at)
-    )
+    params = {"b_code_hash": code_hash, "at": at, "b_access_jti": access_jti, "b_access_expires_at": access_expires_at}
+    result = db.execute(_REDEEM, params)
     return cast(CursorResult[Any], result).rowcount == 1
 
 
 def find(db: Session, hashes: list[str]) -> AuthorizationCode | None:
-    return db.scalar(
-        select(AuthorizationCode).where(AuthorizationCode.code_hash.in_(hashes)),
-        execution_options={"populate_existing": True},
-    )
+    return db.scalar(_FIND, {"hashes": hashes}, execution_options={"populate_existing": True})
 
 
 def expire_unredeemed(db: Session, *, user_id: str, client_id: str, resource_id: int, at: int) -> None:

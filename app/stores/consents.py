@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import CursorResult, Select, Table, delete, func, or_, select, update
+from sqlalchemy import CursorResult, Select, Table, bindparam, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -69,14 +69,22 @@ def merge(
     raise RuntimeError("could not merge the grant")
 
 
+_CONSENTS = cast(Table, Consent.__table__)  # declarative types __table__ as any FromClause
+# Built once (docs/decisions.md#hot-statements-are-built-once): token requests touch consents.
+_TOUCH = (
+    update(_CONSENTS)
+    .where(
+        _CONSENTS.c.id == bindparam("grant_id"),
+        or_(_CONSENTS.c.last_used_at.is_(None), _CONSENTS.c.last_used_at < bindparam("stale_before")),
+    )
+    .values(last_used_at=bindparam("at"))
+)
+
+
 def touch(db: Session, grant_id: int, at: int, every: int = 300) -> None:
     """Record use, writing only when the recorded time is older than `every` seconds (a Core
-    statement: it runs on every token request)."""
-    table = cast(Table, Consent.__table__)  # declarative types __table__ as any FromClause
-    c = table.c
-    db.execute(
-        update(table).where(c.id == grant_id, or_(c.last_used_at.is_(None), c.last_used_at < at - every)).values(last_used_at=at)
-    )
+    statement: it runs on token requests)."""
+    db.execute(_TOUCH, {"grant_id": grant_id, "stale_before": at - every, "at": at})
 
 
 def remove(db: Session, grant_id: int) -> int:

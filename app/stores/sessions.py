@@ -2,10 +2,13 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, select, update
+from sqlalchemy import CursorResult, bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
 from app.models import BrowserSession
+
+# Built once (docs/decisions.md#hot-statements-are-built-once): every /authorize reads the session.
+_FIND = select(BrowserSession).where(BrowserSession.id_hash.in_(bindparam("hashes", expanding=True)))
 
 
 def add(db: Session, session: BrowserSession) -> None:
@@ -13,7 +16,7 @@ def add(db: Session, session: BrowserSession) -> None:
 
 
 def find(db: Session, id_hashes: list[str]) -> BrowserSession | None:
-    return db.scalar(select(BrowserSession).where(BrowserSession.id_hash.in_(id_hashes)))
+    return db.scalar(_FIND, {"hashes": id_hashes})
 
 
 def touch(db: Session, id_hash: str, at: int) -> None:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, select, update
+from sqlalchemy import CursorResult, Table, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -13,15 +13,25 @@ FRESH = {"populate_existing": True}
 
 _REFRESH = cast(Table, RefreshToken.__table__)  # declarative types __table__ as any FromClause
 
+# Built once: the token endpoint's statements skip construction and cache-key work per call
+# (docs/decisions.md#hot-statements-are-built-once).
+_INSERT_REFRESH = _REFRESH.insert()
+_FIND_REFRESH = select(RefreshToken).where(RefreshToken.token_hash.in_(bindparam("hashes", expanding=True)))
+_CLAIM_REFRESH = (
+    update(_REFRESH)
+    .where(_REFRESH.c.id == bindparam("token_id"), _REFRESH.c.used_at.is_(None), _REFRESH.c.revoked_at.is_(None))
+    .values(used_at=bindparam("at"), successor_enc=bindparam("b_successor_enc"))
+)
+
 
 def add_refresh(db: Session, values: dict[str, Any]) -> None:
     """INSERT a new refresh token (a Core statement on the table: this request never reads the
     row back, so the ORM's unit of work would only cost time on the hot path)."""
-    db.execute(_REFRESH.insert(), [values])
+    db.execute(_INSERT_REFRESH, [values])
 
 
 def find_refresh(db: Session, hashes: list[str]) -> RefreshToken | None:
-    return db.scalar(select(RefreshToken).where(RefreshToken.token_hash.in_(hashes)), execution_options=FRESH)
+    return db.scalar(_FIND_REFRESH, {"hashes": hashes}, execution_options=FRESH)
 
 
 def get_refresh(db: Session, token_id: int) -> RefreshToken | None:
@@ -31,12 +41,7 @@ def get_refresh(db: Session, token_id: int) -> RefreshToken | None:
 def claim_refresh(db: Session, token_id: int, at: int, successor_enc: str) -> bool:
     """Mark a refresh token used, in one conditional UPDATE: of concurrent refreshes with the same
     token exactly one wins (on PostgreSQL the others wait for its row lock, then match nothing)."""
-    c = _REFRESH.c
-    result = db.execute(
-        update(_REFRESH)
-        .where(c.id == token_id, c.used_at.is_(None), c.revoked_at.is_(None))
-        .values(used_at=at, successor_enc=successor_enc)
-    )
+    result = db.execute(_CLAIM_REFRESH, {"token_id": token_id, "at": at, "b_successor_enc": successor_enc})
     return cast(CursorResult[Any], result).rowcount == 1
 
 

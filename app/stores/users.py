@@ -3,13 +3,16 @@ from __future__ import annotations
 import unicodedata
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import CursorResult, Select, delete, func, select, update
+from sqlalchemy import CursorResult, Select, bindparam, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from app.infra.db import now
 from app.models import User
 
 _Query = TypeVar("_Query", bound=Select[*tuple[Any, ...]])
+# Built once: the token endpoint's statements skip construction and cache-key work per call
+# (docs/decisions.md#hot-statements-are-built-once).
+_BY_ID = select(User).where(User.id == bindparam("id"))
 
 
 def normalize_username(username: str) -> str:
@@ -23,7 +26,7 @@ def by_username(db: Session, username: str) -> User | None:
 
 
 def get(db: Session, user_id: str) -> User | None:
-    return db.get(User, user_id)
+    return db.scalar(_BY_ID, {"id": user_id})
 
 
 def add(db: Session, user: User) -> User:

@@ -103,7 +103,8 @@ def consent_page(handle: str, request: Request, browser: BrowserDep, db: DbDep, 
     if isinstance(resumed, Response):
         return resumed
     v, row = resumed
-    return _render(browser, db, runtime, v, _decide(browser, db, v, row), handle=handle)
+    outcome, consent_id = _decide(browser, db, v, row)
+    return _render(browser, db, runtime, v, outcome, consent_id, handle=handle)
 
 
 @router.post("/consent/{handle}")
@@ -119,8 +120,8 @@ def consent_decision(
     problem = None if browser.csrf_ok(form) else "This form has expired. Please decide again."
     if problem is None and decision == "show":
         problem = "Choose Allow or Deny."
-    outcome = _decide(browser, db, v, row, "show" if problem else decision)
-    return _render(browser, db, runtime, v, outcome, handle=handle, problem=problem)
+    outcome, consent_id = _decide(browser, db, v, row, "show" if problem else decision)
+    return _render(browser, db, runtime, v, outcome, consent_id, handle=handle, problem=problem)
 
 
 # -- the steps ----------------------------------------------------------------------------------
@@ -139,7 +140,8 @@ def _authorize(request: Request, browser: Browser, db: Session, runtime: Runtime
     db.commit()  # a client metadata document fetched (or refused) while validating
     if not isinstance(v, flow.Validated):
         return _render_refusal(browser, v)
-    return _render(browser, db, runtime, v, _decide(browser, db, v, None), handle=None)
+    outcome, consent_id = _decide(browser, db, v, None)
+    return _render(browser, db, runtime, v, outcome, consent_id, handle=None)
 
 
 def _resume(
@@ -172,10 +174,11 @@ def _resume(
 
 def _decide(
     browser: Browser, db: Session, v: flow.Validated, row: AuthorizationRequest | None, decision: flow.Decision | None = None
-) -> flow.Outcome:
+) -> tuple[flow.Outcome, int | None]:
+    """The decision, and the id of the user's consent it was made from (read once)."""
     user = browser.user if browser.signed_in else None
-    consented = consents.current(db, user.id, v.client.row, v.resource.id)[1] if user is not None else set()
-    return flow.decide(
+    consent_id, consented = consents.current(db, user.id, v.client.row, v.resource.id) if user is not None else (None, set())
+    outcome = flow.decide(
         prompts=v.prompts,
         scopes=v.scopes,
         resource=v.resource,
@@ -187,6 +190,7 @@ def _decide(
         max_age=v.max_age,
         now_=now(),
     )
+    return outcome, consent_id
 
 
 def _render_refusal(browser: Browser, refusal: flow.ShowError | flow.RedirectError) -> Response:
@@ -221,6 +225,7 @@ def _render(
     runtime: Runtime,
     v: flow.Validated,
     outcome: flow.Outcome,
+    consent_id: int | None,
     *,
     handle: str | None,
     problem: str | None = None,
@@ -244,7 +249,6 @@ def _render(
     if isinstance(outcome, flow.Deny):
         response: Response = flow.deny(runtime.server, db, v, user, outcome.reason)
     else:
-        consent_id = consents.current(db, user.id, v.client.row, v.resource.id)[0]
         if outcome.record_consent:
             consent_id = consents.give(db, user, v.client.row, v.resource, outcome.scopes).id
         response = flow.issue_code(
