@@ -34,7 +34,6 @@ from app.security.secrets import new_token
 from app.services import audit
 from app.stores import codes as codes_store
 from app.stores import tokens as tokens_store
-from app.stores import users as users_store
 
 log = logging.getLogger("ostiary.oauth")
 
@@ -200,8 +199,11 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         too, so that a replay is recognised once the request has proven the rest."""
         if not isinstance(code, str) or len(code) > MAX_CODE:
             return None
-        row = codes_store.find(current_db(), self.server.keyring.hashes(code))
-        return row if row is not None and row.client_id == client.client_id else None
+        found = codes_store.find_with_user(current_db(), self.server.keyring.hashes(code))
+        if found is None or found[0].client_id != client.client_id:
+            return None
+        row, self.request.user = found
+        return row
 
     def validate_token_request(self) -> None:
         super().validate_token_request()  # client auth, the code, redirect_uri, PKCE verifier
@@ -217,7 +219,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         # RFC 6749 §4.1.2: used once. Of two concurrent redemptions one wins this UPDATE.
         if not codes_store.redeem(db, code.code_hash, at=t, access_jti=jti, access_expires_at=t + 3600):
             self._refuse_used_or_expired(code, t)
-        user = users_store.get(db, code.user_id)
+        user = self.request.user
         if user is None or user.disabled:
             raise InvalidGrantError("The user of this code cannot sign in.")
         resource = self.request.resource

@@ -30,7 +30,6 @@ from app.oauth.server import Request, current_db
 from app.security.secrets import DecryptError
 from app.services import audit
 from app.stores import tokens as store
-from app.stores import users as users_store
 
 log = logging.getLogger("ostiary.oauth")
 
@@ -69,9 +68,10 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         raw = self.request.form.get("refresh_token")
         if not raw:
             raise InvalidRequestError("Missing 'refresh_token' in request.")
-        row = store.find_refresh(current_db(), self.server.keyring.hashes(raw)) if len(raw) <= MAX_TOKEN else None
-        if row is None or row.client_id != client.client_id:
+        found = store.find_refresh_and_user(current_db(), self.server.keyring.hashes(raw)) if len(raw) <= MAX_TOKEN else None
+        if found is None or found[0].client_id != client.client_id:
             raise InvalidGrantError("Invalid refresh token.")
+        row, self.request.user = found
         if row.revoked_at is not None:
             raise InvalidGrantError("The refresh token was revoked.")
         if row.expires_at <= now():
@@ -88,7 +88,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         row = self.request.refresh_token
         resource = self.request.resource
         client = self.request.client
-        user = users_store.get(db, row.user_id)
+        user = self.request.user
         if user is None or user.disabled:
             raise InvalidGrantError("The user of this refresh token cannot sign in.")
         # Never a scope the user may no longer have (groups change) or the MCP server dropped.

@@ -5,7 +5,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
-from app.models import AuthorizationCode
+from app.models import AuthorizationCode, User
 
 _CODES = cast(Table, AuthorizationCode.__table__)  # declarative types __table__ as any FromClause
 
@@ -16,7 +16,11 @@ _REDEEM = (
     .where(_CODES.c.code_hash == bindparam("b_code_hash"), _CODES.c.consumed_at.is_(None), _CODES.c.expires_at > bindparam("at"))
     .values(consumed_at=bindparam("at"), access_jti=bindparam("b_access_jti"), access_expires_at=bindparam("b_access_expires_at"))
 )
-_FIND = select(AuthorizationCode).where(AuthorizationCode.code_hash.in_(bindparam("hashes", expanding=True)))
+_FIND_WITH_USER = (
+    select(AuthorizationCode, User)
+    .join(User, User.id == AuthorizationCode.user_id)
+    .where(AuthorizationCode.code_hash.in_(bindparam("hashes", expanding=True)))
+)
 
 
 def add(db: Session, code: AuthorizationCode) -> None:
@@ -31,8 +35,10 @@ def redeem(db: Session, code_hash: str, *, at: int, access_jti: str, access_expi
     return cast(CursorResult[Any], result).rowcount == 1
 
 
-def find(db: Session, hashes: list[str]) -> AuthorizationCode | None:
-    return db.scalar(_FIND, {"hashes": hashes}, execution_options={"populate_existing": True})
+def find_with_user(db: Session, hashes: list[str]) -> tuple[AuthorizationCode, User] | None:
+    """The code and its user in one round trip (the code exchange's read)."""
+    found = db.execute(_FIND_WITH_USER, {"hashes": hashes}, execution_options={"populate_existing": True}).first()
+    return (found[0], found[1]) if found is not None else None
 
 
 def expire_unredeemed(db: Session, *, user_id: str, client_id: str, resource_id: int, at: int) -> None:

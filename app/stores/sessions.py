@@ -5,18 +5,24 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
-from app.models import BrowserSession
+from app.models import BrowserSession, User
 
 # Built once (docs/decisions.md#hot-statements-are-built-once): every /authorize reads the session.
-_FIND = select(BrowserSession).where(BrowserSession.id_hash.in_(bindparam("hashes", expanding=True)))
+_FIND = (
+    select(BrowserSession, User)
+    .join(User, User.id == BrowserSession.user_id)
+    .where(BrowserSession.id_hash.in_(bindparam("hashes", expanding=True)))
+)
 
 
 def add(db: Session, session: BrowserSession) -> None:
     db.add(session)
 
 
-def find(db: Session, id_hashes: list[str]) -> BrowserSession | None:
-    return db.scalar(_FIND, {"hashes": id_hashes})
+def find(db: Session, id_hashes: list[str]) -> tuple[BrowserSession, User] | None:
+    """The session with one of these hashes and its user, in one round trip."""
+    found = db.execute(_FIND, {"hashes": id_hashes}).first()
+    return (found[0], found[1]) if found is not None else None
 
 
 def touch(db: Session, id_hash: str, at: int) -> None:

@@ -6,7 +6,7 @@ from sqlalchemy import CursorResult, Table, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from app.models import AuthorizationCode, RefreshToken, RevokedAccessToken
+from app.models import AuthorizationCode, RefreshToken, RevokedAccessToken, User
 
 FRESH = {"populate_existing": True}
 
@@ -17,6 +17,12 @@ _REFRESH = cast(Table, RefreshToken.__table__)  # declarative types __table__ as
 # (docs/decisions.md#hot-statements-are-built-once).
 _INSERT_REFRESH = _REFRESH.insert()
 _FIND_REFRESH = select(RefreshToken).where(RefreshToken.token_hash.in_(bindparam("hashes", expanding=True)))
+# The token endpoint's read: the refresh token and its user in one round trip.
+_FIND_REFRESH_AND_USER = (
+    select(RefreshToken, User)
+    .join(User, User.id == RefreshToken.user_id)
+    .where(RefreshToken.token_hash.in_(bindparam("hashes", expanding=True)))
+)
 _CLAIM_REFRESH = (
     update(_REFRESH)
     .where(_REFRESH.c.id == bindparam("token_id"), _REFRESH.c.used_at.is_(None), _REFRESH.c.revoked_at.is_(None))
@@ -32,6 +38,13 @@ def add_refresh(db: Session, values: dict[str, Any]) -> None:
 
 def find_refresh(db: Session, hashes: list[str]) -> RefreshToken | None:
     return db.scalar(_FIND_REFRESH, {"hashes": hashes}, execution_options=FRESH)
+
+
+def find_refresh_and_user(db: Session, hashes: list[str]) -> tuple[RefreshToken, User] | None:
+    """The refresh token with one of these hashes and its user (the user's row cascades with
+    its tokens, so a token always has one)."""
+    found = db.execute(_FIND_REFRESH_AND_USER, {"hashes": hashes}, execution_options=FRESH).first()
+    return (found[0], found[1]) if found is not None else None
 
 
 def get_refresh(db: Session, token_id: int) -> RefreshToken | None:

@@ -22,7 +22,6 @@ from app.models import BrowserSession, User
 from app.security import csrf
 from app.security.secrets import new_token
 from app.stores import sessions as store
-from app.stores import users as users_store
 from app.web.display import breakable
 
 TOUCH_EVERY = 60  # seconds: how stale last_seen_at may get before a request writes it
@@ -195,15 +194,15 @@ def _load(request: Request, db: DbDep, runtime: RuntimeDep) -> Browser:
     raw_session = request.cookies.get(session_cookie)
     if not raw_session or len(raw_session) > 100:
         return browser
-    session = store.find(db, runtime.keyring.hashes(raw_session))
-    if session is None:
+    found = store.find(db, runtime.keyring.hashes(raw_session))
+    if found is None:
         browser.cookies_to_set.append((session_cookie, "", 0))
         return browser
+    session, user = found
     t = now()
     settings = runtime.settings
     expired = t >= session.expires_at or t >= session.last_seen_at + settings.session_idle_timeout
-    user = users_store.get(db, session.user_id)
-    if expired or user is None or user.disabled:
+    if expired or user.disabled:
         store.remove(db, session.id_hash)
         db.commit()
         browser.cookies_to_set.append((session_cookie, "", 0))
