@@ -195,7 +195,7 @@ def register(
     registration access token."""
     row = Client(id=client_id, kind=KIND_DYNAMIC, secret_hash=keyring.hash(secret) if secret else None, created_at=issued_at)
     row.registration_token_hash = registration_token_hash
-    client = store.add(db, apply_metadata(row, meta))
+    client = store.insert(db, apply_metadata(row, meta))
     audit.record(
         db,
         "client.registered",
