@@ -15,6 +15,7 @@ from typing import Any
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint as _IntrospectionEndpoint
 
 from app.infra.db import now
+from app.models import User
 from app.oauth.clients import OAuthClient
 from app.oauth.revocation import AccessHandle, RefreshHandle, find_token
 from app.oauth.server import Request, current_db
@@ -32,6 +33,7 @@ def _is_machine_token(claims: dict[str, Any]) -> bool:
 class Introspected:
     handle: RefreshHandle | AccessHandle
     active: bool
+    user: User | None = None  # the token's user, read once
 
     def is_expired(self) -> bool:
         return not self.active
@@ -58,7 +60,7 @@ class IntrospectionEndpoint(_IntrospectionEndpoint):
             return Introspected(handle, active and clients_store.get(db, handle.claims["sub"]) is not None)
         user_id = handle.row.user_id if isinstance(handle, RefreshHandle) else handle.claims.get("sub")
         user = users_store.get(db, user_id) if active and user_id else None
-        return Introspected(handle, active and user is not None and not user.disabled)
+        return Introspected(handle, active and user is not None and not user.disabled, user)
 
     def check_permission(self, token: Introspected, client: OAuthClient, request: Request) -> bool:
         row = client.row
@@ -78,7 +80,7 @@ class IntrospectionEndpoint(_IntrospectionEndpoint):
         handle = token.handle
         if isinstance(handle, AccessHandle):
             c = handle.claims
-            user = None if _is_machine_token(c) else users_store.get(current_db(), c["sub"])
+            user = None if _is_machine_token(c) else token.user
             bound = c.get("cnf") if isinstance(c.get("cnf"), dict) else None
             return {
                 "active": True,
