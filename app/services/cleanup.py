@@ -2,12 +2,16 @@
 
 Run by the periodic job loop (one replica at a time, under the job's lock) and by tests.
 Every step deletes in batches of BATCH rows, each batch in its own short transaction, and stops
-after MAX_BATCHES per run: a backlog drains over several runs without long locks.
+after MAX_BATCHES or STEP_SECONDS per run: a backlog drains over several runs without long locks.
+The bounds are sized to keep up with rotation: every refresh leaves a used token (kept until it
+expires, for reuse detection) and a sealed successor, so a run must be able to delete what five
+minutes of refreshes at full speed create (docs/decisions.md#expired-data-is-deleted-in-bounded-batches).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -20,7 +24,8 @@ from app.stores import jobs as job_locks
 log = logging.getLogger("ostiary.cleanup")
 
 BATCH = 1000
-MAX_BATCHES = 20
+MAX_BATCHES = 1000
+STEP_SECONDS = 20.0  # per table and run
 EVERY = 300  # seconds between runs, across all replicas
 DAY = 24 * 3600
 # A consumed code is kept a day past its expiry: a replay within that day is still recognised
@@ -49,17 +54,23 @@ def steps(settings: Settings, t: int) -> list[tuple[str, Callable[[Session, int]
 
 
 def run(
-    factory: sessionmaker[Session], settings: Settings, *, batch: int = BATCH, max_batches: int = MAX_BATCHES
+    factory: sessionmaker[Session],
+    settings: Settings,
+    *,
+    batch: int = BATCH,
+    max_batches: int = MAX_BATCHES,
+    step_seconds: float = STEP_SECONDS,
 ) -> dict[str, int]:
     """One pass over every table; returns the rows touched per table."""
     done: dict[str, int] = {}
     for name, step in steps(settings, now()):
         total = 0
+        deadline = time.monotonic() + step_seconds
         for _ in range(max_batches):
             with transaction(factory) as db:
                 count = step(db, batch)
             total += count
-            if count < batch:
+            if count < batch or time.monotonic() > deadline:
                 break
         if total:
             done[name] = total
