@@ -121,12 +121,29 @@ def _package_version(name: str) -> str | None:
         return None
 
 
-def _git(*args: str) -> str | None:
+def _git(*args: str, repo: Path = REPO) -> str | None:
     try:
-        out = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=10, check=True)  # noqa: S603, S607 - fixed arguments
+        out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10, check=True)  # noqa: S603, S607 - fixed arguments
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip()
+
+
+def checkout_info(directory: Path) -> dict[str, Any]:
+    """The code a server runs: its directory, short commit (`git rev-parse --short HEAD`) and
+    whether tracked files have changes not committed."""
+    dirty = _git("status", "--porcelain", "--untracked-files=no", repo=directory)
+    return {
+        "dir": str(directory),
+        "commit": _git("rev-parse", "--short", "HEAD", repo=directory),
+        "dirty": bool(dirty) if dirty is not None else None,
+    }
+
+
+def describe_checkout(info: dict[str, Any]) -> str:
+    """`3b0943c (/tmp/before)`, with `+ uncommitted changes` when there are."""
+    changes = ", + uncommitted changes" if info["dirty"] else ""
+    return f"{info['commit'] or 'no git commit'} ({info['dir']}{changes})"
 
 
 def machine_info() -> dict[str, Any]:

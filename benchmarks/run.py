@@ -6,6 +6,7 @@
     python -m benchmarks.run -s authcode,refresh -c 32 -d 20 -r 5
     python -m benchmarks.run --database-url postgresql://postgres@127.0.0.1:5432/postgres
     python -m benchmarks.run --peer /work/shared/bench-peer     # A/B against oidc-provider
+    git worktree add /tmp/before <commit> && python -m benchmarks.run --baseline /tmp/before
     python -m benchmarks.run --scale --scale-factor 0.1         # on a database already full of data
 
 What it does:
@@ -24,8 +25,20 @@ What it does:
 4. With --peer DIR (a bench-peer checkout, installed with its install.sh), the reference
    server (node-oidc-provider, `SIGNING_ALG=RS256 peer.sh start-mcp`, port 4103) runs every
    scenario too, alternating A B A B ..., and the ratios Ostiary/peer are printed.
-5. The results go to -o (default benchmarks/results/<UTC time>.json) with the machine and the
-   settings; the tables are printed.
+5. With --baseline DIR (another checkout of this repository, e.g. `git worktree add /tmp/before
+   <commit>`), a second Ostiary, `ostiary-baseline`, runs DIR's code: its own fresh database of
+   the same kind (`baseline.db` beside the other, or a second throwaway PostgreSQL database),
+   migrated and seeded by DIR's CLI (`python -m app.cli` in DIR with PYTHONPATH=DIR, checked to
+   import DIR's app), its own introspection client, and `ostiary serve` of DIR on --port + 1,
+   with the same pinning, --workers and --server-env, logging to <output>.baseline.log. The
+   first-time users and --scale rows go in with benchmarks/seed.py on this checkout's models
+   when they fit the baseline's schema as migrated (benchmarks.seed.schema_differences), else
+   with seed.py on DIR's models; if that fails too, the baseline skips firstlogin (a note says
+   so). Each scenario runs on ostiary, ostiary-baseline, then the peer, round after round; the
+   ratios are ostiary/peer and ostiary-baseline/peer (with --peer) and ostiary/ostiary-baseline.
+6. The results go to -o (default benchmarks/results/<UTC time>.json) with the machine, the
+   settings and the commit of each checkout (`checkouts`, also printed first); the tables are
+   printed.
 
 Scenarios (one operation each):
   discovery   GET /.well-known/oauth-authorization-server
@@ -54,6 +67,7 @@ import subprocess
 import sys
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -86,6 +100,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE", help="extra setting for ostiary serve")
     p.add_argument("--peer", type=Path, metavar="DIR", help="a bench-peer checkout: A/B against its oidc-provider")
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="another checkout of this repository (git worktree add DIR <commit>): served on --port + 1 as ostiary-baseline",
+    )
     p.add_argument("--first-users", type=int, help="pre-seeded first-time users for firstlogin (default: enough for the runs)")
     p.add_argument(
         "--smoke", action="store_true", help="1 worker, --smoke-ops operations per scenario, 1 round; exit 1 on any error"
@@ -105,6 +125,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.scenarios = sorted(dict.fromkeys(scenarios), key=lambda s: s == "register")
     if args.database_url and not args.database_url.startswith("postgresql://"):
         p.error("--database-url takes a postgresql:// URL (SQLite is the default)")
+    if args.baseline:
+        args.baseline = args.baseline.resolve()
+        if not (args.baseline / "app" / "cli.py").is_file() or not (args.baseline / "migrations").is_dir():
+            p.error(f"--baseline {args.baseline}: not a checkout of this repository (no app/cli.py and migrations/)")
+        if args.peer and args.port + 1 == targets.PEER_PORT:
+            p.error(f"--baseline serves on --port + 1 = {args.port + 1}, the peer's port")
     if args.smoke:
         args.concurrency, args.rounds, args.warmup = 1, 1, 0.0
     if min(args.concurrency, args.rounds, args.smoke_ops) < 1 or args.duration <= 0:
@@ -130,7 +156,7 @@ def _pin_driver(cpu: str) -> str | None:
     return cpu
 
 
-LINE = "{scenario:<11} {target:<13} {round:>2} {ok:>7} {err:>5} {rps:>9} {p50:>8} {p95:>8} {p99:>8} {max:>8} {cpu:>9} {srv:>8} {mb:>6} {drv:>8} {other:>6}"
+LINE = "{scenario:<11} {target:<16} {round:>2} {ok:>7} {err:>5} {rps:>9} {p50:>8} {p95:>8} {p99:>8} {max:>8} {cpu:>9} {srv:>8} {mb:>6} {drv:>8} {other:>6}"
 
 
 def _line(row: dict[str, Any] | None) -> str:
@@ -187,6 +213,49 @@ def _failed_row(target: targets.Target, scenario: str, exc: Exception) -> dict[s
     }
 
 
+@dataclass
+class Baseline:
+    db: servers.Database
+    introspector: tuple[str, str]
+    first_users: int
+    skip: tuple[str, ...]
+    notes: list[str]
+
+
+def _prepare_baseline(code: Path, db: servers.Database, port: int, first_users: int, scale_args: list[str]) -> Baseline:
+    """The baseline's database, as the main one: migrated and seeded by the CLI of `code`; the
+    first-time users and --scale rows with this checkout's models if they fit the schema that
+    `code` migrated, else with benchmarks/seed.py on the models of `code`."""
+    issuer = f"http://127.0.0.1:{port}"
+    t0 = time.perf_counter()
+    introspector = servers.seed_with_cli(db, issuer, code=code)
+    notes: list[str] = []
+    skip: tuple[str, ...] = ()
+    seed_code = servers.REPO
+    if first_users or scale_args:
+        from benchmarks import seed  # imports the app's models: only where they are needed
+
+        tables = [seed.USERS] if first_users and not scale_args else list(seed.SCALE_TABLES)
+        blocking, harmless = seed.schema_differences(db.url, tables)
+        if blocking:
+            seed_code = code
+            notes.append(f"seeded with benchmarks/seed.py on its own models: this checkout's do not fit ({'; '.join(blocking)})")
+        elif harmless:
+            notes.append(f"seeded with this checkout's models, which leave NULL or the default in {', '.join(harmless)}")
+    if first_users:
+        try:
+            servers.seed_first_users(db, issuer, prefix=targets.FIRST_USER_PREFIX, count=first_users, code=seed_code)
+        except RuntimeError as exc:
+            if seed_code == servers.REPO:
+                raise
+            first_users, skip = 0, ("firstlogin",)
+            notes.append(f"firstlogin: skipped: its first-time users could not be seeded ({exc})")
+    print(f"baseline database ready in {time.perf_counter() - t0:.1f} s ({first_users} first-time users)", file=sys.stderr)
+    if scale_args:
+        servers.seed_scale(db, issuer, scale_args, code=seed_code)
+    return Baseline(db, introspector, first_users, skip, notes)
+
+
 async def bench(args: argparse.Namespace, under_test: list[targets.Target]) -> tuple[list[dict[str, Any]], list[TargetState]]:
     main_task = asyncio.current_task()
     assert main_task is not None
@@ -203,7 +272,9 @@ async def bench(args: argparse.Namespace, under_test: list[targets.Target]) -> t
     print(_line(None), flush=True)
     for round_no in range(1, args.rounds + 1):
         for scenario in args.scenarios:
-            for state in states:  # A B A B ...: both targets under the same conditions, in turn
+            for state in states:  # A B A B ...: every target under the same conditions, in turn
+                if scenario in state.target.skip:
+                    continue
                 try:
                     row = await driver.run(state, scenario)
                 except (Fail, ValueError, KeyError) as exc:  # the set-up of this run failed
@@ -220,10 +291,14 @@ def main(argv: list[str] | None = None) -> int:
     output: Path = args.output or RESULTS / f"{started}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     server_log = output.with_suffix(".server.log")
+    baseline_log = output.with_suffix(".baseline.log")
     peer_log = output.with_suffix(".peer.log")
     signal.signal(signal.SIGTERM, _on_sigterm)
     machine = report.machine_info()
     server_cpu = args.server_cpu or None
+    checkouts = {"ostiary": report.checkout_info(servers.REPO)}
+    if args.baseline:
+        checkouts["ostiary-baseline"] = report.checkout_info(args.baseline)
 
     with ExitStack() as stack:
         workdir = servers.scratch_dir()
@@ -237,17 +312,21 @@ def main(argv: list[str] | None = None) -> int:
         introspector = servers.seed_with_cli(db, issuer)
         first_users = args.first_users if "firstlogin" in args.scenarios else 0
         if first_users:
-            from benchmarks import seed  # imports the app's models: only where they are needed
-
-            seed.insert_users(db.url, prefix="bench-u-", count=first_users, password=targets.PASSWORD)
+            servers.seed_first_users(db, issuer, prefix=targets.FIRST_USER_PREFIX, count=first_users)
         print(f"database ready in {time.perf_counter() - t0:.1f} s ({first_users} first-time users)", file=sys.stderr)
         scale_counts = None
+        scale_args: list[str] = []
         if args.scale:
             scale_counts = {
                 name: round(getattr(args, f"scale_{name.replace('-', '_')}") * args.scale_factor) for name in SCALE_DEFAULTS
             }
             scale_counts["users"] = max(1, round(50_000 * args.scale_factor))
-            servers.seed_scale(db, issuer, [a for name, n in scale_counts.items() for a in (f"--{name}", str(n))])
+            scale_args = [a for name, n in scale_counts.items() for a in (f"--{name}", str(n))]
+            servers.seed_scale(db, issuer, scale_args)
+        baseline = None
+        if args.baseline:
+            baseline_db = stack.enter_context(servers.fresh_database(args.database_url, workdir, "baseline"))
+            baseline = _prepare_baseline(args.baseline, baseline_db, args.port + 1, first_users, scale_args)
 
         extra_env = dict(item.split("=", 1) for item in args.server_env if "=" in item)
         server = servers.OstiaryServer(
@@ -258,6 +337,29 @@ def main(argv: list[str] | None = None) -> int:
         ostiary = targets.ostiary(args.port, first_users=first_users, introspector=introspector)
         ostiary.pid = server.pid
         under_test = [ostiary]
+        if baseline is not None:
+            baseline_server = servers.OstiaryServer(
+                baseline.db,
+                port=args.port + 1,
+                workers=args.workers,
+                cpus=server_cpu,
+                log=baseline_log,
+                extra_env=extra_env,
+                code=args.baseline,
+            )
+            stack.callback(baseline_server.stop)
+            baseline_server.start()
+            target = targets.ostiary(
+                args.port + 1, first_users=baseline.first_users, introspector=baseline.introspector, name="ostiary-baseline"
+            )
+            target.pid = baseline_server.pid
+            target.notes = [
+                f"the code of {report.describe_checkout(checkouts['ostiary-baseline'])}",
+                *target.notes,
+                *baseline.notes,
+            ]
+            target.skip = baseline.skip
+            under_test.append(target)
         if args.peer:
             peer = servers.Peer(args.peer.resolve(), cpus=server_cpu, log_copy=peer_log)
             stack.callback(peer.stop)
@@ -273,22 +375,32 @@ def main(argv: list[str] | None = None) -> int:
         for target in under_test:
             for note in target.notes:
                 print(f"note ({target.name}): {note}", file=sys.stderr)
+        for name, info in checkouts.items():
+            print(f"{name:<16} {report.describe_checkout(info)}", flush=True)
         import uvloop  # the bench extra
 
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             rows, states = runner.run(bench(args, under_test))
 
     meds = report.medians(rows)
-    ratios = report.ratios(meds, "ostiary", "oidc-provider") if args.peer else []
+    pairs = [("ostiary", "oidc-provider")] if args.peer else []
+    if args.peer and args.baseline:
+        pairs.append(("ostiary-baseline", "oidc-provider"))
+    if args.baseline:
+        pairs.append(("ostiary", "ostiary-baseline"))
+    ratio_sets = [(a, b, report.ratios(meds, a, b)) for a, b in pairs]
+    ratios = [row for _, _, rows_ab in ratio_sets for row in rows_ab]
     print()
     if args.smoke:
         print("smoke: a few operations each; the figures above check that everything works, they measure nothing")
-    elif args.rounds > 1 or args.peer:
+    elif args.rounds > 1 or args.peer or args.baseline:
         print("medians over the rounds (errors summed; drv cpu% and other% the worst round):")
         print(report.medians_table(meds))
-    if ratios and not args.smoke:
-        print("\nostiary / oidc-provider (A/B of the medians; > 1 means Ostiary is higher):")
-        print(report.ratios_table(ratios))
+    if not args.smoke:
+        for a, b, rows_ab in ratio_sets:
+            if rows_ab:
+                print(f"\n{a} / {b} (A/B of the medians; > 1 means {a} is higher):")
+                print(report.ratios_table(rows_ab))
     for title, lines in (("requests inside operations", report.breakdown_lines(rows)), ("errors", report.error_lines(rows))):
         if lines:
             print(f"\n{title}:")
@@ -313,7 +425,9 @@ def main(argv: list[str] | None = None) -> int:
             "first_users": first_users,
             "scale": scale_counts,
             "peer": str(args.peer) if args.peer else None,
+            "baseline": str(args.baseline) if args.baseline else None,
         },
+        "checkouts": checkouts,
         "targets": [
             {
                 "name": s.target.name,
@@ -322,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
                 "resource": s.target.resource,
                 "scope": s.target.scope,
                 "signin_params": s.target.signin_params,
+                "first_users": s.target.first_user_count if s.target.firstlogin == "new-users" else None,
+                "skipped": list(s.target.skip),
                 "notes": s.target.notes,
             }
             for s in states
@@ -329,7 +445,11 @@ def main(argv: list[str] | None = None) -> int:
         "runs": rows,
         "medians": meds,
         "ratios": ratios,
-        "logs": {"server": str(server_log), "peer": str(peer_log) if args.peer else None},
+        "logs": {
+            "server": str(server_log),
+            "baseline": str(baseline_log) if args.baseline else None,
+            "peer": str(peer_log) if args.peer else None,
+        },
     }
     output.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nresults: {output}")

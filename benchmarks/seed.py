@@ -15,7 +15,8 @@ default retention, so the cleanup job has work; clients are recently used, so th
 does not delete them (and their grants and tokens) behind the benchmark's back.
 
 `insert_users` is also what the benchmark uses to create the first-time users of its
-`firstlogin` scenario.
+`firstlogin` scenario. `schema_differences` tells whether these models fit a database that
+another checkout migrated (python -m benchmarks.run --baseline DIR).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def _table(model: type[Any]) -> Table:
 
 USERS, CLIENTS, GRANTS, REFRESH, AUDIT = (_table(m) for m in (User, Client, Consent, RefreshToken, AuditEvent))
 RESOURCES, RESOURCE_SCOPES = _table(Resource), _table(ResourceScope)
+SCALE_TABLES = (USERS, CLIENTS, GRANTS, REFRESH, AUDIT, RESOURCES, RESOURCE_SCOPES)  # what seed() writes
 
 
 # -- plumbing ------------------------------------------------------------------------------------
@@ -89,6 +91,32 @@ def check_complete(conn: Connection, table: Table, row: dict[str, Any]) -> None:
     ]
     if missing:
         raise SystemExit(f"seed: {table.name}: no value for NOT NULL column(s) {', '.join(missing)}")
+
+
+def schema_differences(url: str, tables: Iterable[Table]) -> tuple[list[str], list[str]]:
+    """How these models and a migrated database (perhaps another version's) disagree: (what an
+    INSERT of rows shaped for these models would fail on: a table or a model column the database
+    lacks, a NOT NULL column without a default the models lack; what it would only leave NULL or
+    to its default: the database's other columns the models lack). Both empty: the seed fits."""
+    engine = make_engine(url)
+    blocking: list[str] = []
+    harmless: list[str] = []
+    try:
+        with engine.connect() as conn:
+            found = inspect(conn)
+            for table in tables:
+                if not found.has_table(table.name):
+                    blocking.append(f"{table.name}: no such table")
+                    continue
+                in_db = {col["name"]: col for col in found.get_columns(table.name)}
+                blocking.extend(f"{table.name}.{c.name}: not in the database" for c in table.c if c.name not in in_db)
+                for name, col in in_db.items():
+                    if name not in table.c:
+                        required = not col["nullable"] and col.get("default") is None
+                        (blocking if required else harmless).append(f"{table.name}.{name}: not in these models")
+    finally:
+        engine.dispose()
+    return blocking, harmless
 
 
 def insert_batches(engine: Engine, table: Table, rows: Iterable[dict[str, Any]], total: int, *, quiet: bool = False) -> int:

@@ -1,5 +1,10 @@
 """The processes under test: a fresh database seeded with the real CLI, `ostiary serve` pinned to
-a core, and the reference peer. Every process started here is stopped here, and only those."""
+a core, and the reference peer. Every process started here is stopped here, and only those.
+
+`code` is the checkout whose `app` package a process runs: this repository (REPO), or with
+--baseline another checkout of it, run from its own directory with PYTHONPATH=<it> so that its
+`app` and migrations/ are imported, not this one's (the editable install puts REPO on sys.path
+through a .pth file, which comes after PYTHONPATH and the working directory)."""
 
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from benchmarks.targets import PASSWORD, PEER_PORT, USERNAME
 RESOURCE_URI = "http://127.0.0.1:9400/mcp"
 INTROSPECTOR_NAME = "bench-rs"
 REPO = Path(__file__).resolve().parent.parent
+SEED_SCRIPT = Path(__file__).resolve().parent / "seed.py"
 
 
 @dataclass(frozen=True)
@@ -30,21 +36,31 @@ class Database:
     url: str
     secret_keys: str | None  # OSTIARY_SECRET_KEYS; None on SQLite, whose keyring is the development file
 
-    def env(self, issuer: str) -> dict[str, str]:
-        """The environment of every Ostiary process: ours only, none of the caller's OSTIARY_*."""
+    def env(self, issuer: str, code: Path = REPO) -> dict[str, str]:
+        """The environment of every Ostiary process: ours only, none of the caller's OSTIARY_*;
+        with another checkout, PYTHONPATH is that checkout alone."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("OSTIARY_")}
         env.update(OSTIARY_DATABASE_URL=self.url, OSTIARY_ISSUER=issuer)
         if self.secret_keys:
             env["OSTIARY_SECRET_KEYS"] = self.secret_keys
+        if code != REPO:
+            env["PYTHONPATH"] = str(code)
         return env
+
+    def keyring_env(self) -> dict[str, str]:
+        """OSTIARY_SECRET_KEYS as the server has it: on SQLite, the development keyring's file."""
+        if self.secret_keys is not None:
+            return {"OSTIARY_SECRET_KEYS": self.secret_keys}
+        sqlite_file = self.url.removeprefix("sqlite:///")
+        return {"OSTIARY_SECRET_KEYS": Path(sqlite_file + ".secret-keys").read_text().strip()}
 
 
 @contextmanager
-def fresh_database(server_url: str | None, workdir: Path) -> Iterator[Database]:
-    """SQLite in `workdir`, or a throwaway database `ostiary_bench_<random>` on the PostgreSQL
-    server of `server_url`, dropped afterwards."""
+def fresh_database(server_url: str | None, workdir: Path, name: str = "ostiary") -> Iterator[Database]:
+    """SQLite `<name>.db` in `workdir`, or a throwaway database `ostiary_bench_<random>` on the
+    PostgreSQL server of `server_url`, dropped afterwards."""
     if server_url is None:
-        yield Database(f"sqlite:///{workdir / 'ostiary.db'}", None)
+        yield Database(f"sqlite:///{workdir / f'{name}.db'}", None)
         return
     import psycopg  # only needed here
     from psycopg import sql
@@ -68,10 +84,10 @@ def fresh_database(server_url: str | None, workdir: Path) -> Iterator[Database]:
         print(f"dropped PostgreSQL database {name}", file=sys.stderr)
 
 
-def cli(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
-    """`ostiary ARGS` (python -m app.cli); its output, or RuntimeError with its error."""
+def cli(env: dict[str, str], *args: str, stdin: str | None = None, code: Path = REPO) -> str:
+    """`ostiary ARGS` (python -m app.cli of `code`); its output, or RuntimeError with its error."""
     done = subprocess.run(  # noqa: S603 - our own interpreter and fixed arguments
-        [sys.executable, "-m", "app.cli", *args], env=env, input=stdin, capture_output=True, text=True, cwd=REPO, timeout=120
+        [sys.executable, "-m", "app.cli", *args], env=env, input=stdin, capture_output=True, text=True, cwd=code, timeout=120
     )
     if done.returncode != 0:
         raise RuntimeError(
@@ -80,16 +96,37 @@ def cli(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
     return done.stdout
 
 
-def seed_with_cli(db: Database, issuer: str) -> tuple[str, str]:
-    """Migrate and seed as an operator would; returns the MCP server's introspection credentials."""
-    env = db.env(issuer)
+def _python(env: dict[str, str], code: Path, script: str, *args: str, stdin: str | None = None, timeout: float = 60) -> str:
+    """`python -c SCRIPT ARGS` in `code`; its output, or RuntimeError with its error."""
+    done = subprocess.run(  # noqa: S603 - our own interpreter and our own script
+        [sys.executable, "-c", script, *args], env=env, input=stdin, capture_output=True, text=True, cwd=code, timeout=timeout
+    )
+    if done.returncode != 0:
+        tail = "\n".join((done.stderr.strip() or done.stdout.strip()).splitlines()[-5:])
+        raise RuntimeError(f"python -c in {code} failed ({done.returncode}): {tail}")
+    return done.stdout
+
+
+def check_checkout(code: Path, env: dict[str, str]) -> None:
+    """The processes of `code` import its own app package, not this repository's."""
+    where = Path(_python(env, code, "import app; print(app.__file__)").strip()).resolve()
+    if not where.is_relative_to(code.resolve()):
+        raise RuntimeError(f"the processes meant to run {code} import app from {where}")
+
+
+def seed_with_cli(db: Database, issuer: str, code: Path = REPO) -> tuple[str, str]:
+    """Migrate and seed as an operator would, with the CLI of `code`; returns the MCP server's
+    introspection credentials."""
+    env = db.env(issuer, code)
+    if code != REPO:
+        check_checkout(code, env)
     if db.secret_keys is None:
         # The development keyring `ostiary serve` makes beside the SQLite file (app/settings.py),
         # made now because `clients add` needs it before the server first starts.
-        code = "from app.settings import ensure_development_keyring, load_settings; ensure_development_keyring(load_settings())"
-        subprocess.run([sys.executable, "-c", code], env=env, check=True, cwd=REPO, capture_output=True, timeout=60)  # noqa: S603
-    print(cli(env, "migrate").strip(), file=sys.stderr)
-    cli(env, "users", "create", USERNAME, "--password-stdin", stdin=PASSWORD + "\n")
+        script = "from app.settings import ensure_development_keyring, load_settings; ensure_development_keyring(load_settings())"
+        _python(env, code, script)
+    print(cli(env, "migrate", code=code).strip(), file=sys.stderr)
+    cli(env, "users", "create", USERNAME, "--password-stdin", stdin=PASSWORD + "\n", code=code)
     cli(
         env,
         "resources",
@@ -103,23 +140,42 @@ def seed_with_cli(db: Database, issuer: str) -> tuple[str, str]:
         "mcp:write=Write",
         "--default-scope",
         "mcp:read",
+        code=code,
     )
-    out = cli(env, "clients", "add", "--name", INTROSPECTOR_NAME, "--confidential", "--resource-server", RESOURCE_URI)
+    out = cli(env, "clients", "add", "--name", INTROSPECTOR_NAME, "--confidential", "--resource-server", RESOURCE_URI, code=code)
     values = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
     if "client_id" not in values or "client_secret" not in values:
         raise RuntimeError(f"ostiary clients add printed no client_id/client_secret: {out!r}")
     return values["client_id"].strip(), values["client_secret"].strip()
 
 
-def seed_scale(db: Database, issuer: str, counts: list[str]) -> None:
-    """`python -m benchmarks.seed` on the fresh database, with the server's keyring."""
-    env = db.env(issuer)
-    if db.secret_keys is None:
-        sqlite_file = db.url.removeprefix("sqlite:///")
-        env["OSTIARY_SECRET_KEYS"] = Path(sqlite_file + ".secret-keys").read_text().strip()
-    subprocess.run(  # noqa: S603
-        [sys.executable, "-m", "benchmarks.seed", "--database-url", db.url, *counts], env=env, check=True, cwd=REPO
-    )
+# benchmarks/seed.py run on another checkout's app package (its models, hashing and sealing):
+# the file by path, so that the checkout's own benchmarks/ (if it has one) plays no part.
+_SEED_MAIN = "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+_SEED_USERS = (
+    "import runpy, sys; seed = runpy.run_path(sys.argv[1]); "
+    "seed['insert_users'](sys.argv[2], prefix=sys.argv[3], count=int(sys.argv[4]), password=sys.stdin.read())"
+)
+
+
+def seed_scale(db: Database, issuer: str, counts: list[str], code: Path = REPO) -> None:
+    """`python -m benchmarks.seed` on the fresh database, with the server's keyring; with
+    another checkout as `code`, this seed.py on that checkout's app package."""
+    env = {**db.env(issuer, code), **db.keyring_env()}
+    command = [sys.executable, "-m", "benchmarks.seed"] if code == REPO else [sys.executable, "-c", _SEED_MAIN, str(SEED_SCRIPT)]
+    subprocess.run([*command, "--database-url", db.url, *counts], env=env, check=True, cwd=code)  # noqa: S603
+
+
+def seed_first_users(db: Database, issuer: str, *, prefix: str, count: int, code: Path = REPO) -> int:
+    """The first-time users of `firstlogin` (benchmarks/seed.py insert_users): in this process
+    with this repository's models, or with another checkout's models in a process of its own."""
+    if code == REPO:
+        from benchmarks import seed  # imports the app's models: only where they are needed
+
+        return seed.insert_users(db.url, prefix=prefix, count=count, password=PASSWORD)
+    env = {**db.env(issuer, code), **db.keyring_env()}
+    _python(env, code, _SEED_USERS, str(SEED_SCRIPT), db.url, prefix, str(count), stdin=PASSWORD, timeout=600)
+    return count
 
 
 def pin_command(cpus: str | None) -> list[str]:
@@ -151,10 +207,21 @@ def _tail(path: Path, lines: int = 15) -> str:
 class OstiaryServer:
     """`ostiary serve` in its own session (a Ctrl-C reaches us, not it), logging to a file."""
 
-    def __init__(self, db: Database, *, port: int, workers: int, cpus: str | None, log: Path, extra_env: dict[str, str]):
+    def __init__(
+        self,
+        db: Database,
+        *,
+        port: int,
+        workers: int,
+        cpus: str | None,
+        log: Path,
+        extra_env: dict[str, str],
+        code: Path = REPO,
+    ):
         self.port = port
         self.issuer = f"http://127.0.0.1:{port}"
-        self.env = {**db.env(self.issuer), **extra_env}
+        self.code = code
+        self.env = {**db.env(self.issuer, code), **extra_env}
         self.command = [
             *pin_command(cpus),
             sys.executable,
@@ -176,7 +243,7 @@ class OstiaryServer:
     def start(self, timeout: float = 60) -> None:
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and fixed arguments
-                self.command, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True
+                self.command, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.code, start_new_session=True
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -8,6 +8,7 @@ from typing import Literal
 REDIRECT_URI = "http://127.0.0.1:9/cb"  # nothing listens there: the driver reads the code off the Location header
 USERNAME = "alice"
 PASSWORD = "correct horse battery staple"
+FIRST_USER_PREFIX = "bench-u-"  # the first-time users of firstlogin: bench-u-0, bench-u-1, ...
 
 # RFC 8414 §3 first; OpenID Connect Discovery for servers that only serve that one.
 DISCOVERY_PATHS = ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration")
@@ -25,6 +26,7 @@ class Target:
     introspection; None: the driver registers one by RFC 7591 at start. `client_store_limit`:
     the server keeps at most about this many clients (an in-memory LRU), so a `register` run
     evicts the driver's own clients and signed-in sessions, which are then set up again.
+    `skip`: scenarios this target cannot run (a note says why); the others run them alone.
     """
 
     name: str
@@ -41,11 +43,12 @@ class Target:
     # firstlogin: "new-users" signs in a pre-seeded new user per operation (`first_user_prefix`
     # + n, n < first_user_count); "same-user" signs the one user in again with a fresh browser.
     firstlogin: Literal["new-users", "same-user"] = "new-users"
-    first_user_prefix: str = "bench-u-"
+    first_user_prefix: str = FIRST_USER_PREFIX
     first_user_count: int = 0
     introspect_kind: Literal["access_token", "refresh_token"] = "access_token"
     introspector: tuple[str, str] | None = None
     client_store_limit: int | None = None
+    skip: tuple[str, ...] = ()
     notes: list[str] = field(default_factory=list)
 
     def server_pid(self) -> int | None:
@@ -60,9 +63,10 @@ class Target:
         return None
 
 
-def ostiary(port: int, *, first_users: int, introspector: tuple[str, str]) -> Target:
+def ostiary(port: int, *, first_users: int, introspector: tuple[str, str], name: str = "ostiary") -> Target:
+    """Ostiary on `port`; with --baseline, a second one (`ostiary-baseline`) of another checkout."""
     return Target(
-        name="ostiary",
+        name=name,
         issuer=f"http://127.0.0.1:{port}",
         resource="http://127.0.0.1:9400/mcp",
         scope="mcp:read",
