@@ -71,8 +71,8 @@ def create_app(settings: Settings, *, run_jobs: bool = True, fetch_transport: ht
     app.add_middleware(
         PublicDocuments,
         prefix=prefix,
-        metadata=runtime.metadata.body,
-        jwks=lambda: runtime.keys.snapshot().jwks_json,
+        metadata=(runtime.metadata.fresh_body, runtime.metadata.body),
+        jwks=(runtime.keys.fresh_jwks, lambda: runtime.keys.snapshot().jwks_json),
         jwks_max_age=settings.jwks_max_age,
     )
     app.add_middleware(PublicCORSMiddleware, prefix=prefix)

@@ -6,7 +6,8 @@ when the scope catalogue changes, the JWKS when keys change): what a GET costs i
 around them, so they are served by this pure-ASGI app inside the edge, request and CORS
 middleware (which still apply) but before FastAPI's routing and dependency machinery
 (docs/decisions.md#public-documents-bypass-the-router). Anything else, and any other method
-(405 from the router), goes on to the application.
+(405 from the router), goes on to the application. Bytes that are due for a rebuild (which reads
+the database) are rebuilt in the thread pool, never on the event loop.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.http import endpoints
@@ -22,7 +24,8 @@ from app.http import endpoints
 @dataclass(frozen=True)
 class Document:
     route: str  # the route template, for metrics and the access log (app/http/middleware.py)
-    body: Callable[[], bytes]
+    cached: Callable[[], bytes | None]  # the bytes if they need no rebuild (no I/O)
+    body: Callable[[], bytes]  # the bytes, rebuilt first if due (may read the database)
     content_type: bytes
     cache_control: bytes
 
@@ -32,10 +35,19 @@ class Document:
 
 
 class PublicDocuments:
-    def __init__(self, app: ASGIApp, *, prefix: str, metadata: Callable[[], bytes], jwks: Callable[[], bytes], jwks_max_age: int):
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        prefix: str,
+        metadata: tuple[Callable[[], bytes | None], Callable[[], bytes]],
+        jwks: tuple[Callable[[], bytes | None], Callable[[], bytes]],
+        jwks_max_age: int,
+    ):
+        """`metadata` and `jwks`: (the bytes if fresh, else None; the bytes, rebuilt if due)."""
         self.app = app
-        meta = (metadata, b"application/json", b"public, max-age=300")
-        jwks_doc = (jwks, b"application/jwk-set+json", f"public, max-age={jwks_max_age}".encode())
+        meta = (*metadata, b"application/json", b"public, max-age=300")
+        jwks_doc = (*jwks, b"application/jwk-set+json", f"public, max-age={jwks_max_age}".encode())
         self.documents = {
             # RFC 8414 §3.1: with an issuer path, the well-known segment goes between host and path.
             f"/.well-known/oauth-authorization-server{prefix}": Document(
@@ -54,7 +66,9 @@ class PublicDocuments:
         if document is None:
             return await self.app(scope, receive, send)
         scope["route"] = document
-        body = document.body()
+        body = document.cached()
+        if body is None:
+            body = await run_in_threadpool(document.body)
         await send(
             {
                 "type": "http.response.start",

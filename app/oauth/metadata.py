@@ -75,6 +75,11 @@ class MetadataCache:
                 self._built_at = time.monotonic()
             return self._body
 
+    def fresh_body(self) -> bytes | None:
+        """The document if it needs no rebuild (no I/O: safe on the event loop), else None."""
+        body = self._body
+        return body if body is not None and time.monotonic() - self._built_at < REFRESH_INTERVAL else None
+
     def _scope_list(self) -> list[str]:
         return sorted(set(self._scopes or []) | set(PROTOCOL_SCOPES))
 

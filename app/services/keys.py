@@ -251,6 +251,11 @@ class KeyCache:
                 snap = self._snapshot
         return snap
 
+    def fresh_jwks(self) -> bytes | None:
+        """The JWKS if the keys need no reload (no I/O: safe on the event loop), else None."""
+        snap = self._snapshot
+        return snap.jwks_json if snap is not None and time.monotonic() - self._loaded_at <= self._interval else None
+
     def invalidate(self) -> None:
         self._loaded_at = 0.0
 
