@@ -5,7 +5,7 @@
     python -m benchmarks.run --smoke              # a few operations of each, exit status 1 on any error (CI)
     python -m benchmarks.run -s authcode,refresh -c 32 -d 20 -r 5
     python -m benchmarks.run --database-url postgresql://postgres@127.0.0.1:5432/postgres
-    python -m benchmarks.run --peer /work/shared/bench-peer     # A/B against oidc-provider
+    python -m benchmarks.run --peer /path/to/bench-peer         # A/B against oidc-provider
     git worktree add /tmp/before <commit> && python -m benchmarks.run --baseline /tmp/before
     python -m benchmarks.run --scale --scale-factor 0.1         # on a database already full of data
 
