@@ -30,6 +30,7 @@ import uvicorn
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.infra import workers
 from app.infra.db import make_engine, make_sessionmaker, transaction
 from app.models import Client, User
 from app.models.client import KIND_ADMIN
@@ -114,6 +115,9 @@ def _refused(exc: Refused) -> UsageError:
 # -- commands ----------------------------------------------------------------------------------
 
 
+_APP = "app.main:create_app_from_env"  # the uvicorn factory every worker runs
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     if args.port < 1 or args.port > 65535:
         raise UsageError("--port must be between 1 and 65535")
@@ -141,8 +145,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"then sign in at {settings.issuer}/admin",
             file=sys.stderr,
         )
-    uvicorn.run(
-        "app.main:create_app_from_env",
+    options: dict[str, Any] = dict(
         factory=True,
         host=args.host,
         port=args.port,
@@ -156,6 +159,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server_header=False,
         timeout_graceful_shutdown=20,
     )
+    if args.workers > 1 and workers.can_share_port():
+        # docs/decisions.md#workers-listen-on-their-own-sockets
+        return workers.serve(uvicorn.Config(_APP, **options), args.workers)
+    uvicorn.run(_APP, **options)
     return 0
 
 

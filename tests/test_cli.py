@@ -8,6 +8,7 @@ every row of every table before and after).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -21,6 +22,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from app.infra import workers
 from app.infra.db import make_engine
 from app.main import create_app
 from app.security.secrets import Keyring
@@ -515,6 +517,103 @@ def serve_until_ready(url: str, cwd: Path, *args: str) -> None:
             proc.kill()
             proc.wait()
         proc.stderr.close()
+
+
+def _sockets_of(pid: int) -> set[int]:
+    """The inodes of the sockets process `pid` holds open."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def _tcp_sockets(port: int) -> dict[int, str]:
+    """inode -> "listen" or "established" of the IPv4 TCP sockets whose local port is `port`."""
+    states = {"0A": "listen", "01": "established"}
+    found = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] in states:
+            found[int(fields[9])] = states[fields[3]]
+    return found
+
+
+def _workers(parent: int, port: int) -> dict[int, set[int]]:
+    """worker pid -> the inodes of the listening sockets on `port` it holds, for each child of
+    `parent` that listens there."""
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    listening = {inode for inode, state in _tcp_sockets(port).items() if state == "listen"}
+    held = {int(pid): _sockets_of(int(pid)) & listening for pid in children}
+    return {pid: inodes for pid, inodes in held.items() if inodes}
+
+
+@pytest.mark.skipif(not workers.can_share_port(), reason="SO_REUSEPORT balancing is Linux's")
+def test_serve_workers_each_listen_and_share_the_connections(ostiary):
+    """docs/decisions.md#workers-listen-on-their-own-sockets: with --workers 2 each worker has its
+    own listening socket on the port and new connections reach both (one shared socket let one
+    worker take every keep-alive connection); a worker that dies is replaced; SIGTERM stops all."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [*OSTIARY, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
+        env=cli_env(ostiary.url),
+        cwd=ostiary.cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def until(condition, what: str) -> None:
+        deadline = time.monotonic() + 30
+        while not condition():
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, what
+            time.sleep(0.1)
+
+    clients = [httpx.Client(base_url=base, timeout=5) for _ in range(24)]
+    try:
+        until(lambda: len(_workers(proc.pid, port)) == 2, "two workers did not start listening")
+        first = _workers(proc.pid, port)
+        assert all(len(inodes) == 1 for inodes in first.values())
+        assert len(set().union(*first.values())) == 2  # two sockets, not one shared
+        for client in clients:  # 24 keep-alive connections, each opened and answered
+            assert client.get("/readyz").status_code == 200
+        established = {inode for inode, state in _tcp_sockets(port).items() if state == "established"}
+        held = {pid: len(_sockets_of(pid) & established) for pid in first}
+        assert sum(held.values()) == 24, held
+        assert all(count > 0 for count in held.values()), held  # 2 * 2**-24 to fail by chance
+        # A second server cannot join the workers' group by accident: serve checks the port first.
+        second = subprocess.run(
+            [*OSTIARY, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
+            env=cli_env(ostiary.url),
+            cwd=ostiary.cwd,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 78 and "already in use" in second.stderr, second.stderr
+
+        dead = next(iter(first))
+        os.kill(dead, signal.SIGKILL)
+        until(lambda: len(_workers(proc.pid, port)) == 2 and dead not in _workers(proc.pid, port), "no replacement")
+        with httpx.Client(base_url=base, timeout=5) as fresh:
+            assert fresh.get("/.well-known/oauth-authorization-server").json()["issuer"] == base
+        survivors = list(_workers(proc.pid, port))
+    finally:
+        for client in clients:
+            client.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == 0
+    assert not any(Path(f"/proc/{pid}").exists() for pid in survivors)
 
 
 @pytest.mark.skipif(bool(PG_URL), reason="serve migrates by itself on SQLite only")
