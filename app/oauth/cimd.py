@@ -280,7 +280,8 @@ class MetadataDocuments:
         self._rules_loaded_at = float("-inf")
 
     def resolve(self, db: Session, client_id: str, *, refresh: bool) -> Client | None:
-        row = store.get(db, client_id)
+        # A read-only copy: a fetched document is stored through the session by _fetch.
+        row = store.get_detached(db, client_id)
         if row is not None and row.disabled:
             # An admin disabled it: refused wherever it is looked up, before any fetch
             # (docs/decisions.md#a-disabled-client-is-refused-until-enabled).

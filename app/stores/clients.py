@@ -7,6 +7,7 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.infra.db import Detached, Prepared
 from app.models import BlockedClient, Client, InitialAccessToken, RefreshToken, UsedAssertion
 
 _Query = TypeVar("_Query", bound=Select[*tuple[Any, ...]])
@@ -15,8 +16,19 @@ _Query = TypeVar("_Query", bound=Select[*tuple[Any, ...]])
 _BY_ID = select(Client).where(Client.id == bindparam("id"))
 
 
+_CLIENT = Detached(Client)
+_DETACHED_BY_ID = Prepared(select(*_CLIENT.columns).where(Client.id == bindparam("id")))
+
+
 def get(db: Session, client_id: str) -> Client | None:
     return db.scalar(_BY_ID, {"id": client_id})
+
+
+def get_detached(db: Session, client_id: str) -> Client | None:
+    """The client as a read-only copy outside the session, read on the driver: the token
+    endpoint's read (docs/decisions.md#the-hottest-statements-run-on-the-driver)."""
+    row = _DETACHED_BY_ID.first(db, {"id": client_id})
+    return _CLIENT(row) if row is not None else None
 
 
 def all_clients(db: Session) -> list[Client]:

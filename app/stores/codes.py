@@ -1,26 +1,37 @@
 from __future__ import annotations
 
-from typing import Any, cast
+from functools import cache
+from typing import cast
 
-from sqlalchemy import CursorResult, Table, bindparam, select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
+from app.infra.db import Detached, Prepared
 from app.models import AuthorizationCode, User
 
 _CODES = cast(Table, AuthorizationCode.__table__)  # declarative types __table__ as any FromClause
 
-# Built once: the token endpoint's statements skip construction and cache-key work per call
-# (docs/decisions.md#hot-statements-are-built-once).
-_REDEEM = (
+_USERS = cast(Table, User.__table__)
+_CODE = Detached(AuthorizationCode)
+_USER = Detached(User)
+
+# Built once and run on the driver: the code exchange's statements
+# (docs/decisions.md#hot-statements-are-built-once, docs/decisions.md#the-hottest-statements-run-on-the-driver).
+_REDEEM = Prepared(
     update(_CODES)
     .where(_CODES.c.code_hash == bindparam("b_code_hash"), _CODES.c.consumed_at.is_(None), _CODES.c.expires_at > bindparam("at"))
     .values(consumed_at=bindparam("at"), access_jti=bindparam("b_access_jti"), access_expires_at=bindparam("b_access_expires_at"))
 )
-_FIND_WITH_USER = (
-    select(AuthorizationCode, User)
-    .join(User, User.id == AuthorizationCode.user_id)
-    .where(AuthorizationCode.code_hash.in_(bindparam("hashes", expanding=True)))
-)
+
+
+@cache
+def _find_with_user(hashes: int) -> Prepared:
+    """The code with one of `hashes` hashes (one per key of the keyring) and its user."""
+    return Prepared(
+        select(*_CODE.columns, *_USER.columns)
+        .join_from(_CODES, _USERS, _USERS.c.id == _CODES.c.user_id)
+        .where(_CODES.c.code_hash.in_([bindparam(f"h{i}") for i in range(hashes)]))
+    )
 
 
 def add(db: Session, code: AuthorizationCode) -> None:
@@ -31,14 +42,17 @@ def redeem(db: Session, code_hash: str, *, at: int, access_jti: str, access_expi
     """Mark the code used (and the access token it issues), in one conditional UPDATE: of two
     concurrent redemptions exactly one wins (RFC 6749 §4.1.2: "MUST NOT be used more than once")."""
     params = {"b_code_hash": code_hash, "at": at, "b_access_jti": access_jti, "b_access_expires_at": access_expires_at}
-    result = db.execute(_REDEEM, params)
-    return cast(CursorResult[Any], result).rowcount == 1
+    return _REDEEM.rowcount(db, params) == 1
 
 
 def find_with_user(db: Session, hashes: list[str]) -> tuple[AuthorizationCode, User] | None:
-    """The code and its user in one round trip (the code exchange's read)."""
-    found = db.execute(_FIND_WITH_USER, {"hashes": hashes}, execution_options={"populate_existing": True}).first()
-    return (found[0], found[1]) if found is not None else None
+    """The code and its user in one round trip (the code exchange's read), as read-only copies
+    outside the session."""
+    row = _find_with_user(len(hashes)).first(db, {f"h{i}": h for i, h in enumerate(hashes)})
+    if row is None:
+        return None
+    split = len(_CODE.columns)
+    return _CODE(row[:split]), _USER(row[split:])
 
 
 def expire_unredeemed(db: Session, *, user_id: str, client_id: str, resource_id: int, at: int) -> None:

@@ -1,39 +1,49 @@
 from __future__ import annotations
 
+from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, bindparam, select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from app.infra.db import Detached, Prepared
 from app.models import AuthorizationCode, RefreshToken, RevokedAccessToken, User
 
 FRESH = {"populate_existing": True}
 
 
 _REFRESH = cast(Table, RefreshToken.__table__)  # declarative types __table__ as any FromClause
+_USERS = cast(Table, User.__table__)
 
 # Built once: the token endpoint's statements skip construction and cache-key work per call
-# (docs/decisions.md#hot-statements-are-built-once).
-_INSERT_REFRESH = _REFRESH.insert()
+# (docs/decisions.md#hot-statements-are-built-once), and the refresh grant's run on the driver
+# (docs/decisions.md#the-hottest-statements-run-on-the-driver).
+_INSERT_REFRESH = Prepared(_REFRESH.insert())
 _FIND_REFRESH = select(RefreshToken).where(RefreshToken.token_hash.in_(bindparam("hashes", expanding=True)))
-# The token endpoint's read: the refresh token and its user in one round trip.
-_FIND_REFRESH_AND_USER = (
-    select(RefreshToken, User)
-    .join(User, User.id == RefreshToken.user_id)
-    .where(RefreshToken.token_hash.in_(bindparam("hashes", expanding=True)))
-)
-_CLAIM_REFRESH = (
+_CLAIM_REFRESH = Prepared(
     update(_REFRESH)
     .where(_REFRESH.c.id == bindparam("token_id"), _REFRESH.c.used_at.is_(None), _REFRESH.c.revoked_at.is_(None))
     .values(used_at=bindparam("at"), successor_enc=bindparam("b_successor_enc"))
 )
+_TOKEN = Detached(RefreshToken)
+_USER = Detached(User)
+
+
+@cache
+def _find_refresh_and_user(hashes: int) -> Prepared:
+    """The token endpoint's read: the refresh token with one of `hashes` hashes (one per key of
+    the keyring) and its user, in one round trip."""
+    return Prepared(
+        select(*_TOKEN.columns, *_USER.columns)
+        .join_from(_REFRESH, _USERS, _USERS.c.id == _REFRESH.c.user_id)
+        .where(_REFRESH.c.token_hash.in_([bindparam(f"h{i}") for i in range(hashes)]))
+    )
 
 
 def add_refresh(db: Session, values: dict[str, Any]) -> None:
-    """INSERT a new refresh token (a Core statement on the table: this request never reads the
-    row back, so the ORM's unit of work would only cost time on the hot path)."""
-    db.execute(_INSERT_REFRESH, [values])
+    """INSERT a new refresh token (on the driver: this request never reads the row back)."""
+    _INSERT_REFRESH.rowcount(db, values)
 
 
 def find_refresh(db: Session, hashes: list[str]) -> RefreshToken | None:
@@ -42,9 +52,12 @@ def find_refresh(db: Session, hashes: list[str]) -> RefreshToken | None:
 
 def find_refresh_and_user(db: Session, hashes: list[str]) -> tuple[RefreshToken, User] | None:
     """The refresh token with one of these hashes and its user (the user's row cascades with
-    its tokens, so a token always has one)."""
-    found = db.execute(_FIND_REFRESH_AND_USER, {"hashes": hashes}, execution_options=FRESH).first()
-    return (found[0], found[1]) if found is not None else None
+    its tokens, so a token always has one), as objects outside the session: read-only here."""
+    row = _find_refresh_and_user(len(hashes)).first(db, {f"h{i}": h for i, h in enumerate(hashes)})
+    if row is None:
+        return None
+    split = len(_TOKEN.columns)
+    return _TOKEN(row[:split]), _USER(row[split:])
 
 
 def get_refresh(db: Session, token_id: int) -> RefreshToken | None:
@@ -54,8 +67,7 @@ def get_refresh(db: Session, token_id: int) -> RefreshToken | None:
 def claim_refresh(db: Session, token_id: int, at: int, successor_enc: str) -> bool:
     """Mark a refresh token used, in one conditional UPDATE: of concurrent refreshes with the same
     token exactly one wins (on PostgreSQL the others wait for its row lock, then match nothing)."""
-    result = db.execute(_CLAIM_REFRESH, {"token_id": token_id, "at": at, "b_successor_enc": successor_enc})
-    return cast(CursorResult[Any], result).rowcount == 1
+    return _CLAIM_REFRESH.rowcount(db, {"token_id": token_id, "at": at, "b_successor_enc": successor_enc}) == 1
 
 
 def successor_of(db: Session, token_id: int) -> RefreshToken | None:
