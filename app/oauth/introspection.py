@@ -53,13 +53,17 @@ class IntrospectionEndpoint(_IntrospectionEndpoint):
         if isinstance(handle, RefreshHandle):
             row = handle.row
             active = row.revoked_at is None and row.used_at is None and row.expires_at > now()
-        else:
-            active = not store.is_access_token_revoked(db, handle.claims["jti"])
-        if isinstance(handle, AccessHandle) and _is_machine_token(handle.claims):
+            user = users_store.get(db, row.user_id) if active else None
+        elif _is_machine_token(handle.claims):
             # client_credentials: the subject is the client, active while it exists.
-            return Introspected(handle, active and clients_store.get(db, handle.claims["sub"]) is not None)
-        user_id = handle.row.user_id if isinstance(handle, RefreshHandle) else handle.claims.get("sub")
-        user = users_store.get(db, user_id) if active and user_id else None
+            active = not store.is_access_token_revoked(db, handle.claims["jti"])
+            return Introspected(handle, active and clients_store.get_detached(db, handle.claims["sub"]) is not None)
+        else:
+            # The user and the revocation list in one round trip.
+            sub = handle.claims.get("sub")
+            found = store.access_token_user(db, handle.claims["jti"], sub) if isinstance(sub, str) else None
+            active = found is not None and not found[1]
+            user = found[0] if found is not None else None
         return Introspected(handle, active and user is not None and not user.disabled, user)
 
     def check_permission(self, token: Introspected, client: OAuthClient, request: Request) -> bool:
