@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
 from app.http import endpoints
-from app.http.body import JsonDep, read_form
+from app.http.body import JsonDep, read_form, read_json
 from app.http.deps import DbDep, RuntimeDep
 from app.infra.db import now
 from app.oauth import dpop, jwt_access
@@ -190,7 +190,15 @@ def _token_client_id(request: Request, form: FormData) -> str:
 
 
 @registration_router.post(endpoints.REGISTER.path, name="register")
-def register(request: Request, runtime: RuntimeDep, db: DbDep, body: JsonDep) -> Response:
+async def register(request: Request) -> Response:
+    # No dependencies, one thread-pool call, as the token endpoint
+    # (docs/decisions.md#the-token-endpoint-is-one-thread-pool-call).
+    runtime: RuntimeDep = request.app.state.runtime
+    body = await read_json(request)
+    return await run_in_threadpool(_register, runtime, request, body)
+
+
+def _register(runtime: RuntimeDep, request: Request, body: dict[str, Any]) -> Response:
     settings = runtime.settings
     limited = rate_limited(runtime, request, settings.registration_rate_per_ip, "register-ip") or rate_limited(
         runtime, request, settings.registration_rate_global, "register-global", "*"
@@ -198,12 +206,12 @@ def register(request: Request, runtime: RuntimeDep, db: DbDep, body: JsonDep) ->
     if limited is not None:
         return limited
     req = json_request("POST", _endpoint_url(runtime, request), request.headers, body)
-    with using(db):
+    with runtime.sessions() as db, using(db):
         response: Response = runtime.server.create_endpoint_response("client_registration", req)
-    if response.status_code < 400:
-        db.commit()
-    else:
-        db.rollback()  # refused metadata must not spend a use of the initial access token
+        if response.status_code < 400:
+            db.commit()
+        else:
+            db.rollback()  # refused metadata must not spend a use of the initial access token
     return response
 
 
