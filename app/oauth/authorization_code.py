@@ -165,7 +165,8 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
 
     def save_authorization_code(self, code: str, request: Request) -> None:
         t = now()
-        row = AuthorizationCode(
+        scope = scope_policy.join(request.scopes)
+        row = dict(
             code_hash=self.server.keyring.hash(code),
             client_id=request.client.client_id,
             user_id=request.user.id,
@@ -173,7 +174,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             resource_id=request.resource.id,
             redirect_uri=request.payload.redirect_uri or request.client.get_default_redirect_uri(),
             redirect_uri_in_request=bool(request.payload.redirect_uri),
-            scope=scope_policy.join(request.scopes),
+            scope=scope,
             code_challenge=request.payload.data["code_challenge"],
             nonce=request.payload.data.get("nonce"),
             auth_time=request.auth_time,
@@ -189,7 +190,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             user_id=request.user.id,
             client_id=request.client.client_id,
             resource=request.resource.uri,
-            scope=row.scope,
+            scope=scope,
         )
 
     # -- /token ----------------------------------------------------------------------------------

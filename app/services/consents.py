@@ -42,7 +42,7 @@ def still_applies(grant: Consent, client: Client) -> bool:
 def current(db: Session, user_id: str, client: Client, resource_id: int) -> tuple[int | None, set[str]]:
     """(the consent's id, the scopes it covers), or (None, empty) before the first consent; the
     scopes are empty if the client changed since."""
-    row = store.get(db, user_id, client.id, resource_id)
+    row = store.get_detached(db, user_id, client.id, resource_id)
     if row is None:
         return None, set()
     return row.id, set(row.scope.split()) if still_applies(row, client) else set()

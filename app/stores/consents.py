@@ -6,7 +6,7 @@ from sqlalchemy import CursorResult, Select, Table, bindparam, delete, func, or_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.infra.db import now
+from app.infra.db import Detached, Prepared, now
 from app.models import Client, Consent, Resource, User
 
 FRESH = {"populate_existing": True}
@@ -18,6 +18,23 @@ def get(db: Session, user_id: str, client_id: str, resource_id: int) -> Consent 
         select(Consent).where(Consent.user_id == user_id, Consent.client_id == client_id, Consent.resource_id == resource_id),
         execution_options=FRESH,
     )
+
+
+_CONSENT = Detached(Consent)
+# The authorization endpoint's read (docs/decisions.md#the-hottest-statements-run-on-the-driver).
+_FIND = Prepared(
+    select(*_CONSENT.columns).where(
+        Consent.user_id == bindparam("user_id"),
+        Consent.client_id == bindparam("client_id"),
+        Consent.resource_id == bindparam("resource_id"),
+    )
+)
+
+
+def get_detached(db: Session, user_id: str, client_id: str, resource_id: int) -> Consent | None:
+    """The consent as a read-only copy outside the session."""
+    row = _FIND.first(db, {"user_id": user_id, "client_id": client_id, "resource_id": resource_id})
+    return _CONSENT(row) if row is not None else None
 
 
 def by_id(db: Session, grant_id: int) -> Consent | None:
