@@ -520,13 +520,14 @@ def serve_until_ready(url: str, cwd: Path, *args: str) -> None:
 
 
 def _sockets_of(pid: int) -> set[int]:
-    """The inodes of the sockets process `pid` holds open."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        with contextlib.suppress(OSError):
-            target = os.readlink(fd)
-            if target.startswith("socket:["):
-                inodes.add(int(target[8:-1]))
+    """The inodes of the sockets process `pid` holds open (none once it has ended)."""
+    inodes: set[int] = set()
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(int(target[8:-1]))
     return inodes
 
 
