@@ -510,12 +510,18 @@ def serve_until_ready(url: str, cwd: Path, *args: str) -> None:
         assert doc["issuer"] == base
         assert len(httpx.get(base + "/jwks", timeout=5).json()["keys"]) == 2
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc, 15)
+
+
+def _stop(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM (a graceful shutdown), then SIGKILL after `timeout` seconds."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stderr is not None:
         proc.stderr.close()
 
 
@@ -606,13 +612,7 @@ def test_serve_workers_each_listen_and_share_the_connections(ostiary):
     finally:
         for client in clients:
             client.close()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
+        _stop(proc, 30)
     assert proc.returncode == 0
     assert not any(Path(f"/proc/{pid}").exists() for pid in survivors)
 
