@@ -1,15 +1,21 @@
-"""The SQLite engine: WAL, a busy timeout, and writers queued in-process (app/db.py WriterGate)
-instead of in SQLite's sleeping busy handler."""
+"""The engine: on SQLite WAL, a busy timeout, and writers queued in-process (WriterGate in
+app/infra/db.py) instead of in SQLite's sleeping busy handler; on both databases, the
+statements run on the driver (Prepared)."""
 
 from __future__ import annotations
 
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import cast
 
-from sqlalchemy import text
+import pytest
+from sqlalchemy import Table, event, func, select, text
+from sqlalchemy.exc import IntegrityError
 
-from app.infra.db import WriterGate, make_engine
+from app.infra.db import Prepared, WriterGate, make_engine, now
+from app.models import RevokedAccessToken, User
+from app.stores import tokens as tokens_store
 
 
 def test_the_gate_admits_one_writer_at_a_time_and_is_reentrant():
@@ -70,3 +76,43 @@ def test_concurrent_writers_on_sqlite_all_commit(tmp_path):
             assert conn.execute(text("SELECT v FROM c")).scalar() == 640
     finally:
         engine.dispose()
+
+
+# -- statements on the driver (docs/decisions.md#the-hottest-statements-run-on-the-driver) ------
+
+
+def test_a_driver_statement_fails_as_sqlalchemy_would_with_its_parameters_hidden(db):
+    """A duplicate key raises SQLAlchemy's IntegrityError (callers and the 503 mapping rely on
+    SQLAlchemy's exception types), the message does not list the bound values, and the session
+    rolls back and goes on. (The database's own message may quote the duplicate key: only hashes
+    and ids are ever stored, never a bearer secret, docs/decisions.md#bearer-secrets-are-stored-as-keyed-hmacs.)"""
+    insert = Prepared(cast(Table, RevokedAccessToken.__table__).insert())
+    expires = now() + 987_654
+    insert.rowcount(db, {"jti": "jti-dup", "expires_at": expires})
+    with pytest.raises(IntegrityError) as raised:
+        insert.rowcount(db, {"jti": "jti-dup", "expires_at": expires})
+    assert str(expires) not in str(raised.value) and "parameters hidden" in str(raised.value)
+    db.rollback()
+    assert db.scalar(select(func.count()).select_from(RevokedAccessToken)) == 0
+
+
+def test_a_driver_statement_keeps_types_defaults_and_listeners(db, runtime):
+    """JSON and boolean columns read back as Python values, an INSERT gets its columns' Python
+    defaults (revoked_at=now), and the engine's listeners see the statement (the SQLite writer
+    gate and the query-plan test depend on it)."""
+    seen: list[str] = []
+    event.listen(runtime.engine, "before_cursor_execute", lambda *a: seen.append(a[2]))
+    user = User(username="driver-types", is_admin=True, groups=["ops", "dev"])
+    db.add(user)
+    db.commit()
+    found = tokens_store.access_token_user(db, "jti-1", user.id)
+    assert found is not None
+    copy, revoked = found
+    assert (copy.groups, copy.is_admin, revoked) == (["ops", "dev"], True, False)
+    assert copy not in db  # a read-only copy, outside the session
+    Prepared(cast(Table, RevokedAccessToken.__table__).insert()).rowcount(db, {"jti": "jti-1", "expires_at": now() + 60})
+    db.commit()
+    assert tokens_store.access_token_user(db, "jti-1", user.id)[1] is True
+    assert now() - 5 <= db.scalar(select(RevokedAccessToken.revoked_at)) <= now()
+    assert any(s.lstrip().upper().startswith("INSERT INTO REVOKED_ACCESS_TOKENS") for s in seen)
+    assert tokens_store.access_token_user(db, "jti-1", "no-such-user") is None

@@ -157,11 +157,12 @@ class _Compiled:
 class Prepared:
     """One of the hottest statements, compiled once per dialect and run on the session's DB-API
     connection, in its transaction: a call costs the driver's execute and none of SQLAlchemy's
-    per-execution work (docs/decisions.md#the-hottest-statements-run-on-the-driver). Bind and
-    result values are processed by their types as SQLAlchemy would; pending ORM changes are
-    flushed first; an INSERT gets its columns' Python defaults; a write takes the SQLite writer gate; driver errors are raised as
-    SQLAlchemy's exceptions (parameters hidden). No expanding (IN list) parameters: build one
-    statement per length instead.
+    per-execution work (docs/decisions.md#the-hottest-statements-run-on-the-driver). What
+    SQLAlchemy would do is kept: bind and result values go through their types; pending ORM
+    changes are flushed first; an INSERT gets its columns' Python defaults (callables that take
+    no context); the engine's before_cursor_execute listeners run (the SQLite writer gate);
+    driver errors are raised as SQLAlchemy's exceptions, parameters hidden, and a lost connection
+    is invalidated. No expanding (IN list) parameters: build one statement per length instead.
     """
 
     __slots__ = ("_compiled", "statement")

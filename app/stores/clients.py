@@ -11,12 +11,9 @@ from app.infra.db import Detached, Prepared
 from app.models import BlockedClient, Client, InitialAccessToken, RefreshToken, UsedAssertion
 
 _Query = TypeVar("_Query", bound=Select[*tuple[Any, ...]])
-# Built once: the token endpoint's statements skip construction and cache-key work per call
-# (docs/decisions.md#hot-statements-are-built-once).
-_BY_ID = select(Client).where(Client.id == bindparam("id"))
-
-
+_BY_ID = select(Client).where(Client.id == bindparam("id"))  # the console's and the CLI's read
 _CLIENT = Detached(Client)
+# Built once, run on the driver (docs/decisions.md#the-hottest-statements-run-on-the-driver).
 _DETACHED_BY_ID = Prepared(select(*_CLIENT.columns).where(Client.id == bindparam("id")))
 
 
@@ -25,8 +22,8 @@ def get(db: Session, client_id: str) -> Client | None:
 
 
 def get_detached(db: Session, client_id: str) -> Client | None:
-    """The client as a read-only copy outside the session, read on the driver: the token
-    endpoint's read (docs/decisions.md#the-hottest-statements-run-on-the-driver)."""
+    """The client as a read-only copy outside the session: the protocol endpoints' read (a
+    metadata document's client is updated through `get`, not through this copy)."""
     row = _DETACHED_BY_ID.first(db, {"id": client_id})
     return _CLIENT(row) if row is not None else None
 
