@@ -18,6 +18,7 @@ from app.http.cors import PublicCORSMiddleware
 from app.http.documents import PublicDocuments
 from app.http.edge import EdgeMiddleware
 from app.http.middleware import RequestMiddleware
+from app.http.protocol_endpoints import ProtocolEndpoints
 from app.infra import logs
 from app.infra.paths import TEMPLATES
 from app.oauth import resource_scopes
@@ -53,8 +54,6 @@ def create_app(settings: Settings, *, run_jobs: bool = True, fetch_transport: ht
     prefix = settings.issuer_path  # everything lives under the issuer's path, if it has one
     app.include_router(oauth_routes.router, prefix=prefix)
     app.include_router(resource_scopes.router, prefix=prefix)
-    if settings.registration != "closed":  # a closed registration endpoint is not served at all
-        app.include_router(oauth_routes.registration_router, prefix=prefix)
     # upstream after mfa: /login/otp is a page, /login/{name} an identity provider.
     for pages in (authorize, login, account, mfa, setup_password, upstream):
         app.include_router(pages.router, prefix=prefix)
@@ -65,9 +64,11 @@ def create_app(settings: Settings, *, run_jobs: bool = True, fetch_transport: ht
     app.mount(prefix + "/static", StaticFiles(directory=str(TEMPLATES / "static")), name="static")
 
     app.add_exception_handler(Denied, denied_handler)  # type: ignore[arg-type]  # starlette passes only a Denied here
-    errors.install(app, _page_renderer(runtime))
+    error_responses = errors.ErrorResponses(_page_renderer(runtime))
+    errors.install(app, error_responses)
     # Outermost last: every response gets a request id, then the edge policy (proxies, Host,
-    # TLS, sizes) runs before CORS, the public documents and any route.
+    # TLS, sizes) runs before CORS, the public documents, the protocol endpoints and any route.
+    app.add_middleware(ProtocolEndpoints, prefix=prefix, handlers=oauth_routes.protocol_handlers(runtime), errors=error_responses)
     app.add_middleware(
         PublicDocuments,
         prefix=prefix,

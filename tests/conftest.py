@@ -116,6 +116,25 @@ def db(runtime):
         yield session
 
 
+DEAD_DB = "sqlite:////nonexistent-ostiary-dir/dead.db"
+
+
+@pytest.fixture
+def kill_database(runtime):
+    """kill_database(): point the request sessions at a database that cannot be opened (its
+    engine is disposed after the test)."""
+    dead = []
+
+    def kill() -> None:
+        runtime.engine.dispose()
+        dead.append(make_engine(DEAD_DB))
+        runtime.sessions.configure(bind=dead[-1])  # every holder of the factory sees it
+
+    yield kill
+    for engine in dead:
+        engine.dispose()
+
+
 @pytest.fixture
 async def client(app, settings) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))

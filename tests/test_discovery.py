@@ -10,7 +10,6 @@ import httpx
 import pytest
 from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
 
-from app.infra.db import make_engine
 from tests.support import create_resource, execute
 
 pytestmark = pytest.mark.anyio
@@ -166,24 +165,6 @@ async def test_cors_never_on_pages(client, path):
 
 
 # -- never a 5xx -----------------------------------------------------------------------------
-
-DEAD_DB = "sqlite:////nonexistent-ostiary-dir/dead.db"
-
-
-@pytest.fixture
-def kill_database(runtime):
-    """kill_database(): point the request sessions at a database that cannot be opened (its
-    engine is disposed after the test)."""
-    dead = []
-
-    def kill() -> None:
-        runtime.engine.dispose()
-        dead.append(make_engine(DEAD_DB))
-        runtime.sessions.configure(bind=dead[-1])  # every holder of the factory sees it
-
-    yield kill
-    for engine in dead:
-        engine.dispose()
 
 
 @pytest.mark.parametrize("path", [pytest.param(OAUTH, id="oauth metadata"), pytest.param(OIDC, id="openid configuration")])

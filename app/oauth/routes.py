@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from functools import partial
 from typing import Any
 from urllib.parse import unquote
 
@@ -14,6 +15,7 @@ from starlette.datastructures import FormData
 from app.http import endpoints
 from app.http.body import JsonDep, read_form, read_json
 from app.http.deps import DbDep, RuntimeDep
+from app.http.protocol_endpoints import Handler
 from app.infra.db import now
 from app.oauth import dpop, jwt_access
 from app.oauth.errors import NO_STORE, dumps, safe_description
@@ -25,7 +27,6 @@ from app.stores import tokens as tokens_store
 from app.stores import users as users_store
 
 router = APIRouter()
-registration_router = APIRouter()  # POST /register: not served when registration is closed
 well_known_router = APIRouter()
 
 
@@ -91,15 +92,26 @@ def _endpoint_url(runtime: RuntimeDep, request: Request) -> str:
     return runtime.settings.issuer + request.url.path.removeprefix(runtime.settings.issuer_path)
 
 
-# The token, revocation and introspection routes take no FastAPI dependencies: they are the hot
-# path, and solving dependencies cost more than their SQL. The form is read on the event loop;
-# everything else runs in one thread-pool call with a session of its own
+# The token, revocation, introspection and registration endpoints are answered before the
+# router (app/http/protocol_endpoints.py): each reads the body on the event loop, and everything
+# else runs in one thread-pool call with a session of its own
 # (docs/decisions.md#the-token-endpoint-is-one-thread-pool-call).
 
 
-@router.post(endpoints.TOKEN.path, name="token")
-async def token(request: Request) -> Response:
-    runtime: RuntimeDep = request.app.state.runtime
+def protocol_handlers(runtime: RuntimeDep) -> dict[str, Handler]:
+    """POST handler by path, for app/http/protocol_endpoints.py. A closed registration endpoint
+    is not served at all (404 from the router)."""
+    handlers: dict[str, Handler] = {
+        endpoints.TOKEN.path: partial(token, runtime),
+        endpoints.REVOKE.path: partial(revoke, runtime),  # RFC 7009
+        endpoints.INTROSPECT.path: partial(introspect, runtime),  # RFC 7662
+    }
+    if runtime.settings.registration != "closed":
+        handlers[endpoints.REGISTER.path] = partial(register, runtime)  # RFC 7591
+    return handlers
+
+
+async def token(runtime: RuntimeDep, request: Request) -> Response:
     form = await read_form(request)
     return await run_in_threadpool(_token, runtime, request, form)
 
@@ -130,22 +142,19 @@ def _token(runtime: RuntimeDep, request: Request, form: FormData) -> Response:
     return response
 
 
-@router.post(endpoints.REVOKE.path, name="revoke")
-async def revoke(request: Request) -> Response:
+async def revoke(runtime: RuntimeDep, request: Request) -> Response:
     form = await read_form(request)
-    return await run_in_threadpool(_form_endpoint, "revocation", request, form)  # RFC 7009
+    return await run_in_threadpool(_form_endpoint, runtime, "revocation", request, form)
 
 
-@router.post(endpoints.INTROSPECT.path, name="introspect")
-async def introspect(request: Request) -> Response:
+async def introspect(runtime: RuntimeDep, request: Request) -> Response:
     form = await read_form(request)
-    return await run_in_threadpool(_form_endpoint, "introspection", request, form)  # RFC 7662
+    return await run_in_threadpool(_form_endpoint, runtime, "introspection", request, form)
 
 
-def _form_endpoint(name: str, request: Request, form: FormData) -> Response:
+def _form_endpoint(runtime: RuntimeDep, name: str, request: Request, form: FormData) -> Response:
     """An authlib endpoint called with a form. Its answers are never cached (RFC 7009 §2.2 and
     RFC 7662 §2.2 responses concern bearer secrets)."""
-    runtime: RuntimeDep = request.app.state.runtime
     req = _protocol_request(runtime, request, form)
     if isinstance(req, Response):
         return req
@@ -189,11 +198,7 @@ def _token_client_id(request: Request, form: FormData) -> str:
     return "-"
 
 
-@registration_router.post(endpoints.REGISTER.path, name="register")
-async def register(request: Request) -> Response:
-    # No dependencies, one thread-pool call, as the token endpoint
-    # (docs/decisions.md#the-token-endpoint-is-one-thread-pool-call).
-    runtime: RuntimeDep = request.app.state.runtime
+async def register(runtime: RuntimeDep, request: Request) -> Response:
     body = await read_json(request)
     return await run_in_threadpool(_register, runtime, request, body)
 
