@@ -697,6 +697,13 @@ async def _(h: Harness):
     expect_page(r, 400, "maximum size")
 
 
+@case("login-urlencoded-field-over-64kb-400-page")
+async def _(h: Harness):
+    """Forms are read with max_part_size=64 KB, urlencoded ones too: a 100 KB field is refused."""
+    r = await h.browser.post("/login", data={"username": "u", "password": "p" * 100 * 1024})
+    expect_page(r, 400, "maximum size")
+
+
 @case("token-form-over-100-fields-400-invalid-request")
 async def _(h: Harness):
     """Forms are read with max_fields=100: 150 fields are refused with invalid_request."""

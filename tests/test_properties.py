@@ -9,6 +9,9 @@
   canonicalisation is idempotent, lowercases scheme and host, drops the default port and a
   trailing slash, keeps path and query otherwise, refuses fragments, and raises nothing but
   InvalidResource.
+* Form bodies (app/http/body.py; RFC 6749 Appendix B): an application/x-www-form-urlencoded body
+  is read into exactly the fields, in order, that Starlette's streaming form parser reads from it,
+  whatever the bytes.
 
 Bounded: derandomized (stable in CI), no example
 database (nothing written to the repository), 300 examples per property, no deadline.
@@ -26,10 +29,12 @@ import tempfile
 os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(tempfile.gettempdir(), "ostiary-hypothesis"))
 from urllib.parse import quote, urlsplit
 
+import anyio
 import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
+from app.http.body import parse_urlencoded
 from app.oauth.redirect_uris import InvalidRedirectUri, is_loopback_redirect, matches, validate_registered
 from app.oauth.resource_indicators import InvalidResource, canonical_resource
 
@@ -440,3 +445,47 @@ def test_canonical_resources_are_absolute_https_or_loopback_http_without_userinf
     assert not any(ord(c) <= 0x20 or ord(c) == 0x7F for c in result)
     if parts.scheme == "http":
         assert parts.hostname in ("127.0.0.1", "::1", "localhost") or parts.hostname.startswith("127.")
+
+
+# -- form bodies -----------------------------------------------------------------------------------
+
+FORM_PIECES = [
+    b"a",
+    b"b",
+    b"=",
+    b"&",
+    b";",
+    b"+",
+    b"%",
+    b"2",
+    b"0",
+    b"F",
+    b"%20",
+    b"%e2%82%ac",
+    "\u00e9".encode(),
+    b"\xff",
+    b" ",
+    b"%zz",
+    b"\x00",
+]
+
+
+def _starlette_form(body: bytes) -> list[tuple[str, object]]:
+    from starlette.datastructures import Headers
+    from starlette.formparsers import FormParser
+
+    async def parse() -> list[tuple[str, object]]:
+        async def stream():
+            yield body
+
+        return list((await FormParser(Headers({}), stream()).parse()).multi_items())
+
+    return anyio.run(parse)
+
+
+@BOUNDED
+@given(st.lists(st.sampled_from(FORM_PIECES), max_size=16).map(b"".join) | st.binary(max_size=40))
+def test_urlencoded_bodies_read_as_the_framework_reads_them(body):
+    """RFC 6749 Appendix B: names and values are percent-decoded (UTF-8, "+" is a space) and
+    empty fields skipped, exactly as the streaming parser the protocol endpoints used before."""
+    assert parse_urlencoded(body) == _starlette_form(body)

@@ -8,11 +8,13 @@ trailing slash is dropped, and the path and query are otherwise kept exactly.
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
 from app.settings import is_loopback_host
 
 MAX_LENGTH = 2048
+_SPACE_OR_CONTROL = re.compile(r"[\x00-\x20\x7f]")
 
 
 class InvalidResource(ValueError):
@@ -23,7 +25,7 @@ def canonical_resource(value: str) -> str:
     """The canonical form of a resource URI, or InvalidResource saying why it is not one."""
     if not value or len(value) > MAX_LENGTH:
         raise InvalidResource("a resource must be an absolute URI of at most 2048 characters")
-    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in value):
+    if _SPACE_OR_CONTROL.search(value):
         raise InvalidResource("a resource must not contain spaces or control characters")
     try:
         parts = urlsplit(value)
