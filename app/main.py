@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 import httpx
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp
 
 from app.admin import audit_log, clients, consents, idps, keys, overview, resources, users
 from app.admin.pages import Denied, denied_handler
@@ -48,7 +50,7 @@ def create_app(settings: Settings, *, run_jobs: bool = True, fetch_transport: ht
                     await task
             runtime.engine.dispose()
 
-    app = FastAPI(title="Ostiary", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = Ostiary(title="Ostiary", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.runtime = runtime
 
     prefix = settings.issuer_path  # everything lives under the issuer's path, if it has one
@@ -66,20 +68,37 @@ def create_app(settings: Settings, *, run_jobs: bool = True, fetch_transport: ht
     app.add_exception_handler(Denied, denied_handler)  # type: ignore[arg-type]  # starlette passes only a Denied here
     error_responses = errors.ErrorResponses(_page_renderer(runtime))
     errors.install(app, error_responses)
-    # Outermost last: every response gets a request id, then the edge policy (proxies, Host,
-    # TLS, sizes) runs before CORS, the public documents, the protocol endpoints and any route.
-    app.add_middleware(ProtocolEndpoints, prefix=prefix, handlers=oauth_routes.protocol_handlers(runtime), errors=error_responses)
-    app.add_middleware(
-        PublicDocuments,
-        prefix=prefix,
-        metadata=(runtime.metadata.fresh_body, runtime.metadata.body),
-        jwks=(runtime.keys.fresh_jwks, lambda: runtime.keys.snapshot().jwks_json),
-        jwks_max_age=settings.jwks_max_age,
-    )
-    app.add_middleware(PublicCORSMiddleware, prefix=prefix)
-    app.add_middleware(EdgeMiddleware, settings=settings, render_page=_page_renderer(runtime))
-    app.add_middleware(RequestMiddleware)
+    # Outermost first: every response gets a request id, then the edge policy (proxies, Host,
+    # TLS, sizes) runs before CORS, the public documents, the protocol endpoints and FastAPI.
+    app.front = [
+        Middleware(RequestMiddleware, errors=error_responses),
+        Middleware(EdgeMiddleware, settings=settings, render_page=_page_renderer(runtime)),
+        Middleware(PublicCORSMiddleware, prefix=prefix),
+        Middleware(
+            PublicDocuments,
+            prefix=prefix,
+            metadata=(runtime.metadata.fresh_body, runtime.metadata.body),
+            jwks=(runtime.keys.fresh_jwks, lambda: runtime.keys.snapshot().jwks_json),
+            jwks_max_age=settings.jwks_max_age,
+        ),
+        Middleware(ProtocolEndpoints, prefix=prefix, handlers=oauth_routes.protocol_handlers(runtime), errors=error_responses),
+    ]
     return app
+
+
+class Ostiary(FastAPI):
+    """FastAPI behind Ostiary's own pure-ASGI middleware (`front`), which runs outside FastAPI's
+    error, telemetry and body-limit middleware: the public documents and the protocol endpoints
+    are answered there without them, and RequestMiddleware answers what escapes everything
+    (docs/decisions.md#protocol-endpoints-bypass-the-router)."""
+
+    front: list[Middleware]
+
+    def build_middleware_stack(self) -> ASGIApp:
+        app = super().build_middleware_stack()
+        for cls, args, kwargs in reversed(self.front):
+            app = cls(app, *args, **kwargs)
+        return app
 
 
 EX_CONFIG = 78

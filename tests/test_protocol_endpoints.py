@@ -6,6 +6,7 @@ endpoint is not served."""
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from tests.support import REDIRECT, register
@@ -83,3 +84,27 @@ async def test_closed_registration_is_404(client):
     response = await client.post("/register", json={"redirect_uris": [REDIRECT]})
     assert response.status_code == 404
     assert (await client.post("/token", data={"grant_type": "x"})).status_code == 400  # the others still are
+
+
+async def test_an_exception_that_escapes_every_layer_is_answered_by_the_request_middleware(caplog):
+    """The outermost middleware is the error channel of last resort: an exception that reaches
+    it before a response started becomes an RFC 6749 §5.2-shaped 500 (server_error) with a
+    request id and the error logged, never a trace or a bare connection reset."""
+    from app.http.errors import ErrorResponses
+    from app.http.middleware import RequestMiddleware
+
+    async def broken(scope, receive, send):
+        raise RuntimeError("secret detail")
+
+    app = RequestMiddleware(broken, errors=ErrorResponses(lambda status, title, message: f"<p>{message}</p>".encode()))
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as client:
+        response = await client.post("/token", data={"grant_type": "x"})
+        page = await client.get("/authorize", headers={"Accept": "text/html"})
+    assert response.status_code == 500
+    assert response.json() == {"error": "server_error", "error_description": "An unexpected error occurred."}
+    assert response.headers["x-request-id"]
+    assert "secret detail" not in response.text
+    assert page.status_code == 500 and "The error was logged" in page.text
+    assert page.headers["x-frame-options"] == "DENY"
+    assert "unhandled error on POST /token" in caplog.text

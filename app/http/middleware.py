@@ -1,5 +1,7 @@
 """One pure-ASGI middleware for what every response needs: a request id, the audit context, the
-browser-facing security headers on HTML pages, and the request's metrics and access-log line."""
+browser-facing security headers on HTML pages, and the request's metrics and access-log line. It
+is the outermost layer (app/main.py), so it is also the error channel of last resort: an
+exception that reaches it before a response started is answered as app/http/errors.py says."""
 
 from __future__ import annotations
 
@@ -8,8 +10,10 @@ import re
 import secrets
 import time
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.http.errors import ErrorResponses
 from app.infra import metrics
 from app.services.audit import RequestContext, request_context
 
@@ -40,8 +44,9 @@ def route_label(scope: Scope) -> str:
 
 
 class RequestMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, errors: ErrorResponses) -> None:
         self.app = app
+        self.errors = errors
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -57,10 +62,12 @@ class RequestMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_context.set(RequestContext(ip=client[0] if client else None, request_id=request_id))
         status = 500
+        started = False
 
         async def send_with_headers(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
+                started = True
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 names = {n.lower() for n, _ in headers}
@@ -74,6 +81,11 @@ class RequestMiddleware:
 
         try:
             await self.app(scope, receive, send_with_headers)
+        except Exception as exc:
+            if started:
+                raise
+            response = await self.errors.unexpected(Request(scope, receive), exc)
+            await response(scope, receive, send_with_headers)
         finally:
             request_context.reset(token)
             elapsed = time.perf_counter() - started
