@@ -30,7 +30,7 @@ from app.security.hosts import client_ip
 from app.services import consents
 from app.stores import clients as clients_store
 from app.stores import requests as requests_store
-from app.web.browser import Browser, BrowserDep
+from app.web.browser import Browser, ReadOnlyBrowserDep
 from app.web.display import allow_image, client_links, client_logo
 
 router = APIRouter()
@@ -87,18 +87,18 @@ def _client_host(client: Client) -> str | None:
 
 
 @router.get(endpoints.AUTHORIZE.path, name="authorize")
-def authorize_get(request: Request, browser: BrowserDep, db: DbDep, runtime: RuntimeDep) -> Response:
+def authorize_get(request: Request, browser: ReadOnlyBrowserDep, db: DbDep, runtime: RuntimeDep) -> Response:
     return _authorize(request, browser, db, runtime, list(request.query_params.multi_items()))
 
 
 @router.post(endpoints.AUTHORIZE.path)
-def authorize_post(request: Request, browser: BrowserDep, db: DbDep, runtime: RuntimeDep, form: FormDep) -> Response:
+def authorize_post(request: Request, browser: ReadOnlyBrowserDep, db: DbDep, runtime: RuntimeDep, form: FormDep) -> Response:
     # OAuth 2.1 §4.1.1: the authorization endpoint supports POST with a form body too.
     return _authorize(request, browser, db, runtime, form_params(form))
 
 
 @router.get("/consent/{handle}")
-def consent_page(handle: str, request: Request, browser: BrowserDep, db: DbDep, runtime: RuntimeDep) -> Response:
+def consent_page(handle: str, request: Request, browser: ReadOnlyBrowserDep, db: DbDep, runtime: RuntimeDep) -> Response:
     resumed = _resume(request, browser, db, runtime, handle)
     if isinstance(resumed, Response):
         return resumed
@@ -109,7 +109,7 @@ def consent_page(handle: str, request: Request, browser: BrowserDep, db: DbDep, 
 
 @router.post("/consent/{handle}")
 def consent_decision(
-    handle: str, request: Request, browser: BrowserDep, db: DbDep, runtime: RuntimeDep, form: FormDep
+    handle: str, request: Request, browser: ReadOnlyBrowserDep, db: DbDep, runtime: RuntimeDep, form: FormDep
 ) -> Response:
     resumed = _resume(request, browser, db, runtime, handle)
     if isinstance(resumed, Response):

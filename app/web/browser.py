@@ -181,6 +181,14 @@ class Browser:
 
 
 def _load(request: Request, db: DbDep, runtime: RuntimeDep) -> Browser:
+    return _browser(request, db, runtime, read_only=False)
+
+
+def _load_read_only(request: Request, db: DbDep, runtime: RuntimeDep) -> Browser:
+    return _browser(request, db, runtime, read_only=True)
+
+
+def _browser(request: Request, db: Session, runtime: Runtime, *, read_only: bool) -> Browser:
     session_cookie, csrf_cookie = cookie_names(runtime)
     raw_csrf = request.cookies.get(csrf_cookie)
     browser = Browser(
@@ -194,7 +202,8 @@ def _load(request: Request, db: DbDep, runtime: RuntimeDep) -> Browser:
     raw_session = request.cookies.get(session_cookie)
     if not raw_session or len(raw_session) > 100:
         return browser
-    found = store.find(db, runtime.keyring.hashes(raw_session))
+    hashes = runtime.keyring.hashes(raw_session)
+    found = store.find_read_only(db, hashes) if read_only else store.find(db, hashes)
     if found is None:
         browser.cookies_to_set.append((session_cookie, "", 0))
         return browser
@@ -216,6 +225,9 @@ def _load(request: Request, db: DbDep, runtime: RuntimeDep) -> Browser:
 
 
 BrowserDep = Annotated[Browser, Depends(_load)]
+# The authorization endpoint and the consent page only read the user and the session: they get
+# read-only copies, read on the driver (docs/decisions.md#the-hottest-statements-run-on-the-driver).
+ReadOnlyBrowserDep = Annotated[Browser, Depends(_load_read_only)]
 
 
 def safe_next(value: str | None, default: str = "/account") -> str:
