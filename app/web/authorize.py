@@ -14,6 +14,7 @@ from urllib.parse import quote, urlsplit
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from app.http import endpoints
 from app.http.body import FormDep, form_params
@@ -31,6 +32,7 @@ from app.services import consents
 from app.stores import clients as clients_store
 from app.stores import requests as requests_store
 from app.web.browser import Browser, ReadOnlyBrowserDep
+from app.web.browser import load as load_browser
 from app.web.display import allow_image, client_links, client_logo
 
 router = APIRouter()
@@ -87,8 +89,16 @@ def _client_host(client: Client) -> str | None:
 
 
 @router.get(endpoints.AUTHORIZE.path, name="authorize")
-def authorize_get(request: Request, browser: ReadOnlyBrowserDep, db: DbDep, runtime: RuntimeDep) -> Response:
-    return _authorize(request, browser, db, runtime, list(request.query_params.multi_items()))
+async def authorize_get(request: Request) -> Response:
+    # Every MCP client's sign-in starts here: no dependencies and one thread-pool call, as the
+    # token endpoint (docs/decisions.md#the-token-endpoint-is-one-thread-pool-call).
+    return await run_in_threadpool(_authorize_get, request.app.state.runtime, request)
+
+
+def _authorize_get(runtime: Runtime, request: Request) -> Response:
+    with runtime.sessions() as db:
+        browser = load_browser(request, db, runtime, read_only=True)
+        return _authorize(request, browser, db, runtime, list(request.query_params.multi_items()))
 
 
 @router.post(endpoints.AUTHORIZE.path)

@@ -181,14 +181,16 @@ class Browser:
 
 
 def _load(request: Request, db: DbDep, runtime: RuntimeDep) -> Browser:
-    return _browser(request, db, runtime, read_only=False)
+    return load(request, db, runtime, read_only=False)
 
 
 def _load_read_only(request: Request, db: DbDep, runtime: RuntimeDep) -> Browser:
-    return _browser(request, db, runtime, read_only=True)
+    return load(request, db, runtime, read_only=True)
 
 
-def _browser(request: Request, db: Session, runtime: Runtime, *, read_only: bool) -> Browser:
+def load(request: Request, db: Session, runtime: Runtime, *, read_only: bool) -> Browser:
+    """The browser of a request: its CSRF cookie and, if signed in, its session and user
+    (`read_only`: copies outside the session, for pages that only read them)."""
     session_cookie, csrf_cookie = cookie_names(runtime)
     raw_csrf = request.cookies.get(csrf_cookie)
     browser = Browser(
