@@ -183,7 +183,8 @@ def _check_port(host: str, port: int) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    engine = make_engine(load_settings().database_url.get_secret_value())
+    # Migrating reads and writes no secret: it needs the database URL only.
+    engine = make_engine(load_settings(keys=False).database_url.get_secret_value())
     before = schema.current(engine)
     schema.upgrade(engine)
     after = schema.current(engine)

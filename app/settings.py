@@ -423,10 +423,13 @@ def ensure_development_keyring(settings: Settings) -> Settings:
     return _with_development_keyring(settings)
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Read the environment; raise SettingsError naming the first bad setting. Writes nothing."""
+def load_settings(*, keys: bool = True, **overrides: Any) -> Settings:
+    """Read the environment; raise SettingsError naming the first bad setting. Writes nothing.
+    `keys=False`: for commands that use no secret key (`ostiary migrate`), which then run where
+    OSTIARY_SECRET_KEYS is not set."""
     try:
-        return _with_development_keyring(Settings(**overrides))
+        settings = Settings(**overrides)
+        return _with_development_keyring(settings) if keys else settings
     except ValidationError as exc:
         error = exc.errors()[0]
         field = str(error["loc"][0]) if error["loc"] else "settings"

@@ -56,15 +56,15 @@ class Ostiary:
         return subprocess.run(
             [*OSTIARY, *args],
             input=stdin if stdin is not None else "",
-            env=cli_env(self.url, OSTIARY_ISSUER=ISSUER, **env),
+            env=cli_env(self.url, **{"OSTIARY_ISSUER": ISSUER, **env}),
             cwd=self.cwd,
             capture_output=True,
             text=True,
             timeout=60,
         )
 
-    def ok(self, *args: str, stdin: str | None = None) -> str:
-        result = self(*args, stdin=stdin)
+    def ok(self, *args: str, stdin: str | None = None, **env: str) -> str:
+        result = self(*args, stdin=stdin, **env)
         assert result.returncode == 0, result.stderr
         return result.stdout
 
@@ -122,6 +122,15 @@ def test_migrate_from_empty(empty_ostiary):
     assert schema.is_current(engine)
     engine.dispose()
     assert "(up to date)" in empty_ostiary.ok("migrate")
+
+
+def test_migrate_needs_no_secret_keys(empty_ostiary):
+    """A release job migrates before any server starts, often without the servers' secrets: with
+    a production issuer and no OSTIARY_SECRET_KEYS, migrate still runs (serve still refuses)."""
+    env = {"OSTIARY_SECRET_KEYS": "", "OSTIARY_ISSUER": "https://auth.example.com"}
+    assert f"database at revision {schema.head()}" in empty_ostiary.ok("migrate", **env)
+    refused = empty_ostiary("users", "list", **env)
+    assert refused.returncode != 0 and "OSTIARY_SECRET_KEYS" in refused.stderr
 
 
 # -- users -------------------------------------------------------------------------------------
