@@ -108,3 +108,17 @@ async def test_an_exception_that_escapes_every_layer_is_answered_by_the_request_
     assert page.status_code == 500 and "The error was logged" in page.text
     assert page.headers["x-frame-options"] == "DENY"
     assert "unhandled error on POST /token" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "settings_overrides", [pytest.param({"issuer": "https://auth.example.com/tenant"}, id="issuer with a path")]
+)
+async def test_served_under_the_issuers_path_only(client):
+    """RFC 8414 §2: the endpoints are the ones the metadata names, under the issuer's path; the
+    same path outside it is no endpoint of this server."""
+    metadata = (await client.get("https://auth.example.com/.well-known/oauth-authorization-server/tenant")).json()
+    assert metadata["token_endpoint"] == "https://auth.example.com/tenant/token"
+    response = await client.post(metadata["token_endpoint"], data={"grant_type": "urn:example:unknown"})
+    assert response.status_code == 400 and response.json()["error"] == "unsupported_grant_type"
+    assert (await client.get(metadata["token_endpoint"])).status_code == 405
+    assert (await client.post("https://auth.example.com/token", data={"grant_type": "x"})).status_code == 404
