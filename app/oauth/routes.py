@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
 from app.http import endpoints
-from app.http.body import JsonDep, read_form, read_json
+from app.http.body import JsonDep, form_params, read_form, read_json
 from app.http.deps import DbDep, RuntimeDep
 from app.http.protocol_endpoints import Handler
 from app.infra.db import now
@@ -68,14 +68,10 @@ def jwks(runtime: RuntimeDep) -> Response:
 # -- token endpoint and friends ---------------------------------------------------------------
 
 
-def _form_params(form: FormData) -> list[tuple[str, str]]:
-    return [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
-
-
 def _protocol_request(runtime: RuntimeDep, request: Request, form: FormData) -> OAuthRequest | Response:
     """The authlib request of a form POST, or an invalid_request response for a repeated
     parameter (RFC 6749 §3.2)."""
-    params = _form_params(form)
+    params = form_params(form)
     name = repeated_parameter(params)
     if name is not None:
         return Response(
